@@ -1,0 +1,103 @@
+"""Loading the base model and tokenizer the recipe names, and building its adapter config.
+torch/transformers/peft are imported inside the functions: this module is imported by the CLI."""
+
+from __future__ import annotations
+
+from tune.errors import TuneError
+from tune.paths import looks_local, models_dir, resolve_model
+from tune.recipe import AdapterSection, ModelSection
+
+
+def resolve_dtype(name: str):
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return getattr(torch, name)
+
+
+def model_source(model: ModelSection) -> str:
+    source = resolve_model(model.name)
+    if source == model.name and looks_local(model.name):
+        raise TuneError(f"model.name: no such folder: {model.name}")
+    return source
+
+
+def load_tokenizer(model: ModelSection):
+    from transformers import AutoTokenizer
+
+    source = model_source(model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=model.revision,
+                                                  trust_remote_code=model.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise TuneError(_not_found(model.name, exc)) from None
+    if tokenizer.pad_token is None:
+        # Padding positions are excluded by the attention mask and -100 labels, never by comparing ids,
+        # so borrowing EOS as pad cannot mask the EOS the model must learn to emit.
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    return tokenizer
+
+
+def quantization_config(model: ModelSection, dtype):
+    if model.quantization == "none":
+        return None
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise TuneError(f"model.quantization: {model.quantization} needs bitsandbytes: "
+                        "pip install 'tune-peft[qlora]'") from None
+    from transformers import BitsAndBytesConfig
+
+    if model.quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=model.quantization,
+                              bnb_4bit_use_double_quant=model.double_quant, bnb_4bit_compute_dtype=dtype)
+
+
+def load_model(model: ModelSection, gradient_checkpointing: bool = False):
+    """The base causal LM, quantized and prepared for k-bit training when the recipe asks."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = resolve_dtype(model.dtype)
+    quant = quantization_config(model, dtype)
+    kwargs = {"dtype": dtype, "revision": model.revision, "trust_remote_code": model.trust_remote_code}
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = {"": torch.cuda.current_device()} if torch.cuda.is_available() else {"": "cpu"}
+    if model.attn_implementation != "auto":
+        kwargs["attn_implementation"] = model.attn_implementation
+    try:
+        base = AutoModelForCausalLM.from_pretrained(model_source(model), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise TuneError(_not_found(model.name, exc)) from None
+    if quant is not None:
+        from peft import prepare_model_for_kbit_training
+
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
+    return base
+
+
+def lora_config(adapter: AdapterSection):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=adapter.r,
+        lora_alpha=adapter.alpha if adapter.alpha is not None else 2 * adapter.r,
+        lora_dropout=adapter.dropout,
+        target_modules=adapter.target_modules,
+        modules_to_save=adapter.modules_to_save or None,
+        use_dora=adapter.method == "dora",
+        use_rslora=adapter.method == "rslora",
+        task_type="CAUSAL_LM",
+    )
+
+
+def _not_found(name: str, exc: Exception) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (f"model.name: cannot load '{name}': {first[:300]} "
+            f"(not a local folder, not in {models_dir()}, and not reachable on the hub; "
+            "`tune init-tiny` builds the offline tiny-llama)")

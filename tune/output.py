@@ -1,0 +1,79 @@
+"""The output dir: refuse to clobber, write every file atomically (temp file, then rename), and record
+what is needed to reproduce the run: resolved recipe, package versions, data fingerprint."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+from tune.errors import TuneError
+
+PACKAGES = ("tune-peft", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes",
+            "tokenizers", "safetensors", "pydantic")
+
+
+def prepare_dir(path: Path, overwrite: bool) -> Path:
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise TuneError(f"output.dir: {path} is a file, not a folder")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise TuneError(f"output.dir: {path} is not empty; choose another with --set output.dir=... "
+                        "or pass --overwrite")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-", delete=True)
+        probe.close()
+    except OSError as exc:
+        raise TuneError(f"output.dir: cannot write to {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write via a temp file in the same folder and rename, so readers never see half a file."""
+    path = Path(path)
+    handle = tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False,
+                                         encoding="utf-8")
+    try:
+        with handle:
+            handle.write(text)
+        os.chmod(handle.name, 0o666 & ~_umask())  # NamedTemporaryFile makes 0600 files
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_json(path: Path, data) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def move_into(staging: Path, out_dir: Path) -> None:
+    """Move every file of a finished staging folder into the output dir (each a rename)."""
+    for item in staging.iterdir():
+        target = out_dir / item.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(item, target)
+    staging.rmdir()
+
+
+def versions() -> dict:
+    found = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found

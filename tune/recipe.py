@@ -1,0 +1,251 @@
+"""The recipe: pydantic models that map 1:1 to the YAML sections, and `load()` that turns a file plus
+`--set` overrides into a validated `Recipe` or a list of one-line problems.
+
+Nothing heavy is imported here: `tune validate` must stay fast.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tune.errors import RecipeError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True, protected_namespaces=())
+
+
+class ModelSection(Section):
+    name: str = Field(description="Hub id (org/name), local folder, or a model built by `tune init-tiny` (e.g. tiny-llama).")
+    revision: str | None = Field(None, description="Hub branch, tag or commit to pin; ignored for local folders.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weight and compute dtype; auto = bfloat16 on a GPU that supports it, else float32.")
+    quantization: Literal["none", "nf4", "fp4", "int8"] = Field(
+        "none", description="Quantize the frozen base: nf4/fp4 = 4-bit QLoRA, int8 = 8-bit (needs bitsandbytes).")
+    double_quant: bool = Field(True, description="4-bit only: also quantize the quantization constants (~0.4 bit/param saved).")
+    trust_remote_code: bool = Field(False, description="Run Python code shipped with a hub model; leave off unless you trust its authors.")
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto", description="Attention kernel; auto = what transformers picks (SDPA where it can).")
+
+
+FORMAT_FIELDS = {
+    # Field names a format reads from each row, before `data.columns` renames them.
+    "instruction": ("instruction", "input", "output", "prompt", "completion", "system"),
+}
+
+
+class DataSection(Section):
+    train: str | list[str] = Field(description="Training data: JSONL/JSON/CSV file path(s), or a hub dataset id.")
+    eval: str | list[str] | None = Field(None, description="Held-out data in the same format as train; omit to use eval_fraction.")
+    eval_fraction: float = Field(0.0, ge=0.0, le=0.5, description="Share of train rows held out for eval when `eval` is not given (fixed seed).")
+    split: str = Field("train", description="Split to read when `train`/`eval` name a hub dataset.")
+    format: Literal["instruction"] = Field(
+        "instruction", description="Row shape: instruction = {instruction, input?, output} or {prompt, completion}.")
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="Map from the format's field names to your file's column names, e.g. {output: answer}.")
+    template: str = Field(
+        "auto", description="Prompt template: auto (the model's chat template, else alpaca), model, alpaca, chatml, or a .jinja file.")
+    system_prompt: str | None = Field(None, description="System message put before every example (rows with a `system` field override it).")
+    max_length: int = Field(1024, ge=16, le=1_048_576, description="Longest example in tokens, prompt plus response.")
+    overlength: Literal["truncate", "drop", "error"] = Field(
+        "truncate", description="What to do with an example longer than max_length; the count is reported either way.")
+    train_on: Literal["completion", "all"] = Field(
+        "completion", description="Tokens that carry loss: completion = the response and its end token only; all = every token.")
+
+    @model_validator(mode="after")
+    def _check(self) -> DataSection:
+        if self.eval is not None and self.eval_fraction > 0:
+            raise ValueError("give either `eval` or `eval_fraction`, not both")
+        known = FORMAT_FIELDS[self.format]
+        for field in self.columns:
+            if field not in known:
+                hint = _did_you_mean(field, known)
+                raise ValueError(f"columns: '{field}' is not a field of format '{self.format}'{hint} "
+                                 f"(fields: {', '.join(known)})")
+        return self
+
+
+class AdapterSection(Section):
+    method: Literal["lora", "dora", "rslora"] = Field(
+        "lora", description="lora; dora = weight-decomposed LoRA (better at low rank, slower); rslora = alpha/sqrt(r) scaling.")
+    r: int = Field(16, ge=1, le=4096, description="LoRA rank: higher learns more and costs more memory.")
+    alpha: float | None = Field(None, gt=0, description="LoRA scaling numerator; default 2 x r.")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input during training.")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="Layers that get adapters: all-linear (every linear layer but the output head) or a list of names.")
+    modules_to_save: list[str] = Field(default_factory=list, description="Layers trained fully and saved with the adapter (e.g. embed_tokens when adding tokens).")
+
+
+class TrainSection(Section):
+    method: Literal["sft"] = Field("sft", description="Training method: sft = supervised fine-tuning on the formatted rows.")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps to run; overrides epochs when set.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the training data (used when max_steps is not set).")
+    learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate of the adapter weights.")
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="Learning-rate schedule after warmup.")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of the steps spent warming the learning rate up from 0.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay on the adapter weights.")
+    batch_size: int = Field(4, ge=1, description="Examples per device per forward pass.")
+    gradient_accumulation: int = Field(1, ge=1, description="Forward passes summed per optimizer step (effective batch = batch_size x this).")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward: much less memory, ~30% slower.")
+    optimizer: Literal["auto", "adamw_torch", "adamw_8bit", "paged_adamw_8bit", "adafactor"] = Field(
+        "auto", description="auto = paged 8-bit AdamW for a quantized base on a GPU, else torch AdamW.")
+    max_grad_norm: float = Field(1.0, ge=0, description="Clip gradients to this norm; 0 disables clipping.")
+    seed: int = Field(42, description="Seed for weight init, data order and dropout.")
+    logging_steps: int = Field(10, ge=1, description="Log loss and learning rate every this many steps.")
+    eval_steps: int | None = Field(None, ge=1, description="Evaluate every this many steps (default: at the end only).")
+
+
+class OutputSection(Section):
+    dir: str | None = Field(None, description="Where the adapter and run records go; default runs/<recipe file name>.")
+    overwrite: bool = Field(False, description="Allow writing into a non-empty output dir (its old files are replaced).")
+
+
+class Recipe(Section):
+    model: ModelSection = Field(description="The foundation model and how it is loaded.")
+    data: DataSection = Field(description="Training data, its format and how it is rendered and tokenized.")
+    adapter: AdapterSection = Field(default_factory=AdapterSection, description="The parameter-efficient adapter.")
+    train: TrainSection = Field(default_factory=TrainSection, description="The optimization loop.")
+    output: OutputSection = Field(default_factory=OutputSection, description="Where results are written.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: YAML text -> dict (with the line of every key) -> overrides -> Recipe
+
+
+def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Parse, override and validate; raise RecipeError with every problem as one line."""
+    path = Path(path)
+    raw, lines = read_yaml(path)
+    set_paths = apply_overrides(raw, overrides)
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise RecipeError([_describe(err, path, lines, set_paths) for err in exc.errors()]) from None
+    if recipe.output.dir is None:
+        recipe.output.dir = str(Path("runs") / path.stem)
+    return recipe
+
+
+def read_yaml(path: Path) -> tuple[dict, dict[tuple, int]]:
+    """Return the mapping and {key path: 1-based line}. Only plain YAML data is accepted."""
+    if not path.is_file():
+        raise RecipeError([f"{path}: recipe file not found"])
+    text = path.read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as exc:
+        mark = exc.problem_mark
+        raise RecipeError([f"{path}:{mark.line + 1}: tag {_tag_of(exc)} is not allowed: recipes hold plain data, "
+                           "not Python objects"]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError([f"{where}: invalid YAML: {problem}"]) from None
+    if data is None:
+        raise RecipeError([f"{path}: recipe is empty; start from `tune cp quickstart {path.name}`"])
+    if not isinstance(data, dict):
+        raise RecipeError([f"{path}:1: a recipe is a mapping of sections (model, data, adapter, train, output)"])
+    lines: dict[tuple, int] = {}
+    _collect_lines(node, (), lines)
+    return data, lines
+
+
+def _tag_of(exc: yaml.constructor.ConstructorError) -> str:
+    problem = exc.problem or ""
+    return problem.split("tag ")[-1].strip() if "tag " in problem else "(unknown)"
+
+
+def _collect_lines(node: yaml.Node, prefix: tuple, lines: dict[tuple, int]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            path = prefix + (key.value,)
+            lines[path] = key.start_mark.line + 1
+            _collect_lines(value, path, lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            lines[prefix + (index,)] = item.start_mark.line + 1
+            _collect_lines(item, prefix + (index,), lines)
+
+
+def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict[tuple, str]:
+    """Apply `key.path=value` strings in place; values are parsed as YAML scalars (1e-4, true, [a, b])."""
+    set_paths: dict[tuple, str] = {}
+    problems = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"--set {item}: expected key.path=value, e.g. --set train.learning_rate=1e-4")
+            continue
+        keys = tuple(key.strip().split("."))
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            parsed = value
+        if isinstance(parsed, str):
+            parsed = _number_or_str(parsed)
+        node = raw
+        for part in keys[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[keys[-1]] = parsed
+        set_paths[keys] = item
+    if problems:
+        raise RecipeError(problems)
+    return set_paths
+
+
+def _number_or_str(text: str) -> Any:
+    # YAML 1.1 reads "1e-4" as a string; users mean the float.
+    return float(text) if _FLOAT.fullmatch(text.strip()) else text
+
+
+_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _describe(err: dict, path: Path, lines: dict[tuple, int], set_paths: dict[tuple, str]) -> str:
+    loc = tuple(err["loc"])
+    dotted = ".".join(str(part) for part in loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        choices = _fields_at(loc[:-1])
+        message = f"unknown key{_did_you_mean(str(loc[-1]), choices)}"
+    elif err["type"] == "missing":
+        message = "required key is missing"
+    else:
+        message = err["msg"].removeprefix("Value error, ")
+    for depth in range(len(loc), 0, -1):
+        if loc[:depth] in set_paths:
+            return f"--set {set_paths[loc[:depth]]}: {dotted}: {message}"
+    for depth in range(len(loc), 0, -1):
+        if loc[:depth] in lines:
+            return f"{path}:{lines[loc[:depth]]}: {dotted}: {message}"
+    return f"{path}: {dotted}: {message}"
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    model: type[BaseModel] = Recipe
+    for part in loc:
+        annotation = model.model_fields[part].annotation if part in model.model_fields else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _did_you_mean(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def dump(recipe: Recipe) -> str:
+    """The fully resolved recipe as YAML, every default written out."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,5 @@
+"""Trainers: one module per `train.method`, each exposing `train(recipe, recipe_path, echo) -> summary`."""
+
+from tune.train import sft
+
+TRAINERS = {"sft": sft.train}

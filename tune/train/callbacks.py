@@ -1,0 +1,62 @@
+"""Trainer callbacks shared by the trainers: metrics.jsonl and the progress lines users watch."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+KEPT = ("loss", "eval_loss", "learning_rate", "grad_norm", "mean_token_accuracy", "eval_mean_token_accuracy", "epoch")
+
+
+class MetricsLog(TrainerCallback):
+    """Appends one JSON line per log event (step, loss, lr, eval loss...) and prints a short line."""
+
+    def __init__(self, path: Path, echo=print):
+        self.path = Path(path)
+        self.echo = echo
+        self.records: list[dict] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        record = {"step": state.global_step}
+        record.update({key: _clean(logs[key]) for key in KEPT if key in logs})
+        if not {"loss", "eval_loss", "learning_rate"} & record.keys():
+            return  # end-of-training summaries carry none of the keys
+        self.records.append(record)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        parts = [f"step {state.global_step:>5}/{state.max_steps}"]
+        if "loss" in record:
+            parts.append(f"loss {record['loss']:.4f}")
+        if "eval_loss" in record:
+            parts.append(f"eval_loss {record['eval_loss']:.4f}")
+        if "learning_rate" in record:
+            parts.append(f"lr {record['learning_rate']:.2e}")
+        self.echo("  ".join(parts))
+
+
+def _clean(value):
+    value = float(value)
+    return value if math.isfinite(value) else str(value)
+
+
+def quiet_libraries() -> None:
+    """Silence progress bars and advice meant for library developers; our own lines report progress."""
+    import logging
+    import warnings
+
+    # bitsandbytes logs at import time (CPU kernel advice), so its logger is set before anything imports it.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    import datasets
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|trl|peft)\.")
+    warnings.filterwarnings("ignore", message=".*pin_memory.*")
