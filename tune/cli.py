@@ -97,7 +97,7 @@ def run(recipe: Path = typer.Argument(help="Recipe YAML file."),
 
     try:
         parsed = recipe_io.load(recipe, list(overrides) + (["output.overwrite=true"] if overwrite else []))
-        summary = TRAINERS[parsed.train.method](parsed, recipe, echo=lambda line: out.print(line, markup=False))
+        summary = TRAINERS[parsed.train.method](parsed, recipe, echo=lambda line: out.print(line, markup=False)).summary
     except TuneError as exc:
         fail(exc)
     out.print(f"loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f} in {summary['steps']} steps "
@@ -106,8 +106,8 @@ def run(recipe: Path = typer.Argument(help="Recipe YAML file."),
 
 @app.command("init-tiny")
 def init_tiny(dest: Path = typer.Argument(None, help="Folder to write; default TUNE_HOME/models/tiny-llama."),
-              hidden_size: int = typer.Option(128, help="Hidden size of the random model."),
-              layers: int = typer.Option(2, help="Number of decoder layers."),
+              hidden_size: int = typer.Option(256, help="Hidden size of the random model."),
+              layers: int = typer.Option(4, help="Number of decoder layers."),
               force: bool = typer.Option(False, "--force", help="Rebuild even if the folder exists.")) -> None:
     """Build a tiny random Llama model with a locally trained tokenizer and chat template (offline)."""
     from tune.tiny import build
@@ -125,10 +125,38 @@ def schema(as_json: bool = typer.Option(False, "--json", help="Print JSON Schema
 
 
 @app.command()
+def generate(model_dir: Path = typer.Argument(help="A `tune run` output dir (base + adapter) or a full model folder."),
+             prompt: str = typer.Option(..., "--prompt", "-p", help="The user message."),
+             system: str = typer.Option(None, "--system", help="Optional system message."),
+             max_new_tokens: int = typer.Option(128, min=1, help="Longest answer in tokens."),
+             temperature: float = typer.Option(0.0, min=0.0, help="0 = greedy; higher = more random."),
+             top_k: int = typer.Option(50, min=0, help="Sample from the k most likely tokens."),
+             top_p: float = typer.Option(1.0, min=0.0, max=1.0, help="Sample from the smallest set with this mass."),
+             seed: int = typer.Option(0, help="Seed for sampling.")) -> None:
+    """Answer one prompt with the model, using the chat template it was trained with."""
+    from tune.generate import Sampling, generate as run_generate, load_for_inference
+    from tune.train.callbacks import quiet_libraries
+
+    quiet_libraries()
+    try:
+        model, tokenizer = load_for_inference(model_dir)
+    except TuneError as exc:
+        fail(exc)
+    out.print(run_generate(model, tokenizer, prompt, Sampling(max_new_tokens, temperature, top_k, top_p, seed),
+                           system), markup=False)
+
+
+@app.command()
 def quickstart(dest: Path = typer.Option(Path("runs/quickstart"), "--dir", help="Output dir of the run.")) -> None:
     """Offline demo: build the tiny model, fine-tune it with recipes/quickstart.yaml, answer a prompt."""
-    init_tiny(None, hidden_size=128, layers=2, force=False)
+    init_tiny(None, hidden_size=256, layers=4, force=False)
     run(bundled_recipes()["quickstart"], overrides=[f"output.dir={dest}"], overwrite=True)
+    for question in QUICKSTART_PROMPTS:
+        out.print(f"\n$ tune generate {dest} --prompt {question!r}", markup=False)
+        generate(dest, prompt=question, system=None, max_new_tokens=24, temperature=0.0, top_k=50, top_p=1.0, seed=0)
+
+
+QUICKSTART_PROMPTS = ("What is the capital of France?", "What is 7 plus 8?")
 
 
 def main() -> None:

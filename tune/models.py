@@ -74,11 +74,24 @@ def load_model(model: ModelSection, gradient_checkpointing: bool = False):
         base = AutoModelForCausalLM.from_pretrained(model_source(model), **kwargs)
     except (OSError, ValueError) as exc:
         raise TuneError(_not_found(model.name, exc)) from None
+    if quant is not None and not torch.cuda.is_available():
+        _keep_cpu_4bit_trainable(base)
     if quant is not None:
         from peft import prepare_model_for_kbit_training
 
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
     return base
+
+
+def _keep_cpu_4bit_trainable(model) -> None:
+    """bitsandbytes' CPU Linear4bit repacks its weights for a fast kernel the first time it runs without
+    grad (an eval), and that kernel has no backward: later training steps would silently drop the
+    gradient through every base layer. Keeping the portable path avoids the switch."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def lora_config(adapter: AdapterSection):

@@ -44,18 +44,21 @@ def build_tokenizer(vocab_size: int):
     return tokenizer
 
 
-def build(out_dir: str | Path, hidden_size: int = 128, layers: int = 2, vocab_size: int = 1024,
+def build(out_dir: str | Path, hidden_size: int = 256, layers: int = 4, vocab_size: int = 1024,
           seed: int = 0, overwrite: bool = False) -> Path:
     """Write config, safetensors weights, tokenizer and generation config to `out_dir` atomically."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
+    from tune.train.callbacks import quiet_libraries
+
+    quiet_libraries()
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         return out_dir
     tokenizer = build_tokenizer(vocab_size)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 11 // 4,
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=_multiple_of_64(hidden_size * 11 // 4),
         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
     )
@@ -72,3 +75,8 @@ def build(out_dir: str | Path, hidden_size: int = 128, layers: int = 2, vocab_si
         shutil.rmtree(out_dir)
     os.replace(staging, out_dir)
     return out_dir
+
+
+def _multiple_of_64(size: int) -> int:
+    # bitsandbytes' CPU 4-bit kernels need input widths divisible by the 64-wide quantization block.
+    return -(-size // 64) * 64

@@ -1,4 +1,4 @@
-"""Trainers: one module per `train.method`, each exposing `train(recipe, recipe_path, echo) -> summary`."""
+"""Trainers: one module per `train.method`, each exposing `train(recipe, recipe_path, echo) -> RunResult`."""
 
 from tune.train import sft
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from tune import recipe as recipe_io
@@ -19,7 +20,13 @@ from tune.recipe import Recipe
 from tune.train.callbacks import quiet_libraries
 
 
-def train(recipe: Recipe, recipe_path: Path, echo=print) -> dict:
+@dataclass
+class RunResult:
+    summary: dict  # also written to run.json
+    model: object  # the trained PeftModel, for callers (tests, pipelines) that continue in-process
+
+
+def train(recipe: Recipe, recipe_path: Path, echo=print) -> RunResult:
     quiet_libraries()
     import torch
     import transformers
@@ -132,7 +139,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print) -> dict:
     write_json(staging / "run.json", summary)
     move_into(staging, out_dir)
     shutil.rmtree(scratch, ignore_errors=True)
-    return summary
+    return RunResult(summary, trainer.model)
 
 
 def _checkpointing(enabled: bool) -> dict:
