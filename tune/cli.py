@@ -93,6 +93,9 @@ def run(recipe: Path = typer.Argument(help="Recipe YAML file."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Allow a non-empty output dir.")) -> None:
     """Train: produce a PEFT adapter and the run's records in output.dir."""
     from tune import recipe as recipe_io
+    from tune.quiet import quiet_libraries
+
+    quiet_libraries()
     from tune.train import TRAINERS
 
     try:
@@ -135,7 +138,7 @@ def generate(model_dir: Path = typer.Argument(help="A `tune run` output dir (bas
              seed: int = typer.Option(0, help="Seed for sampling.")) -> None:
     """Answer one prompt with the model, using the chat template it was trained with."""
     from tune.generate import Sampling, generate as run_generate, load_for_inference
-    from tune.train.callbacks import quiet_libraries
+    from tune.quiet import quiet_libraries
 
     quiet_libraries()
     try:

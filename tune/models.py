@@ -3,6 +3,8 @@ torch/transformers/peft are imported inside the functions: this module is import
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tune.errors import TuneError
 from tune.paths import looks_local, models_dir, resolve_model
 from tune.recipe import AdapterSection, ModelSection
@@ -20,7 +22,7 @@ def resolve_dtype(name: str):
 
 def model_source(model: ModelSection) -> str:
     source = resolve_model(model.name)
-    if source == model.name and looks_local(model.name):
+    if looks_local(source) and not Path(source).expanduser().exists():
         raise TuneError(f"model.name: no such folder: {model.name}")
     return source
 

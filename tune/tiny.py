@@ -50,7 +50,7 @@ def build(out_dir: str | Path, hidden_size: int = 256, layers: int = 4, vocab_si
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    from tune.train.callbacks import quiet_libraries
+    from tune.quiet import quiet_libraries
 
     quiet_libraries()
     out_dir = Path(out_dir)

@@ -74,7 +74,7 @@ def _read_jsonl(path: Path, limit: int | None) -> list[dict]:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(line.strip())
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno}); "
                                 "each line must be one JSON object") from None

@@ -43,20 +43,3 @@ def _clean(value):
     value = float(value)
     return value if math.isfinite(value) else str(value)
 
-
-def quiet_libraries() -> None:
-    """Silence progress bars and advice meant for library developers; our own lines report progress."""
-    import logging
-    import warnings
-
-    # bitsandbytes logs at import time (CPU kernel advice), so its logger is set before anything imports it.
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    import datasets
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|trl|peft)\.")
-    warnings.filterwarnings("ignore", message=".*pin_memory.*")

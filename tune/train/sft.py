@@ -17,7 +17,7 @@ from tune.data.templates import resolve_template
 from tune.models import load_model, load_tokenizer, lora_config, model_source
 from tune.output import move_into, prepare_dir, versions, write_json, write_text
 from tune.recipe import Recipe
-from tune.train.callbacks import quiet_libraries
+from tune.quiet import quiet_libraries
 
 
 @dataclass

@@ -1,0 +1,51 @@
+"""Fixtures: one tiny random Llama per session (built by tune's own builder), and recipe helpers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_DATA = REPO / "data_templates" / "instruction.jsonl"
+
+
+@pytest.fixture(scope="session")
+def tune_home(tmp_path_factory) -> Path:
+    home = tmp_path_factory.mktemp("tune_home")
+    os.environ["TUNE_HOME"] = str(home)  # subprocesses inherit it
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tune_home) -> Path:
+    """A 2-layer, 64-wide Llama with a locally trained tokenizer (no pad token, ChatML template)."""
+    from tune.tiny import build
+
+    return build(tune_home / "models" / "tiny-llama", hidden_size=64, layers=2, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    tokenizer.pad_token = tokenizer.eos_token  # what tune.models.load_tokenizer does for a pad-less tokenizer
+    return tokenizer
+
+
+def write_recipe(path: Path, **sections) -> Path:
+    """A small valid SFT recipe on the tiny model; keyword sections are merged over the defaults."""
+    recipe = {
+        "model": {"name": "tiny-llama", "dtype": "float32"},
+        "data": {"train": str(SAMPLE_DATA), "max_length": 96},
+        "adapter": {"r": 8, "dropout": 0.0},
+        "train": {"max_steps": 12, "learning_rate": 5e-3, "batch_size": 8, "logging_steps": 1, "seed": 1},
+        "output": {"dir": str(path.parent / "out")},
+    }
+    for name, values in sections.items():
+        recipe.setdefault(name, {}).update(values)
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
