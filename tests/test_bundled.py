@@ -1,0 +1,40 @@
+"""Bundled recipes validate, and the README's reference and commands stay in sync with the code."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+from tune.reference import markdown_reference
+
+RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
+README = (REPO / "README.md").read_text()
+
+
+def test_there_are_hub_recipes_besides_the_quickstart():
+    names = {path.stem for path in RECIPES}
+    assert "quickstart" in names and len(names) >= 4
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_bundled_recipe_validates(recipe):
+    result = subprocess.run([sys.executable, "-m", "tune", "validate", str(recipe)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    first = recipe.read_text().splitlines()[0]
+    assert first.startswith("# ") and len(first) > 20, "the first comment line is the `tune ls` description"
+
+
+def test_readme_reference_matches_the_schema():
+    block = README.split("<!-- reference:start -->\n")[1].split("<!-- reference:end -->")[0]
+    assert block == markdown_reference(), "README is stale: regenerate it with `tune schema`"
+
+
+def test_readme_leads_with_the_two_commands_and_ci_runs_the_second():
+    commands = re.findall(r"```bash\n(.+?)\n```", README)
+    quickstart, tests = commands[0], commands[1]
+    assert "torch==2.13.0" in quickstart and quickstart.endswith("tune quickstart")
+    assert "torch==2.13.0" in tests and "pytest" in tests
+    ci = (REPO / ".ci" / "run").read_text()
+    assert tests in ci.splitlines(), ".ci/run must run the README's test command verbatim"
