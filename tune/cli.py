@@ -9,23 +9,15 @@ import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
+from tune.console import err, fail, out
 from tune.errors import TuneError
 from tune.paths import bundled_dir, models_dir
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Parameter-efficient fine-tuning from one YAML recipe.")
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 SET_HELP = "Override a recipe key: --set train.learning_rate=1e-4 (repeatable)."
-
-
-def fail(exc: TuneError) -> None:
-    for line in exc.problems:
-        err.print(line, markup=False, soft_wrap=True)
-    raise typer.Exit(2)
 
 
 def bundled_recipes() -> dict[str, Path]:
