@@ -82,7 +82,9 @@ def validate(recipe: Path = typer.Argument(help="Recipe YAML file."),
 @app.command()
 def run(recipe: Path = typer.Argument(help="Recipe YAML file."),
         overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Allow a non-empty output dir.")) -> None:
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace whatever output.dir holds."),
+        resume: bool = typer.Option(False, "--resume", help="Continue from the last complete checkpoint "
+                                    "(re-running into an unfinished run's dir does so too).")) -> None:
     """Train: produce a PEFT adapter and the run's records in output.dir."""
     from tune import recipe as recipe_io
     from tune.quiet import quiet_libraries
@@ -92,7 +94,8 @@ def run(recipe: Path = typer.Argument(help="Recipe YAML file."),
 
     try:
         parsed = recipe_io.load(recipe, list(overrides) + (["output.overwrite=true"] if overwrite else []))
-        summary = TRAINERS[parsed.train.method](parsed, recipe, echo=lambda line: out.print(line, markup=False)).summary
+        summary = TRAINERS[parsed.train.method](parsed, recipe, echo=lambda line: out.print(line, markup=False),
+                                                resume=resume).summary
     except TuneError as exc:
         fail(exc)
     out.print(f"loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f} in {summary['steps']} steps "
@@ -145,7 +148,7 @@ def generate(model_dir: Path = typer.Argument(help="A `tune run` output dir (bas
 def quickstart(dest: Path = typer.Option(Path("runs/quickstart"), "--dir", help="Output dir of the run.")) -> None:
     """Offline demo: build the tiny model, fine-tune it with recipes/quickstart.yaml, answer a prompt."""
     init_tiny(None, hidden_size=256, layers=4, force=False)
-    run(bundled_recipes()["quickstart"], overrides=[f"output.dir={dest}"], overwrite=True)
+    run(bundled_recipes()["quickstart"], overrides=[f"output.dir={dest}"], overwrite=True, resume=False)
     for question in QUICKSTART_PROMPTS:
         out.print(f"\n$ tune generate {dest} --prompt {question!r}", markup=False)
         generate(dest, prompt=question, system=None, max_new_tokens=24, temperature=0.0, top_k=50, top_p=1.0, seed=0)
@@ -160,3 +163,4 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+

@@ -1,5 +1,5 @@
 """The two consoles every command prints to, and `fail`: a TuneError becomes one line per problem on
-stderr and exit code 2."""
+stderr and its exit code (2 for bad input, 3 for a run that had to stop)."""
 
 from __future__ import annotations
 
@@ -19,4 +19,4 @@ def say(line: str) -> None:
 def fail(exc: TuneError) -> None:
     for line in exc.problems:
         err.print(line, markup=False)
-    raise typer.Exit(2)
+    raise typer.Exit(exc.exit_code)

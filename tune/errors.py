@@ -4,6 +4,8 @@
 class TuneError(Exception):
     """A problem the user can fix; each entry of `problems` is printed as one line."""
 
+    exit_code = 2
+
     def __init__(self, problems: list[str] | str):
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         super().__init__("\n".join(self.problems))
@@ -15,3 +17,9 @@ class RecipeError(TuneError):
 
 class DataError(TuneError):
     """A data file is missing, unreadable or has rows the format cannot use."""
+
+
+class TrainingError(TuneError):
+    """Training started and had to stop (non-finite loss, out of memory, unusable checkpoint)."""
+
+    exit_code = 3

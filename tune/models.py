@@ -66,14 +66,17 @@ def load_model(model: ModelSection, gradient_checkpointing: bool = False):
 
     dtype = resolve_dtype(model.dtype)
     quant = quantization_config(model, dtype)
-    kwargs = {"dtype": dtype, "revision": model.revision, "trust_remote_code": model.trust_remote_code}
+    source = model_source(model)
+    _refuse_pickles(source, model.allow_pickle)
+    kwargs = {"dtype": dtype, "revision": model.revision, "trust_remote_code": model.trust_remote_code,
+              "use_safetensors": None if model.allow_pickle else True}
     if quant is not None:
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = {"": torch.cuda.current_device()} if torch.cuda.is_available() else {"": "cpu"}
     if model.attn_implementation != "auto":
         kwargs["attn_implementation"] = model.attn_implementation
     try:
-        base = AutoModelForCausalLM.from_pretrained(model_source(model), **kwargs)
+        base = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
         raise TuneError(_not_found(model.name, exc)) from None
     if quant is not None and not torch.cuda.is_available():
@@ -83,6 +86,17 @@ def load_model(model: ModelSection, gradient_checkpointing: bool = False):
 
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
     return base
+
+
+def _refuse_pickles(source: str, allowed: bool) -> None:
+    """A pickle can run code when it is loaded; only safetensors are read unless the recipe opts in."""
+    folder = Path(source)
+    if allowed or not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+    if pickles:
+        raise TuneError(f"model.name: {source} has only pickle weights ({pickles[0]}); convert them to "
+                        "safetensors, or set model.allow_pickle: true if you trust where they came from")
 
 
 def _keep_cpu_4bit_trainable(model) -> None:

@@ -18,20 +18,32 @@ PACKAGES = ("tune-peft", "torch", "transformers", "peft", "trl", "accelerate", "
             "tokenizers", "safetensors", "pydantic")
 
 
-def prepare_dir(path: Path, overwrite: bool) -> Path:
+def check_writable(path: Path) -> None:
+    """Prove output.dir can be created and written without leaving anything behind."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise TuneError(f"output.dir: {path} is a file, not a folder")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise TuneError(f"output.dir: {path} is not empty; choose another with --set output.dir=... "
-                        "or pass --overwrite")
+        raise TuneError(f"output.dir: {path} is a file, not a folder; choose another with --set output.dir=...")
+    missing = []
+    probe_dir = path
+    while not probe_dir.exists():
+        missing.append(probe_dir)
+        probe_dir = probe_dir.parent
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-", delete=True)
-        probe.close()
+        tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-").close()
     except OSError as exc:
-        raise TuneError(f"output.dir: cannot write to {path}: {exc.strerror or exc}") from None
-    return path
+        raise TuneError(f"output.dir: cannot write to {path}: {exc.strerror or exc}; "
+                        "choose another with --set output.dir=...") from None
+    finally:
+        for created in missing:  # deepest first
+            if created.is_dir() and not any(created.iterdir()):
+                created.rmdir()
+
+
+def clear_dir(path: Path) -> None:
+    """--overwrite: remove the old run's files so nothing stale mixes with the new one."""
+    for item in Path(path).iterdir():
+        shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
 
 
 def write_text(path: Path, text: str) -> None:

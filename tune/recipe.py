@@ -30,6 +30,7 @@ class ModelSection(Section):
         "none", description="Quantize the frozen base: nf4/fp4 = 4-bit QLoRA, int8 = 8-bit (needs bitsandbytes).")
     double_quant: bool = Field(True, description="4-bit only: also quantize the quantization constants (~0.4 bit/param saved).")
     trust_remote_code: bool = Field(False, description="Run Python code shipped with a hub model; leave off unless you trust its authors.")
+    allow_pickle: bool = Field(False, description="Allow loading .bin (pickle) weights when a model has no safetensors; pickles can run code.")
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
         "auto", description="Attention kernel; auto = what transformers picks (SDPA where it can).")
 
@@ -100,6 +101,8 @@ class TrainSection(Section):
     seed: int = Field(42, description="Seed for weight init, data order and dropout.")
     logging_steps: int = Field(10, ge=1, description="Log loss and learning rate every this many steps.")
     eval_steps: int | None = Field(None, ge=1, description="Evaluate every this many steps (default: at the end only).")
+    save_steps: int = Field(250, ge=1, description="Write a resumable checkpoint every this many steps (and at the last step).")
+    keep_checkpoints: int = Field(2, ge=1, description="Complete checkpoints kept on disk; older ones are deleted.")
 
 
 class OutputSection(Section):

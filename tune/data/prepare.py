@@ -65,9 +65,10 @@ def prepare(data: DataSection, tokenizer, template: str, recipe_dir: Path | None
         train = [train[i] for i in sorted(order[cut:])]
     else:
         evaluation = []
-    if not train:
-        raise DataError(f"data.train: no examples left: all {report.dropped} rows are longer than "
-                        f"data.max_length={data.max_length}; raise max_length or use data.overlength: truncate")
+    total = report.kept + report.dropped
+    if total and len(report.rows_over) == total:
+        raise DataError(f"data.max_length: all {total} examples are longer than {data.max_length} tokens "
+                        f"(longest {report.longest}); raise data.max_length")
     fingerprint["train_examples"] = len(train)
     fingerprint["eval_examples"] = len(evaluation)
     fingerprint["tokens_sha256"] = _sha(repr([row["input_ids"] for row in train + evaluation]).encode())

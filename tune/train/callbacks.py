@@ -19,6 +19,16 @@ class MetricsLog(TrainerCallback):
         self.echo = echo
         self.records: list[dict] = []
 
+    def truncate_after(self, step: int) -> None:
+        """On resume: forget records past the checkpoint, so metrics.jsonl reads like one clean run."""
+        if not self.path.is_file():
+            return
+        kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        self.records = [json.loads(line) for line in kept]
+        from tune.output import write_text
+
+        write_text(self.path, "".join(line + "\n" for line in kept))
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return

@@ -1,8 +1,9 @@
 """Supervised fine-tuning (LoRA, DoRA, rsLoRA, QLoRA) through TRL's SFTTrainer.
 
-Read top to bottom: output dir -> tokenizer and template -> data -> run records -> model -> trainer ->
-adapter. The data arrives pre-tokenized with exact labels (see tune/data/instruction.py), so TRL only
-pads, batches and optimizes."""
+Read top to bottom: output dir plan -> tokenizer, template, data -> model and trainer -> run records
+-> train (resuming from the last complete checkpoint) -> adapter. Everything that can be wrong with
+the input is found before the first file is written. The data arrives pre-tokenized with exact labels
+(tune/data/instruction.py), so TRL only pads, batches and optimizes."""
 
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tune import recipe as recipe_io
-from tune.data.prepare import prepare
+from tune.data.prepare import check, prepare
 from tune.data.templates import resolve_template
+from tune.errors import TrainingError, TuneError
 from tune.models import load_model, load_tokenizer, lora_config, model_source
-from tune.output import move_into, prepare_dir, versions, write_json, write_text
-from tune.recipe import Recipe
+from tune.output import check_writable, clear_dir, move_into, versions, write_json, write_text
 from tune.quiet import quiet_libraries
+from tune.recipe import Recipe
 
 
 @dataclass
@@ -26,7 +28,7 @@ class RunResult:
     model: object  # the trained PeftModel, for callers (tests, pipelines) that continue in-process
 
 
-def train(recipe: Recipe, recipe_path: Path, echo=print) -> RunResult:
+def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False) -> RunResult:
     quiet_libraries()
     import torch
     import transformers
@@ -35,11 +37,24 @@ def train(recipe: Recipe, recipe_path: Path, echo=print) -> RunResult:
     from trl import SFTConfig, SFTTrainer
 
     from tune.train.callbacks import MetricsLog
+    from tune.train.checkpoints import CheckpointManifest, NonFiniteGuard, plan_run_dir
 
     recipe_dir = Path(recipe_path).resolve().parent
-    out_dir = prepare_dir(Path(recipe.output.dir), recipe.output.overwrite)
+    if recipe.adapter.alpha is None:
+        recipe.adapter.alpha = 2 * recipe.adapter.r
+    out_dir = Path(recipe.output.dir)
+    checkpoints = out_dir / "checkpoints"
 
-    # ---- tokenizer, template and data: every data problem surfaces before the model is loaded
+    # ---- output dir: writable, and either fresh or an unfinished run of this same recipe
+    check_writable(out_dir)
+    resume_from = plan_run_dir(out_dir, recipe.model_dump(mode="json"), resume, recipe.output.overwrite, echo)
+    if recipe.model.trust_remote_code:
+        echo("warning: model.trust_remote_code is true: Python code from the model's repository will run")
+
+    # ---- tokenizer, template and data: every data problem surfaces before anything is written
+    problems = check(recipe.data, recipe_dir)  # missing files and bad first rows, before slow loads
+    if problems:
+        raise TuneError(problems)
     tokenizer = load_tokenizer(recipe.model)
     template, template_label = resolve_template(recipe.data.template, tokenizer, recipe_dir)
     data = prepare(recipe.data, tokenizer, template, recipe_dir, recipe.train.seed)
@@ -49,16 +64,9 @@ def train(recipe: Recipe, recipe_path: Path, echo=print) -> RunResult:
     for note in data.notes:
         echo(f"data: {note}")
 
-    # ---- run records, written before training so a crashed run still says what it was
-    if recipe.adapter.alpha is None:
-        recipe.adapter.alpha = 2 * recipe.adapter.r
-    write_text(out_dir / "recipe.yaml", recipe_io.dump(recipe))
-    write_json(out_dir / "versions.json", versions())
-    write_json(out_dir / "data_fingerprint.json", data.fingerprint)
-    metrics_path = out_dir / "metrics.jsonl"
-    metrics_path.unlink(missing_ok=True)
-
-    # ---- model
+    # ---- model and trainer (the Trainer creates its checkpoint folder; undone if a check below fails)
+    created = [p for p in (out_dir, checkpoints) if not p.exists()]
+    disk = next(p for p in (out_dir.resolve(), *out_dir.resolve().parents) if p.exists())
     transformers.set_seed(recipe.train.seed)
     model = load_model(recipe.model, recipe.train.gradient_checkpointing)
     dtype = model.dtype
@@ -67,11 +75,8 @@ def train(recipe: Recipe, recipe_path: Path, echo=print) -> RunResult:
     if optimizer == "auto":
         optimizer = "paged_adamw_8bit" if on_gpu and recipe.model.quantization != "none" else "adamw_torch"
     evaluate_during = bool(data.eval) and recipe.train.eval_steps is not None
-
-    # ---- trainer
-    scratch = out_dir / ".trainer"
     config = SFTConfig(
-        output_dir=str(scratch),
+        output_dir=str(checkpoints),
         max_steps=recipe.train.max_steps or -1,
         num_train_epochs=recipe.train.epochs,
         learning_rate=recipe.train.learning_rate,
@@ -93,14 +98,19 @@ def train(recipe: Recipe, recipe_path: Path, echo=print) -> RunResult:
         packing=False,
         logging_steps=recipe.train.logging_steps,
         logging_first_step=True,
+        logging_nan_inf_filter=False,  # the default hides a NaN loss behind the running average
         eval_strategy="steps" if evaluate_during else "no",
         eval_steps=recipe.train.eval_steps,
-        save_strategy="no",
+        save_strategy="steps",
+        save_steps=recipe.train.save_steps,
+        save_total_limit=None,  # CheckpointManifest rotates, after the new checkpoint is complete
+        save_only_model=False,
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
         dataloader_pin_memory=on_gpu,
     )
+    metrics_path = out_dir / "metrics.jsonl"
     metrics = MetricsLog(metrics_path, echo)
     trainer = SFTTrainer(
         model=model,
@@ -109,14 +119,47 @@ def train(recipe: Recipe, recipe_path: Path, echo=print) -> RunResult:
         eval_dataset=Dataset.from_list(data.eval) if data.eval else None,
         processing_class=tokenizer,
         peft_config=lora_config(recipe.adapter),
-        callbacks=[metrics],
+        callbacks=[metrics, CheckpointManifest(checkpoints, recipe.train.keep_checkpoints),
+                   NonFiniteGuard(checkpoints)],
     )
     trainer.remove_callback(PrinterCallback)  # MetricsLog prints the lines users read
     trainable, total = trainer.model.get_nb_trainable_parameters()
+    try:
+        _check_disk(disk, trainable, recipe.train.keep_checkpoints)
+    except TuneError:
+        for path in created:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
     echo(f"model: {model_source(recipe.model)} ({dtype}, quantization {recipe.model.quantization}), "
          f"{recipe.adapter.method} r={recipe.adapter.r}: {trainable:,} trainable of {total:,} parameters")
+
+    # ---- run records, written before training so a crashed run still says what it was
+    if recipe.output.overwrite and out_dir.is_dir():
+        clear_dir(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text(out_dir / "recipe.yaml", recipe_io.dump(recipe))
+    write_json(out_dir / "versions.json", versions())
+    write_json(out_dir / "data_fingerprint.json", data.fingerprint)
+    if resume_from is None:
+        metrics_path.unlink(missing_ok=True)
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    else:
+        metrics.truncate_after(int(resume_from.name.split("-")[-1]))
+        echo(f"resuming from {resume_from}")
+
+    # ---- train
     started = time.perf_counter()
-    trainer.train()
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except torch.OutOfMemoryError:
+        raise TrainingError("out of GPU memory: lower train.batch_size (raise train.gradient_accumulation "
+                            "to keep the effective batch), set train.gradient_checkpointing: true, lower "
+                            "data.max_length, or load the base in 4-bit (model.quantization: nf4); "
+                            "the last complete checkpoint is kept and `tune run --resume` continues") from None
+    except _unpickling_errors() as exc:
+        raise TrainingError(f"{resume_from}: refused to load a checkpoint file that holds more than tensors "
+                            f"({str(exc).splitlines()[0][:160]}); delete that checkpoint, or rerun with "
+                            "--overwrite") from None
     seconds = time.perf_counter() - started
     if data.eval and not evaluate_during:
         trainer.evaluate()
@@ -132,13 +175,14 @@ def train(recipe: Recipe, recipe_path: Path, echo=print) -> RunResult:
     summary = {
         "output_dir": str(out_dir.resolve()), "model": model_source(recipe.model), "template": template_label,
         "steps": trainer.state.global_step, "train_seconds": round(seconds, 2),
+        "resumed_from": str(resume_from) if resume_from else None,
         "trainable_parameters": trainable, "total_parameters": total,
         "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
         "eval_loss": evals[-1] if evals else None, "device": "cuda" if on_gpu else "cpu",
+        "trust_remote_code": recipe.model.trust_remote_code,
     }
     write_json(staging / "run.json", summary)
     move_into(staging, out_dir)
-    shutil.rmtree(scratch, ignore_errors=True)
     return RunResult(summary, trainer.model)
 
 
@@ -147,3 +191,19 @@ def _checkpointing(enabled: bool) -> dict:
     if not enabled:
         return {}
     return {"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False}}
+
+
+def _check_disk(probe: Path, trainable: int, keep: int) -> None:
+    """Checkpoints hold the adapter and two AdamW moments in float32; refuse a run that cannot fit them."""
+    needed = trainable * 4 * 3 * (keep + 1) + trainable * 4 + (64 << 20)
+    free = shutil.disk_usage(probe).free
+    if free < needed:
+        raise TuneError(f"output.dir: {probe} has {free / 2**20:.0f} MiB free but checkpoints need about "
+                        f"{needed / 2**20:.0f} MiB; free space, lower train.keep_checkpoints, or choose "
+                        "another output.dir")
+
+
+def _unpickling_errors() -> tuple:
+    import pickle
+
+    return (pickle.UnpicklingError,)

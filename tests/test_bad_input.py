@@ -1,0 +1,159 @@
+"""The bad-input catalogue: each case is one line naming the file, key or row and what to do, exit
+code 2, no traceback, and nothing written to the output dir. Run in-process through the CLI."""
+
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.conftest import SAMPLE_DATA, write_recipe
+from tune.cli import app
+
+
+def run(recipe, *args):
+    result = CliRunner().invoke(app, ["run", str(recipe), *args])
+    assert "Traceback" not in result.output + result.stderr
+    return result
+
+
+def expect_one_line(result, line, out_dir):
+    assert result.exit_code == 2, result.output + result.stderr
+    assert result.stderr == line + "\n"
+    assert not out_dir.exists()
+
+
+def line_of(path, key):
+    return next(n for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip().startswith(key + ":"))
+
+
+@pytest.fixture
+def out(tmp_path):
+    return tmp_path / "out"
+
+
+def test_invalid_yaml(tmp_path, out):
+    path = tmp_path / "r.yaml"
+    path.write_text("model:\n  name: tiny-llama\n  dtype: [float32\n")
+    expect_one_line(run(path), f"{path}:4:1: invalid YAML: expected ',' or ']', but got '<stream end>'", out)
+
+
+def test_unknown_key(tmp_path, out):
+    path = write_recipe(tmp_path / "r.yaml", adapter={"dropuot": 0.1})
+    expect_one_line(run(path), f"{path}:{line_of(path, 'dropuot')}: adapter.dropuot: unknown key; "
+                               "did you mean 'dropout'?", out)
+
+
+def test_wrong_type(tmp_path, out):
+    path = write_recipe(tmp_path / "r.yaml", train={"batch_size": "eight"})
+    expect_one_line(run(path), f"{path}:{line_of(path, 'batch_size')}: train.batch_size: Input should be a valid integer, unable to parse "
+                               "string as an integer", out)
+
+
+def test_value_out_of_range(tmp_path, out):
+    path = write_recipe(tmp_path / "r.yaml", adapter={"dropout": 1.5})
+    expect_one_line(run(path), f"{path}:{line_of(path, 'dropout')}: adapter.dropout: Input should be less than 1", out)
+
+
+def test_python_object_yaml(tmp_path, out):
+    path = tmp_path / "r.yaml"
+    path.write_text("model: !!python/object/new:os.system [echo hi]\n")
+    expect_one_line(run(path), f"{path}:1: tag 'tag:yaml.org,2002:python/object/new:os.system' is not allowed: "
+                               "recipes hold plain data, not Python objects", out)
+
+
+def test_missing_data_file(tiny_model, tmp_path, out):
+    path = write_recipe(tmp_path / "r.yaml", data={"train": "nowhere.jsonl"})
+    from pathlib import Path
+
+    expect_one_line(run(path), "data.train: data file not found: nowhere.jsonl (looked beside the recipe and "
+                               f"in {Path.cwd()})", out)
+
+
+def test_empty_data_file(tiny_model, tmp_path, out):
+    data = tmp_path / "d.jsonl"
+    data.write_text("")
+    expect_one_line(run(write_recipe(tmp_path / "r.yaml", data={"train": str(data)})),
+                    f"{data}: no rows; the file is empty", out)
+
+
+def test_invalid_jsonl_line(tiny_model, tmp_path, out):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a" "completion": "b"}\n')
+    expect_one_line(run(write_recipe(tmp_path / "r.yaml", data={"train": str(data)})),
+                    f"{data}:2: not valid JSON (Expecting ',' delimiter at column 16); each line must be one "
+                    "JSON object", out)
+
+
+def test_invalid_csv_line(tiny_model, tmp_path, out):
+    data = tmp_path / "d.csv"
+    data.write_text("prompt,completion\na,b\nc,d,e\n")
+    expect_one_line(run(write_recipe(tmp_path / "r.yaml", data={"train": str(data)})),
+                    f"{data}:3: more fields than the header has columns", out)
+
+
+def test_row_missing_a_required_column(tiny_model, tmp_path, out):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "c"}\n')
+    expect_one_line(run(write_recipe(tmp_path / "r.yaml", data={"train": str(data)})),
+                    f"{data}:row 2: needs columns instruction+output or prompt+completion; row has ['prompt'] "
+                    "(map yours with data.columns)", out)
+
+
+def test_non_string_value(tiny_model, tmp_path, out):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": ["a"], "completion": "b"}\n')
+    expect_one_line(run(write_recipe(tmp_path / "r.yaml", data={"train": str(data)})),
+                    f"{data}:row 1: column 'prompt' must be text, got list", out)
+
+
+def test_every_row_over_max_length(tiny_model, tmp_path, out):
+    path = write_recipe(tmp_path / "r.yaml", data={"max_length": 16})
+    expect_one_line(run(path), "data.max_length: all 176 examples are longer than 16 tokens (longest 29); "
+                               "raise data.max_length", out)
+
+
+def test_some_rows_over_max_length_are_counted(tiny_model, tmp_path, out):
+    path = write_recipe(tmp_path / "r.yaml", data={"max_length": 24, "overlength": "drop"},
+                        train={"max_steps": 1})
+    result = run(path)
+    assert result.exit_code == 0, result.stderr
+    assert "data: 0 examples truncated and 36 dropped (over data.max_length=24; longest 29 tokens)" in result.output
+
+
+def test_overlength_error_names_the_row(tiny_model, tmp_path, out):
+    path = write_recipe(tmp_path / "r.yaml", data={"max_length": 28, "overlength": "error"})
+    expect_one_line(run(path), f"{SAMPLE_DATA}:row 106: 29 tokens, over data.max_length=28 (raise max_length, "
+                               "or set data.overlength: truncate or drop)", out)
+
+
+def test_unknown_model_path(tmp_path, out):
+    path = write_recipe(tmp_path / "r.yaml", model={"name": "./models/nope"})
+    expect_one_line(run(path), "model.name: no such folder: ./models/nope", out)
+
+
+def test_model_without_chat_template(tiny_model, tmp_path, out):
+    bare = tmp_path / "bare-model"
+    shutil.copytree(tiny_model, bare)
+    (bare / "chat_template.jinja").unlink()
+    path = write_recipe(tmp_path / "r.yaml", model={"name": str(bare)}, data={"template": "model"})
+    expect_one_line(run(path), "data.template: the model has no chat template; set data.template to one of "
+                               "alpaca, chatml", out)
+
+
+def test_pickle_only_model_needs_allow_pickle(tiny_model, tmp_path, out):
+    pickled = tmp_path / "pickled-model"
+    shutil.copytree(tiny_model, pickled)
+    (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
+    path = write_recipe(tmp_path / "r.yaml", model={"name": str(pickled)})
+    expect_one_line(run(path), f"model.name: {pickled} has only pickle weights (pytorch_model.bin); convert them "
+                               "to safetensors, or set model.allow_pickle: true if you trust where they came from", out)
+
+
+def test_output_dir_not_writable(tiny_model, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    path = write_recipe(tmp_path / "r.yaml", output={"dir": str(blocker / "out")})
+    result = run(path)
+    assert result.exit_code == 2
+    assert result.stderr == (f"output.dir: cannot write to {blocker / 'out'}: Not a directory; "
+                             "choose another with --set output.dir=...\n")

@@ -1,0 +1,173 @@
+"""Resume after SIGKILL gives the same adapter, bit for bit; incomplete or tampered checkpoints are
+never used; a non-finite step stops the run before it can poison the adapter."""
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import write_recipe
+from tune import recipe as recipe_io
+from tune.errors import TrainingError, TuneError
+from tune.train.checkpoints import write_manifest
+from tune.train.sft import train
+
+# Dropout on, so the resumed run must also restore the RNG state to match.
+RESUMABLE = {"adapter": {"dropout": 0.1},
+             "train": {"max_steps": 24, "save_steps": 8, "keep_checkpoints": 2, "batch_size": 4,
+                       "logging_steps": 4, "learning_rate": 2e-3}}
+# logging_steps divides save_steps: a log window that spans a resume averages only the steps after it.
+
+
+def tune_cmd(*args):
+    return [sys.executable, "-m", "tune", *map(str, args)]
+
+
+def losses(out: Path) -> list:
+    return [(r["step"], r["loss"]) for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+            if "loss" in r]
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_model, tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", **RESUMABLE)
+    straight = tmp_path / "straight"
+    done = subprocess.run(tune_cmd("run", recipe, "--set", f"output.dir={straight}"), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(tune_cmd("run", recipe, "--set", f"output.dir={killed}"),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = killed / "checkpoints" / "checkpoint-8" / "manifest.json"
+    deadline = time.time() + 300
+    while not first.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert not (killed / "adapter_model.safetensors").exists()
+
+    # What a kill in the middle of a checkpoint write leaves: a newer checkpoint without its manifest,
+    # and one whose file no longer matches the manifest. Both must be passed over.
+    newest = max((killed / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    half_written = killed / "checkpoints" / "checkpoint-22"
+    subprocess.run(["cp", "-r", str(newest), str(half_written)], check=True)
+    (half_written / "manifest.json").unlink()
+    torn = killed / "checkpoints" / "checkpoint-23"
+    subprocess.run(["cp", "-r", str(newest), str(torn)], check=True)
+    with open(torn / "adapter_model.safetensors", "r+b") as handle:
+        handle.truncate(100)
+
+    resumed = subprocess.run(tune_cmd("run", recipe, "--set", f"output.dir={killed}", "--resume"),
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"warning: ignoring {torn}: adapter_model.safetensors does not match its checksum" in resumed.stdout
+    assert f"warning: ignoring {half_written}: no manifest (interrupted while being written)" in resumed.stdout
+    assert f"resuming from {newest}" in resumed.stdout
+
+    expected = load_file(straight / "adapter_model.safetensors")
+    actual = load_file(killed / "adapter_model.safetensors")
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key  # bitwise, not approximately
+    assert losses(killed) == losses(straight)
+    kept = sorted(p.name for p in (killed / "checkpoints").iterdir() if (p / "manifest.json").exists())
+    assert kept == ["checkpoint-16", "checkpoint-24"]  # keep_checkpoints: 2
+
+
+def unfinished_run(tmp_path, **overrides):
+    """A completed run made to look as if it died after its last checkpoint."""
+    recipe = write_recipe(tmp_path / "r.yaml", train={"max_steps": 4, "save_steps": 2, **overrides})
+    train(recipe_io.load(recipe), recipe, echo=lambda line: None)
+    out = tmp_path / "out"
+    for name in ("adapter_model.safetensors", "adapter_config.json", "run.json"):
+        (out / name).unlink()
+    return recipe, out
+
+
+class Planted:
+    """Unpickling this touches a file: proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_a_malicious_pickle_in_a_checkpoint_is_refused_without_running(tiny_model, tmp_path):
+    recipe, out = unfinished_run(tmp_path)
+    checkpoint = out / "checkpoints" / "checkpoint-4"
+    marker = tmp_path / "pwned"
+    (checkpoint / "rng_state.pth").write_bytes(pickle.dumps({"python": Planted(marker)}))
+    write_manifest(checkpoint, 4)  # an attacker who can write files can rewrite the manifest too
+    with pytest.raises(TrainingError) as caught:
+        train(recipe_io.load(recipe), recipe, echo=lambda line: None)  # re-run: resumes implicitly
+    assert caught.value.problems[0].startswith(f"{checkpoint}: refused to load a checkpoint file that holds "
+                                               "more than tensors")
+    assert not marker.exists()
+
+
+def test_rerun_with_a_changed_recipe_is_refused(tiny_model, tmp_path):
+    recipe, out = unfinished_run(tmp_path)
+    with pytest.raises(TuneError) as caught:
+        train(recipe_io.load(recipe, ["train.learning_rate=0.1", "adapter.r=4"]), recipe, echo=lambda line: None)
+    assert caught.value.problems == [
+        f"output.dir: {out} holds an unfinished run of a different recipe (adapter.alpha, adapter.r, "
+        "train.learning_rate changed); resume with the same recipe, or pass --overwrite"]
+
+
+def test_non_finite_loss_stops_at_that_step_and_keeps_the_last_checkpoint(tiny_model, tmp_path, monkeypatch):
+    from trl import SFTTrainer
+
+    calls = {"n": 0}
+    original = SFTTrainer.compute_loss
+
+    def poisoned(self, *args, **kwargs):
+        calls["n"] += 1
+        loss = original(self, *args, **kwargs)
+        return loss * float("nan") if calls["n"] == 5 else loss
+
+    monkeypatch.setattr(SFTTrainer, "compute_loss", poisoned)
+    recipe = write_recipe(tmp_path / "r.yaml", train={"max_steps": 8, "save_steps": 2})
+    with pytest.raises(TrainingError) as caught:
+        train(recipe_io.load(recipe), recipe, echo=lambda line: None)
+    out = tmp_path / "out"
+    assert caught.value.problems[0].startswith("step 5: the loss or gradients are not finite (NaN/inf, first in ")
+    assert f"the last good checkpoint is {out / 'checkpoints' / 'checkpoint-4'}" in caught.value.problems[0]
+    assert caught.value.exit_code == 3
+    assert not (out / "adapter_model.safetensors").exists()
+    kept = load_file(out / "checkpoints" / "checkpoint-4" / "adapter_model.safetensors")
+    assert all(torch.isfinite(tensor).all() for tensor in kept.values())
+
+
+def test_out_of_memory_becomes_advice(tiny_model, tmp_path, monkeypatch):
+    from trl import SFTTrainer
+
+    def out_of_memory(self, *args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(SFTTrainer, "compute_loss", out_of_memory)
+    recipe = write_recipe(tmp_path / "r.yaml")
+    with pytest.raises(TrainingError) as caught:
+        train(recipe_io.load(recipe), recipe, echo=lambda line: None)
+    assert caught.value.problems[0].startswith("out of GPU memory: lower train.batch_size")
+
+
+def test_disk_shortfall_is_reported_before_anything_is_written(tiny_model, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 << 20, 9 << 20, 1 << 20))
+    recipe = write_recipe(tmp_path / "r.yaml")
+    with pytest.raises(TuneError) as caught:
+        train(recipe_io.load(recipe), recipe, echo=lambda line: None)
+    assert caught.value.problems[0].startswith(f"output.dir: {tmp_path} has 1 MiB free but checkpoints need about")
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,149 @@
+"""Checkpoints that can be trusted: a checkpoint counts only when its manifest (written last, with
+the sha256 of every file) matches what is on disk. Rotation happens after the manifest, so a crash at
+any moment leaves at least the previous complete checkpoint. Also the guard that stops a run at the
+first non-finite gradient, before the optimizer can write NaN into the adapter."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import yaml
+from transformers import TrainerCallback
+
+from tune.errors import TrainingError, TuneError
+from tune.output import write_json
+
+MANIFEST = "manifest.json"
+PREFIX = "checkpoint-"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(checkpoint: Path, step: int) -> None:
+    files = {str(p.relative_to(checkpoint)): _sha256(p) for p in sorted(checkpoint.rglob("*"))
+             if p.is_file() and p.name != MANIFEST}
+    write_json(checkpoint / MANIFEST, {"step": step, "files": files})
+
+
+def is_complete(checkpoint: Path) -> tuple[bool, str]:
+    """(complete?, why not). The files on disk must be exactly the manifest's, with the same hashes."""
+    manifest_path = checkpoint / MANIFEST
+    if not manifest_path.is_file():
+        return False, "no manifest (interrupted while being written)"
+    try:
+        files = json.loads(manifest_path.read_text())["files"]
+    except (ValueError, KeyError):
+        return False, "unreadable manifest"
+    on_disk = {str(p.relative_to(checkpoint)) for p in checkpoint.rglob("*") if p.is_file() and p.name != MANIFEST}
+    if on_disk != set(files):
+        return False, f"files differ from its manifest ({sorted(on_disk ^ set(files))[:3]})"
+    for name, digest in files.items():
+        if _sha256(checkpoint / name) != digest:
+            return False, f"{name} does not match its checksum"
+    return True, ""
+
+
+def step_of(checkpoint: Path) -> int:
+    return int(checkpoint.name.removeprefix(PREFIX))
+
+
+def all_checkpoints(folder: Path) -> list[Path]:
+    found = [p for p in folder.glob(f"{PREFIX}*") if p.is_dir() and p.name.removeprefix(PREFIX).isdigit()]
+    return sorted(found, key=step_of)
+
+
+def latest_complete(folder: Path, warn=print) -> Path | None:
+    """The newest complete checkpoint; incomplete ones are reported and skipped."""
+    for checkpoint in reversed(all_checkpoints(folder)):
+        complete, why = is_complete(checkpoint)
+        if complete:
+            return checkpoint
+        warn(f"warning: ignoring {checkpoint}: {why}")
+    return None
+
+
+class CheckpointManifest(TrainerCallback):
+    """After the Trainer saves checkpoint-N: write its manifest, then drop the oldest complete ones."""
+
+    def __init__(self, folder: Path, keep: int):
+        self.folder, self.keep = Path(folder), keep
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        checkpoint = self.folder / f"{PREFIX}{state.global_step}"
+        write_manifest(checkpoint, state.global_step)
+        older = [p for p in all_checkpoints(self.folder) if step_of(p) < state.global_step]
+        for stale in older[: max(0, len(older) - (self.keep - 1))]:
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+class NonFiniteGuard(TrainerCallback):
+    """Stops training at the first step whose gradients hold NaN or inf, before the optimizer step."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        import torch
+
+        bad = [name for name, p in model.named_parameters()
+               if p.requires_grad and p.grad is not None and not torch.isfinite(p.grad).all()]
+        if bad:
+            last = latest_complete(self.folder, warn=lambda line: None)
+            kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+            raise TrainingError(
+                f"step {state.global_step + 1}: the loss or gradients are not finite (NaN/inf, first in "
+                f"{bad[0]}); stopped before the optimizer step, so no NaN weights were saved; {kept}. "
+                "Lower train.learning_rate, keep train.max_grad_norm > 0, or check the data near this step")
+
+
+def plan_run_dir(out_dir: Path, resolved: dict, resume: bool, overwrite: bool, warn=print) -> Path | None:
+    """Decide what a run does with its output dir; returns the checkpoint to resume from, if any.
+    Empty or missing -> fresh run. Same recipe, unfinished -> resume from its latest complete checkpoint
+    (or restart when it has none). Finished, foreign or different-recipe dirs are refused."""
+    occupied = out_dir.is_dir() and any(out_dir.iterdir())
+    if not occupied or overwrite:
+        if resume and not occupied:
+            raise TuneError(f"--resume: {out_dir} holds no run to resume")
+        return None
+    if (out_dir / "adapter_model.safetensors").exists():
+        hint = "there is nothing to resume" if resume else "choose another with --set output.dir=..."
+        raise TuneError(f"output.dir: {out_dir} holds a finished run; {hint} or pass --overwrite")
+    saved_path = out_dir / "recipe.yaml"
+    if not saved_path.is_file():
+        raise TuneError(f"output.dir: {out_dir} is not empty; choose another with --set output.dir=... "
+                        "or pass --overwrite")
+    saved = _flatten(yaml.safe_load(saved_path.read_text()) or {})
+    current = _flatten(resolved)
+    changed = sorted(key for key in saved.keys() | current.keys()
+                     if saved.get(key) != current.get(key) and key != "output.overwrite")
+    if changed:
+        raise TuneError(f"output.dir: {out_dir} holds an unfinished run of a different recipe "
+                        f"({', '.join(changed)} changed); resume with the same recipe, or pass --overwrite")
+    checkpoint = latest_complete(out_dir / "checkpoints", warn)
+    if checkpoint is None:
+        warn(f"note: {out_dir} has no complete checkpoint; starting the run from step 0")
+    newer = [p for p in all_checkpoints(out_dir / "checkpoints") if checkpoint is None or step_of(p) > step_of(checkpoint)]
+    for broken in newer:  # incomplete by construction; the resumed run rewrites these steps
+        shutil.rmtree(broken)
+    return checkpoint
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key != "columns":
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
