@@ -108,7 +108,7 @@ def test_non_string_value(tiny_model, tmp_path, out):
 
 def test_every_row_over_max_length(tiny_model, tmp_path, out):
     path = write_recipe(tmp_path / "r.yaml", data={"max_length": 16})
-    expect_one_line(run(path), "data.max_length: all 176 examples are longer than 16 tokens (longest 29); "
+    expect_one_line(run(path), "data.max_length: all 164 examples are longer than 16 tokens (longest 29); "
                                "raise data.max_length", out)
 
 
@@ -122,7 +122,7 @@ def test_some_rows_over_max_length_are_counted(tiny_model, tmp_path, out):
 
 def test_overlength_error_names_the_row(tiny_model, tmp_path, out):
     path = write_recipe(tmp_path / "r.yaml", data={"max_length": 28, "overlength": "error"})
-    expect_one_line(run(path), f"{SAMPLE_DATA}:row 106: 29 tokens, over data.max_length=28 (raise max_length, "
+    expect_one_line(run(path), f"{SAMPLE_DATA}:row 104: 29 tokens, over data.max_length=28 (raise max_length, "
                                "or set data.overlength: truncate or drop)", out)
 
 

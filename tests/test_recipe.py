@@ -31,7 +31,7 @@ def test_defaults_fill_every_section(tmp_path):
     recipe = recipe_io.load(path)
     assert recipe.adapter.method == "lora" and recipe.adapter.target_modules == "all-linear"
     assert recipe.model.trust_remote_code is False
-    assert recipe.data.train_on == "completion"
+    assert recipe.data.train_on == "assistant"
     assert recipe.output.dir == "runs/r"
 
 

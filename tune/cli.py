@@ -95,11 +95,23 @@ def run(recipe: Path = typer.Argument(help="Recipe YAML file."),
     try:
         parsed = recipe_io.load(recipe, list(overrides) + (["output.overwrite=true"] if overwrite else []))
         summary = TRAINERS[parsed.train.method](parsed, recipe, echo=lambda line: out.print(line, markup=False),
-                                                resume=resume).summary
+                                                resume=resume, console=out).summary
     except TuneError as exc:
         fail(exc)
-    out.print(f"loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f} in {summary['steps']} steps "
-              f"({summary['train_seconds']:.1f} s); adapter in {summary['output_dir']}", markup=False)
+    print_summary(summary)
+
+
+def print_summary(summary: dict) -> None:
+    """The one screen a user reads when a run ends: what happened, where it is, what to do next."""
+    eval_part = f", eval loss {summary['eval_loss']:.4f}" if summary.get("eval_loss") is not None else ""
+    lines = [
+        f"done: {summary['steps']} steps in {summary['train_seconds']:.1f} s "
+        f"({summary['trained_tokens_per_second']:.0f} trained tokens/s)",
+        f"loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f}{eval_part}",
+        f"adapter: {summary['output_dir']} (loss curve: loss_curve.png)",
+        f"next: tune generate {summary['output_dir']} --prompt \"...\"   or   tune chat {summary['output_dir']}",
+    ]
+    out.print("\n".join(lines), markup=False)
 
 
 @app.command("init-tiny")
@@ -115,33 +127,184 @@ def init_tiny(dest: Path = typer.Argument(None, help="Folder to write; default T
 
 
 @app.command()
-def schema(as_json: bool = typer.Option(False, "--json", help="Print JSON Schema instead of Markdown.")) -> None:
-    """Print the recipe reference (every key, its type, default and meaning)."""
+def schema(markdown: bool = typer.Option(False, "--markdown", help="Print the Markdown reference instead.")) -> None:
+    """Print the recipe JSON Schema (for editor completion: tune schema > recipe.schema.json)."""
     from tune.reference import json_schema, markdown_reference
 
-    out.print(json_schema() if as_json else markdown_reference(), markup=False, soft_wrap=True)
+    out.print(markdown_reference() if markdown else json_schema(), markup=False, soft_wrap=True)
 
 
-@app.command()
-def generate(model_dir: Path = typer.Argument(help="A `tune run` output dir (base + adapter) or a full model folder."),
-             prompt: str = typer.Option(..., "--prompt", "-p", help="The user message."),
-             system: str = typer.Option(None, "--system", help="Optional system message."),
-             max_new_tokens: int = typer.Option(128, min=1, help="Longest answer in tokens."),
-             temperature: float = typer.Option(0.0, min=0.0, help="0 = greedy; higher = more random."),
-             top_k: int = typer.Option(50, min=0, help="Sample from the k most likely tokens."),
-             top_p: float = typer.Option(1.0, min=0.0, max=1.0, help="Sample from the smallest set with this mass."),
-             seed: int = typer.Option(0, help="Seed for sampling.")) -> None:
-    """Answer one prompt with the model, using the chat template it was trained with."""
-    from tune.generate import Sampling, generate as run_generate, load_for_inference
+def _sampling_options(max_new_tokens, temperature, top_k, top_p, seed):
+    from tune.generate import Sampling
+
+    return Sampling(max_new_tokens, temperature, top_k, top_p, seed)
+
+
+MAX_NEW = typer.Option(128, min=1, help="Longest answer in tokens.")
+TEMPERATURE = typer.Option(0.0, min=0.0, help="0 = greedy; higher = more random.")
+TOP_K = typer.Option(50, min=0, help="Sample from the k most likely tokens.")
+TOP_P = typer.Option(1.0, min=0.0, max=1.0, help="Sample from the smallest set of tokens with this mass.")
+SEED = typer.Option(0, help="Seed for sampling: the same seed gives the same answer.")
+
+
+def _load(model_dir: Path):
+    from tune.generate import load_for_inference
     from tune.quiet import quiet_libraries
 
     quiet_libraries()
     try:
-        model, tokenizer = load_for_inference(model_dir)
+        return load_for_inference(model_dir)
     except TuneError as exc:
         fail(exc)
-    out.print(run_generate(model, tokenizer, prompt, Sampling(max_new_tokens, temperature, top_k, top_p, seed),
-                           system), markup=False)
+
+
+@app.command()
+def generate(model_dir: Path = typer.Argument(help="A `tune run` output dir (base + adapter) or a full model folder."),
+             prompt: str = typer.Option(None, "--prompt", "-p", help="The user message."),
+             data: Path = typer.Option(None, "--data", help="JSONL/JSON/CSV of prompts (prompt, instruction or messages)."),
+             out_file: Path = typer.Option(None, "--out", help="With --data: write JSONL here (default stdout)."),
+             system: str = typer.Option(None, "--system", help="Optional system message."),
+             max_new_tokens: int = MAX_NEW, temperature: float = TEMPERATURE, top_k: int = TOP_K,
+             top_p: float = TOP_P, seed: int = SEED) -> None:
+    """Answer a prompt (or every row of --data) with the chat template the model was trained with."""
+    import json
+
+    from tune.data.sources import read_rows, resolve_sources
+    from tune.generate import generate as answer, messages_of
+    from tune.output import write_text
+
+    if (prompt is None) == (data is None):
+        fail(TuneError("give exactly one of --prompt TEXT or --data FILE"))
+    try:
+        rows = [row for source in resolve_sources(str(data), None, "--data") for row in read_rows(source)] if data else []
+    except TuneError as exc:
+        fail(exc)
+    model, tokenizer = _load(model_dir)
+    sampling = _sampling_options(max_new_tokens, temperature, top_k, top_p, seed)
+    if prompt is not None:
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        out.print(answer(model, tokenizer, messages, sampling), markup=False)
+        return
+    lines = []
+    try:
+        for number, row in enumerate(rows, start=1):
+            messages = messages_of(row, f"{data}:row {number}")
+            lines.append(json.dumps(row | {"response": answer(model, tokenizer, messages, sampling)}))
+    except TuneError as exc:
+        fail(exc)
+    if out_file:
+        write_text(out_file, "".join(line + "\n" for line in lines))
+        out.print(f"wrote {len(lines)} responses to {out_file}", markup=False)
+    else:
+        for line in lines:
+            out.print(line, markup=False)
+
+
+@app.command()
+def chat(model_dir: Path = typer.Argument(help="A `tune run` output dir or a full model folder."),
+         system: str = typer.Option(None, "--system", help="Optional system message."),
+         max_new_tokens: int = MAX_NEW, temperature: float = TEMPERATURE, top_k: int = TOP_K,
+         top_p: float = TOP_P, seed: int = SEED) -> None:
+    """Talk to the model in the terminal, multi-turn. /reset starts over, /exit (or Ctrl-D) quits."""
+    from tune.generate import generate as answer
+
+    model, tokenizer = _load(model_dir)
+    sampling = _sampling_options(max_new_tokens, temperature, top_k, top_p, seed)
+    start = [{"role": "system", "content": system}] if system else []
+    messages = list(start)
+    out.print("chat: /reset starts over, /exit quits", markup=False)
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            break
+        if line in ("/exit", "/quit"):
+            break
+        if line == "/reset":
+            messages = list(start)
+            continue
+        if not line:
+            continue
+        messages.append({"role": "user", "content": line})
+        reply = answer(model, tokenizer, messages, sampling)
+        messages.append({"role": "assistant", "content": reply})
+        out.print(f"model> {reply}", markup=False)
+
+
+@app.command("eval")
+def evaluate(model_dir: Path = typer.Argument(help="A `tune run` output dir or a full model folder."),
+             data: Path = typer.Option(..., "--data", help="Labelled rows in the run's data format."),
+             exact_match: bool = typer.Option(False, "--exact-match", help="Also generate greedy answers and "
+                                              "count those equal to the reference."),
+             max_new_tokens: int = MAX_NEW) -> None:
+    """Loss and perplexity on the trained-on tokens of --data (and exact match when asked)."""
+    from tune.evaluate import evaluate as run_eval
+    from tune.quiet import quiet_libraries
+
+    quiet_libraries()
+    try:
+        result = run_eval(model_dir, data, exact_match, max_new_tokens)
+    except TuneError as exc:
+        fail(exc)
+    line = (f"{data}: {result['examples']} examples, {result['target_tokens']} target tokens, "
+            f"loss {result['loss']:.4f}, perplexity {result['perplexity']:.2f}")
+    if "exact_match" in result:
+        line += f", exact match {result['exact_match']:.1%}"
+    out.print(line, markup=False)
+
+
+data_app = typer.Typer(no_args_is_help=True, help="Look at the data as the trainer will see it.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("preview")
+def data_preview(recipe: Path = typer.Argument(help="Recipe YAML file."),
+                 count: int = typer.Option(3, "-n", min=1, help="How many examples."),
+                 overrides: list[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
+    """Show rendered examples: trained tokens highlighted (or [[marked]] when piped), with token counts."""
+    from rich.text import Text
+
+    from tune import recipe as recipe_io
+    from tune.data.inspect import preview
+    from tune.quiet import quiet_libraries
+
+    quiet_libraries()
+    try:
+        examples = preview(recipe_io.load(recipe, overrides), recipe.resolve().parent, count)
+    except TuneError as exc:
+        fail(exc)
+    plain = not out.is_terminal
+    for example in examples:
+        out.print(f"--- {example.where}: {example.tokens} tokens, {example.trained} trained", markup=False)
+        text = Text()
+        for span, trained in example.spans:
+            if plain:
+                text.append(f"[[{span}]]" if trained else span)
+            else:
+                text.append(span, style="bold green" if trained else "dim")
+        out.print(text)
+
+
+@data_app.command("check")
+def data_check(recipe: Path = typer.Argument(help="Recipe YAML file."),
+               overrides: list[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
+    """Read every row: counts, token-length percentiles, rows over max_length, duplicates, roles, overlap."""
+    from tune import recipe as recipe_io
+    from tune.data.inspect import check_all
+    from tune.quiet import quiet_libraries
+
+    quiet_libraries()
+    try:
+        report = check_all(recipe_io.load(recipe, overrides), recipe.resolve().parent)
+    except TuneError as exc:
+        fail(exc)
+    for line in report.lines:
+        out.print(line, markup=False)
+    for line in report.warnings[:20]:
+        out.print(f"warning: {line}", markup=False)
+    if report.errors:
+        fail(TuneError(report.errors[:20] + ([f"... and {len(report.errors) - 20} more"] if len(report.errors) > 20 else [])))
+    out.print("data check: OK", markup=False)
 
 
 @app.command()
@@ -151,7 +314,8 @@ def quickstart(dest: Path = typer.Option(Path("runs/quickstart"), "--dir", help=
     run(bundled_recipes()["quickstart"], overrides=[f"output.dir={dest}"], overwrite=True, resume=False)
     for question in QUICKSTART_PROMPTS:
         out.print(f"\n$ tune generate {dest} --prompt {question!r}", markup=False)
-        generate(dest, prompt=question, system=None, max_new_tokens=24, temperature=0.0, top_k=50, top_p=1.0, seed=0)
+        generate(dest, prompt=question, data=None, out_file=None, system=None, max_new_tokens=24, temperature=0.0,
+                 top_k=50, top_p=1.0, seed=0)
 
 
 QUICKSTART_PROMPTS = ("What is the capital of France?", "What is 7 plus 8?")
@@ -164,3 +328,12 @@ def main() -> None:
         err.print("interrupted")
         sys.exit(130)
 
+
+from tune.cli_export import export, merge  # noqa: E402  (the deploy stage's commands)
+
+app.command()(merge)
+app.command()(export)
+
+from tune.cli_plan import plan  # noqa: E402
+
+app.command()(plan)

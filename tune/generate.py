@@ -1,5 +1,5 @@
 """Inference from a run's output dir (base model + adapter) or any full model folder, rendering the
-prompt with the chat template the run trained with."""
+prompt with the chat template the run trained with: one prompt, a file of prompts, or a chat."""
 
 from __future__ import annotations
 
@@ -18,49 +18,91 @@ class Sampling:
     seed: int = 0
 
 
+def run_recipe(model_dir: Path):
+    """The resolved recipe an adapter dir was trained with, or None for a plain model folder."""
+    from tune.recipe import Recipe
+    import yaml
+
+    path = Path(model_dir) / "recipe.yaml"
+    return Recipe.model_validate(yaml.safe_load(path.read_text())) if path.is_file() else None
+
+
 def load_for_inference(model_dir: Path):
     """(model, tokenizer) from an adapter dir written by `tune run`, or from a full model folder."""
-    import yaml
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tune.models import load_model
-    from tune.recipe import ModelSection
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise TuneError(f"{model_dir}: no such folder")
+    if not (model_dir / "adapter_config.json").is_file() and not (model_dir / "config.json").is_file():
+        raise TuneError(f"{model_dir}: neither an adapter dir (adapter_config.json) nor a model folder (config.json)")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
     if (model_dir / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        recipe_file = model_dir / "recipe.yaml"
-        if not recipe_file.is_file():
+        recipe = run_recipe(model_dir)
+        if recipe is None:
             raise TuneError(f"{model_dir}: adapter without recipe.yaml, so its base model is unknown")
-        section = ModelSection.model_validate(yaml.safe_load(recipe_file.read_text())["model"])
-        model = PeftModel.from_pretrained(load_model(section), model_dir)
+        model = PeftModel.from_pretrained(load_model(recipe.model), model_dir)
     else:
-        model = AutoModelForCausalLM.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True)
     model.eval()
     return model, tokenizer
 
 
-def generate(model, tokenizer, prompt: str, sampling: Sampling, system: str | None = None) -> str:
+def prompt_ids(tokenizer, messages: list[dict]):
     import torch
 
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     if tokenizer.chat_template:
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     else:
-        text = prompt
-    inputs = tokenizer(text, return_tensors="pt", add_special_tokens=not tokenizer.chat_template)
-    inputs = {key: value.to(model.device) for key, value in inputs.items()}
+        ids = tokenizer("\n\n".join(m["content"] for m in messages))["input_ids"]
+    return torch.tensor([ids])
+
+
+def generate_ids(model, tokenizer, messages: list[dict] | str, sampling: Sampling) -> list[int]:
+    """The new token ids only (special tokens included), for callers that count or compare tokens."""
+    import torch
+
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    ids = prompt_ids(tokenizer, messages).to(model.device)
     torch.manual_seed(sampling.seed)
     greedy = sampling.temperature <= 0
     with torch.no_grad():
         output = model.generate(
-            **inputs, max_new_tokens=sampling.max_new_tokens, do_sample=not greedy,
-            temperature=None if greedy else sampling.temperature, top_k=None if greedy else sampling.top_k,
-            top_p=None if greedy else sampling.top_p, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
+            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=sampling.max_new_tokens,
+            do_sample=not greedy, temperature=None if greedy else sampling.temperature,
+            top_k=None if greedy else sampling.top_k, top_p=None if greedy else sampling.top_p,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         )
-    return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    return output[0, ids.shape[1]:].tolist()
+
+
+def generate(model, tokenizer, messages: list[dict] | str, sampling: Sampling) -> str:
+    return tokenizer.decode(generate_ids(model, tokenizer, messages, sampling), skip_special_tokens=True).strip()
+
+
+def messages_of(row: dict, where: str) -> list[dict]:
+    """The prompt of a data row (instruction, prompt or chat messages), without its reference answer."""
+    turns = row.get("messages") or row.get("conversations")
+    if isinstance(turns, list):
+        from tune.data.chat import ROLE_NAMES
+
+        messages = [{"role": ROLE_NAMES.get(str(t.get("role", t.get("from"))).lower(), "user"),
+                     "content": t.get("content", t.get("value", ""))} for t in turns if isinstance(t, dict)]
+        while messages and messages[-1]["role"] == "assistant":
+            messages.pop()  # the reference answer is what we are about to generate
+        return messages
+    text = row.get("prompt") or row.get("instruction")
+    if not isinstance(text, str) or not text:
+        raise TuneError(f"{where}: needs a 'prompt', 'instruction' or 'messages' column")
+    if row.get("input"):
+        text = f"{text}\n\n{row['input']}"
+    return ([{"role": "system", "content": row["system"]}] if row.get("system") else []) + [
+        {"role": "user", "content": text}]

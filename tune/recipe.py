@@ -38,26 +38,41 @@ class ModelSection(Section):
 FORMAT_FIELDS = {
     # Field names a format reads from each row, before `data.columns` renames them.
     "instruction": ("instruction", "input", "output", "prompt", "completion", "system"),
+    "chat": ("messages", "role", "content"),
+    "completion": ("text",),
 }
 
 
+class WeightedSource(Section):
+    path: str = Field(description="File, glob, folder, saved dataset folder, or hub dataset id.")
+    weight: float = Field(1.0, gt=0, le=100, description="Rows drawn per row of the source: 2 = every row twice, 0.5 = a seeded half.")
+
+
+SourceList = str | list[str | WeightedSource]
+
+
 class DataSection(Section):
-    train: str | list[str] = Field(description="Training data: JSONL/JSON/CSV file path(s), or a hub dataset id.")
-    eval: str | list[str] | None = Field(None, description="Held-out data in the same format as train; omit to use eval_fraction.")
+    train: SourceList = Field(description="Training data: files (JSONL, JSON, CSV, Parquet, TXT), globs, folders, saved datasets or hub ids; a list may give {path, weight}.")
+    eval: SourceList | None = Field(None, description="Held-out data in the same format as train; omit to use eval_fraction.")
     eval_fraction: float = Field(0.0, ge=0.0, le=0.5, description="Share of train rows held out for eval when `eval` is not given (fixed seed).")
-    split: str = Field("train", description="Split to read when `train`/`eval` name a hub dataset.")
-    format: Literal["instruction"] = Field(
-        "instruction", description="Row shape: instruction = {instruction, input?, output} or {prompt, completion}.")
+    split: str = Field("train", description="Split to read from a hub dataset or a saved DatasetDict.")
+    revision: str | None = Field(None, description="Hub dataset branch, tag or commit to pin.")
+    format: Literal["instruction", "chat", "completion"] = Field(
+        "instruction", description="Row shape: instruction = {instruction, input?, output} or {prompt, completion}; chat = messages/conversations; completion = raw text.")
     columns: dict[str, str] = Field(
         default_factory=dict, description="Map from the format's field names to your file's column names, e.g. {output: answer}.")
     template: str = Field(
         "auto", description="Prompt template: auto (the model's chat template, else alpaca), model, alpaca, chatml, or a .jinja file.")
-    system_prompt: str | None = Field(None, description="System message put before every example (rows with a `system` field override it).")
-    max_length: int = Field(1024, ge=16, le=1_048_576, description="Longest example in tokens, prompt plus response.")
+    system_prompt: str | None = Field(None, description="System message put before every example (a row's own system message wins).")
+    max_length: int = Field(1024, ge=16, le=1_048_576, description="Longest example in tokens, prompt plus response (block size for completion).")
     overlength: Literal["truncate", "drop", "error"] = Field(
         "truncate", description="What to do with an example longer than max_length; the count is reported either way.")
-    train_on: Literal["completion", "all"] = Field(
-        "completion", description="Tokens that carry loss: completion = the response and its end token only; all = every token.")
+    train_on: Literal["assistant", "last_assistant", "all"] = Field(
+        "assistant", description="Tokens that carry loss: assistant = every reply and its end token; last_assistant = the final reply only; all = every token.")
+    packing: bool = Field(
+        False, description="Pack several examples into each row of max_length (padding-free, own position ids, no attention across examples); batch_size then counts rows.")
+    group_by_length: bool = Field(
+        False, description="When packing is off: batch examples of similar length together so less padding is computed.")
 
     @model_validator(mode="after")
     def _check(self) -> DataSection:
@@ -101,8 +116,12 @@ class TrainSection(Section):
     seed: int = Field(42, description="Seed for weight init, data order and dropout.")
     logging_steps: int = Field(10, ge=1, description="Log loss and learning rate every this many steps.")
     eval_steps: int | None = Field(None, ge=1, description="Evaluate every this many steps (default: at the end only).")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=list, description="Trackers to log to besides metrics.jsonl (each needs its package installed).")
     save_steps: int = Field(250, ge=1, description="Write a resumable checkpoint every this many steps (and at the last step).")
     keep_checkpoints: int = Field(2, ge=1, description="Complete checkpoints kept on disk; older ones are deleted.")
+    use_liger_kernel: bool = Field(False, description="GPU: Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused cross-entropy); needs `pip install liger-kernel`.")
+    torch_compile: bool = Field(False, description="Compile the model with torch.compile: slow first steps, faster after (mostly on a GPU).")
 
 
 class OutputSection(Section):

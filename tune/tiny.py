@@ -16,12 +16,12 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
 def corpus_lines() -> list[str]:
-    """Text to train the tokenizer on: every bundled sample file plus the templates' own words."""
+    """Text to train the tokenizer on: the bundled instruction sample plus the templates' own words.
+    (Fixed on purpose: adding sample files must not change the tiny tokenizer the tests pin.)"""
     lines = []
     data = bundled_dir("data_templates")
-    for path in sorted(data.glob("*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            lines.extend(str(value) for value in json.loads(line).values())
+    for line in (data / "instruction.jsonl").read_text(encoding="utf-8").splitlines():
+        lines.extend(str(value) for value in json.loads(line).values())
     for path in sorted((data / "templates").glob("*.jinja")):
         lines.append(path.read_text(encoding="utf-8"))
     lines.append("system user assistant ### Instruction: ### Input: ### Response: You are a helpful assistant.")

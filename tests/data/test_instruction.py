@@ -1,6 +1,7 @@
 import pytest
 
-from tune.data.instruction import LengthReport, Tokenized, fit_length, row_to_messages, tokenize
+from tune.data.conversation import LengthReport, Tokenized, fit_length, tokenize
+from tune.data.instruction import row_to_messages
 from tune.data.templates import builtin_templates
 from tune.errors import DataError
 

@@ -53,3 +53,51 @@ def test_relative_path_found_beside_the_recipe(tmp_path, monkeypatch):
     (tmp_path / "d.jsonl").write_text('{"prompt": "a", "completion": "b"}\n')
     monkeypatch.chdir("/")
     assert resolve_sources("d.jsonl", tmp_path, "data.train")[0].path == tmp_path / "d.jsonl"
+
+
+def test_parquet_txt_glob_and_folder(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    pq.write_table(pa.Table.from_pylist([{"text": "a"}, {"text": "b"}]), folder / "p.parquet")
+    (folder / "doc.txt").write_text("one whole document\nwith two lines\n")
+    (folder / "notes.md").write_text("ignored: not a data file")
+    by_folder = resolve_sources(str(folder), None, "data.train")
+    assert [s.path.name for s in by_folder] == ["doc.txt", "p.parquet"]
+    assert read_rows(by_folder[0]) == [{"text": "one whole document\nwith two lines\n"}]
+    assert read_rows(by_folder[1]) == [{"text": "a"}, {"text": "b"}]
+    by_glob = resolve_sources("data/*.parquet", tmp_path, "data.train")
+    assert [s.path.name for s in by_glob] == ["p.parquet"]
+    with pytest.raises(DataError) as caught:
+        resolve_sources("data/*.csv", tmp_path, "data.train")
+    assert caught.value.problems == ["data.train: no data files match data/*.csv"]
+
+
+def test_saved_dataset_folder_with_split(tmp_path):
+    import datasets
+
+    rows = [{"prompt": "a", "completion": "b"}]
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows),
+                          "test": datasets.Dataset.from_list(rows * 2)}).save_to_disk(str(tmp_path / "saved"))
+    source = resolve_sources(str(tmp_path / "saved"), None, "data.train")[0]
+    assert source.saved == tmp_path / "saved"
+    assert read_rows(source, split="test") == rows * 2
+    with pytest.raises(DataError) as caught:
+        read_rows(source, split="validation")
+    assert caught.value.problems == [f"{tmp_path / 'saved'}: no split 'validation' (has train, test); set data.split"]
+
+
+def test_weights_repeat_and_subsample(tmp_path):
+    from tune.data.prepare import load_rows
+    from tune.recipe import DataSection
+
+    (tmp_path / "a.jsonl").write_text("".join(f'{{"text": "a{i}"}}\n' for i in range(4)))
+    (tmp_path / "b.jsonl").write_text("".join(f'{{"text": "b{i}"}}\n' for i in range(4)))
+    data = DataSection(train=["a.jsonl", {"path": "b.jsonl", "weight": 1.5}], format="completion")
+    rows = load_rows(data, data.train, "data.train", tmp_path, seed=0)
+    texts = [row["text"] for _, row in rows]
+    assert texts[:8] == ["a0", "a1", "a2", "a3", "b0", "b1", "b2", "b3"]
+    assert len(texts) == 10 and set(texts[8:]) <= {"b0", "b1", "b2", "b3"} and len(set(texts[8:])) == 2
+    assert rows == load_rows(data, data.train, "data.train", tmp_path, seed=0)  # seeded

@@ -91,8 +91,8 @@ def test_output_dir_holds_the_documented_files(tiny_model, tmp_path):
     assert versions["torch"] == torch.__version__.split("+")[0] or versions["torch"].startswith("2.")
     assert {"transformers", "peft", "trl"} <= versions.keys()
     fingerprint = json.loads((out / "data_fingerprint.json").read_text())
-    assert fingerprint["sources"][0]["rows"] == 176 and len(fingerprint["sources"][0]["sha256"]) == 64
-    assert fingerprint["train_examples"] + fingerprint["eval_examples"] == 176
+    assert fingerprint["sources"][0]["rows"] == 164 and len(fingerprint["sources"][0]["sha256"]) == 64
+    assert fingerprint["train_examples"] + fingerprint["eval_examples"] == 164
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]
     assert [r["step"] for r in records if "eval_loss" in r] == [2, 4]

@@ -1,5 +1,5 @@
-"""From `data:` to the token rows a trainer takes: read every source, format and tokenize each row,
-apply the length policy, split off eval, and fingerprint what was read."""
+"""From `data:` to the token rows a trainer takes: read every source (weighted), format and tokenize
+each row, apply the length policy, split off eval, and fingerprint what was read."""
 
 from __future__ import annotations
 
@@ -8,13 +8,23 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tune.data.instruction import LengthReport, fit_length, row_to_messages, tokenize
+from tune.data import chat, completion, instruction
+from tune.data.conversation import LengthReport, fit_length, tokenize
 from tune.data.sources import Source, read_rows, resolve_sources
 from tune.data.templates import check_template_name
-from tune.errors import DataError, TuneError
+from tune.errors import TuneError
 from tune.recipe import DataSection
 
 PEEK_ROWS = 5
+MESSAGE_FORMATS = {"instruction": instruction.row_to_messages, "chat": chat.row_to_messages}
+
+
+def check_row(data: DataSection, row: dict, where: str) -> None:
+    """Raise DataError if the row cannot be used by data.format."""
+    if data.format == "completion":
+        completion.row_text(row, data.columns, where)
+    else:
+        MESSAGE_FORMATS[data.format](row, data.columns, data.system_prompt, where)
 
 
 def check(data: DataSection, recipe_dir: Path | None) -> list[str]:
@@ -35,8 +45,8 @@ def check(data: DataSection, recipe_dir: Path | None) -> list[str]:
             if source.hub_id:
                 continue  # not fetched by validate: it may be offline
             try:
-                for number, row in enumerate(read_rows(source, limit=PEEK_ROWS), start=1):
-                    row_to_messages(row, data.columns, data.system_prompt, f"{source}:row {number}")
+                for number, row in enumerate(read_rows(source, data.split, PEEK_ROWS), start=1):
+                    check_row(data, row, f"{source}:row {number}")
             except TuneError as exc:
                 problems.extend(exc.problems)
     return problems
@@ -51,24 +61,55 @@ class Prepared:
     notes: list[str] = field(default_factory=list)
 
 
+def load_rows(data: DataSection, spec, key: str, recipe_dir: Path | None, seed: int,
+              fingerprint: dict | None = None) -> list[tuple[str, dict]]:
+    """(where, row) for every row of every source, with source weights applied (seeded)."""
+    rows = []
+    for source in resolve_sources(spec, recipe_dir, key):
+        found = read_rows(source, data.split, revision=data.revision)
+        if fingerprint is not None:
+            fingerprint["sources"].append(_describe_source(source, len(found)))
+        numbered = [(f"{source}:row {n}", row) for n, row in enumerate(found, start=1)]
+        rows += _weighted(numbered, source.weight, seed)
+    return rows
+
+
+def _weighted(rows: list, weight: float, seed: int) -> list:
+    whole, part = int(weight), weight - int(weight)
+    extra = random.Random(seed).sample(rows, round(len(rows) * part)) if part else []
+    return rows * whole + extra
+
+
+def tokenize_rows(data: DataSection, rows, tokenizer, template: str, report: LengthReport) -> list[dict]:
+    if data.format == "completion":
+        texts = [completion.row_text(row, data.columns, where) for where, row in rows]
+        return completion.chunk(texts, tokenizer, data.max_length)
+    examples = []
+    for where, row in rows:
+        messages = MESSAGE_FORMATS[data.format](row, data.columns, data.system_prompt, where)
+        example = fit_length(tokenize(messages, tokenizer, template, data.train_on),
+                             data.max_length, data.overlength, where, report)
+        if example is not None:
+            examples.append({"input_ids": example.input_ids, "labels": example.labels})
+    return examples
+
+
 def prepare(data: DataSection, tokenizer, template: str, recipe_dir: Path | None, seed: int) -> Prepared:
     report = LengthReport()
     fingerprint = {"sources": [], "template_sha256": _sha(template.encode())}
-    train = _load(data, data.train, "data.train", tokenizer, template, recipe_dir, report, fingerprint)
+    train_rows = load_rows(data, data.train, "data.train", recipe_dir, seed, fingerprint)
+    train = tokenize_rows(data, train_rows, tokenizer, template, report)
     if data.eval is not None:
-        evaluation = _load(data, data.eval, "data.eval", tokenizer, template, recipe_dir, report, fingerprint)
-    elif data.eval_fraction > 0:
-        order = list(range(len(train)))
-        random.Random(seed).shuffle(order)
-        cut = max(1, round(len(train) * data.eval_fraction))
-        evaluation = [train[i] for i in order[:cut]]
-        train = [train[i] for i in sorted(order[cut:])]
+        eval_rows = load_rows(data, data.eval, "data.eval", recipe_dir, seed, fingerprint)
+        evaluation = tokenize_rows(data, eval_rows, tokenizer, template, report)
     else:
-        evaluation = []
+        train, evaluation = split_off(train, data.eval_fraction, seed)
     total = report.kept + report.dropped
     if total and len(report.rows_over) == total:
-        raise DataError(f"data.max_length: all {total} examples are longer than {data.max_length} tokens "
+        raise TuneError(f"data.max_length: all {total} examples are longer than {data.max_length} tokens "
                         f"(longest {report.longest}); raise data.max_length")
+    if not train:
+        raise TuneError("data.train: no training examples (is the text shorter than 16 tokens?)")
     fingerprint["train_examples"] = len(train)
     fingerprint["eval_examples"] = len(evaluation)
     fingerprint["tokens_sha256"] = _sha(repr([row["input_ids"] for row in train + evaluation]).encode())
@@ -79,26 +120,26 @@ def prepare(data: DataSection, tokenizer, template: str, recipe_dir: Path | None
     return Prepared(train, evaluation, fingerprint, report, notes)
 
 
-def _load(data, spec, key, tokenizer, template, recipe_dir, report, fingerprint) -> list[dict]:
-    examples = []
-    for source in resolve_sources(spec, recipe_dir, key):
-        rows = read_rows(source, split=data.split)
-        fingerprint["sources"].append(_describe_source(source, len(rows)))
-        for number, row in enumerate(rows, start=1):
-            where = f"{source}:row {number}"
-            messages = row_to_messages(row, data.columns, data.system_prompt, where)
-            example = fit_length(tokenize(messages, tokenizer, template, data.train_on),
-                                 data.max_length, data.overlength, where, report)
-            if example is not None:
-                examples.append({"input_ids": example.input_ids, "labels": example.labels})
-    return examples
+def split_off(items: list, fraction: float, seed: int) -> tuple[list, list]:
+    """(kept, held out): a seeded share of the items, the rest in their original order."""
+    if fraction <= 0:
+        return items, []
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    cut = max(1, round(len(items) * fraction))
+    return [items[i] for i in sorted(order[cut:])], [items[i] for i in order[:cut]]
 
 
 def _describe_source(source: Source, rows: int) -> dict:
+    described = {"spec": source.spec, "rows": rows, "weight": source.weight}
     if source.hub_id:
-        return {"hub_id": source.hub_id, "rows": rows}
-    return {"path": str(source.path), "rows": rows, "bytes": source.path.stat().st_size,
-            "sha256": _sha(source.path.read_bytes())}
+        return described | {"hub_id": source.hub_id}
+    path = source.path or source.saved
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.read_bytes())
+    return described | {"path": str(path), "bytes": sum(f.stat().st_size for f in files), "sha256": digest.hexdigest()}
 
 
 def _sha(data: bytes) -> str:

@@ -1,5 +1,6 @@
-"""Reading rows from the places `data.train` / `data.eval` can name: JSONL, JSON and CSV files, or a
-hub dataset id. Every problem names the file and line."""
+"""Reading rows from the places `data.train` / `data.eval` can name: JSONL, JSON, CSV, Parquet and TXT
+files, globs and folders of them, folders saved by `datasets`, or hub dataset ids. Every problem names
+the file and line."""
 
 from __future__ import annotations
 
@@ -11,38 +12,62 @@ from pathlib import Path
 from tune.errors import DataError
 from tune.paths import find_file
 
-FILE_SUFFIXES = (".jsonl", ".json", ".csv")
+FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 
 
 @dataclass(frozen=True)
 class Source:
-    """One entry of data.train/data.eval: a local file (`path`) or a hub dataset (`hub_id`)."""
+    """One place rows come from: a file (`path`), a folder saved by `datasets` (`saved`), or a hub id."""
 
     spec: str
     path: Path | None = None
+    saved: Path | None = None
     hub_id: str | None = None
+    weight: float = 1.0
 
     def __str__(self) -> str:
-        return str(self.path) if self.path else f"hub:{self.hub_id}"
+        return str(self.path or self.saved) if (self.path or self.saved) else f"hub:{self.hub_id}"
 
 
-def resolve_sources(spec: str | list[str], recipe_dir: Path | None, key: str) -> list[Source]:
-    specs = [spec] if isinstance(spec, str) else list(spec)
+def resolve_sources(spec, recipe_dir: Path | None, key: str) -> list[Source]:
+    """Expand data.train/data.eval (a string, or a list of strings and {path, weight}) into Sources."""
+    items = [spec] if isinstance(spec, str) else list(spec)
     sources, problems = [], []
-    for item in specs:
-        found = find_file(item, recipe_dir)
-        if found is not None:
-            if found.suffix.lower() not in FILE_SUFFIXES:
-                problems.append(f"{key}: {item}: unsupported file type '{found.suffix}'; use .jsonl, .json or .csv")
-            else:
-                sources.append(Source(item, path=found))
-        elif _looks_like_hub_id(item):
-            sources.append(Source(item, hub_id=item))
-        else:
-            problems.append(f"{key}: data file not found: {item} (looked beside the recipe and in {Path.cwd()})")
+    for item in items:
+        name, weight = (item, 1.0) if isinstance(item, str) else (item.path, item.weight)
+        try:
+            sources += [Source(name, weight=weight, **found) for found in _expand(name, recipe_dir, key)]
+        except DataError as exc:
+            problems += exc.problems
     if problems:
         raise DataError(problems)
     return sources
+
+
+def _expand(name: str, recipe_dir: Path | None, key: str) -> list[dict]:
+    if any(char in name for char in "*?["):
+        bases = [recipe_dir, Path.cwd()] if recipe_dir and not Path(name).is_absolute() else [Path("/")]
+        for base in bases:
+            matches = sorted(p for p in base.glob(name.lstrip("/")) if p.suffix.lower() in FILE_SUFFIXES)
+            if matches:
+                return [{"path": match.resolve()} for match in matches]
+        raise DataError(f"{key}: no data files match {name}")
+    found = find_file(name, recipe_dir)
+    if found is not None and found.is_dir():
+        if (found / "dataset_info.json").exists() or (found / "dataset_dict.json").exists():
+            return [{"saved": found}]
+        files = sorted(p for p in found.rglob("*") if p.is_file() and p.suffix.lower() in FILE_SUFFIXES)
+        if not files:
+            raise DataError(f"{key}: {name}: the folder holds no {', '.join(FILE_SUFFIXES)} files")
+        return [{"path": path} for path in files]
+    if found is not None:
+        if found.suffix.lower() not in FILE_SUFFIXES:
+            raise DataError(f"{key}: {name}: unsupported file type '{found.suffix}'; use "
+                            f"{', '.join(FILE_SUFFIXES)}, a folder, or a hub dataset id")
+        return [{"path": found}]
+    if _looks_like_hub_id(name):
+        return [{"hub_id": name}]
+    raise DataError(f"{key}: data file not found: {name} (looked beside the recipe and in {Path.cwd()})")
 
 
 def _looks_like_hub_id(item: str) -> bool:
@@ -50,16 +75,21 @@ def _looks_like_hub_id(item: str) -> bool:
             and not item.lower().endswith(FILE_SUFFIXES))
 
 
-def read_rows(source: Source, split: str = "train", limit: int | None = None) -> list[dict]:
+def read_rows(source: Source, split: str = "train", limit: int | None = None, revision: str | None = None) -> list[dict]:
     """All rows (or the first `limit`) as dicts."""
-    if source.hub_id:
-        return _read_hub(source.hub_id, split, limit)
+    if source.hub_id or source.saved:
+        return _read_dataset(source, split, limit, revision)
     path = source.path
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         rows = _read_jsonl(path, limit)
     elif suffix == ".json":
         rows = _read_json(path)[:limit]
+    elif suffix == ".parquet":
+        rows = _read_parquet(path, limit)
+    elif suffix == ".txt":
+        text = path.read_text(encoding="utf-8")
+        rows = [{"text": text}] if text.strip() else []
     else:
         rows = _read_csv(path, limit)
     if not rows:
@@ -114,13 +144,32 @@ def _read_csv(path: Path, limit: int | None) -> list[dict]:
     return rows
 
 
-def _read_hub(hub_id: str, split: str, limit: int | None) -> list[dict]:
+def _read_parquet(path: Path, limit: int | None) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise DataError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+    return table.slice(0, limit).to_pylist() if limit else table.to_pylist()
+
+
+def _read_dataset(source: Source, split: str, limit: int | None, revision: str | None) -> list[dict]:
     import datasets
 
     try:
-        dataset = datasets.load_dataset(hub_id, split=split)
+        if source.saved:
+            dataset = datasets.load_from_disk(str(source.saved))
+            if isinstance(dataset, datasets.DatasetDict):
+                if split not in dataset:
+                    raise DataError(f"{source}: no split '{split}' (has {', '.join(dataset)}); set data.split")
+                dataset = dataset[split]
+        else:
+            dataset = datasets.load_dataset(source.hub_id, split=split, revision=revision)
+    except DataError:
+        raise
     except Exception as exc:  # the hub raises many types; the user needs one line either way
-        raise DataError(f"{hub_id}: could not load hub dataset split '{split}': {str(exc).splitlines()[0]} "
+        raise DataError(f"{source}: could not load split '{split}': {str(exc).splitlines()[0]} "
                         "(offline? point data.train at a local file)") from None
     if limit:
         dataset = dataset.select(range(min(limit, len(dataset))))

@@ -53,3 +53,41 @@ def _clean(value):
     value = float(value)
     return value if math.isfinite(value) else str(value)
 
+
+
+class ProgressBar(TrainerCallback):
+    """A rich progress bar with ETA; log lines printed through the same console appear above it."""
+
+    def __init__(self, console):
+        self.console = console
+        self.progress = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("ETA"), TimeRemainingColumn(), console=self.console, transient=True)
+        self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step)
+        self.progress.start()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.progress.update(self.task, completed=state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress:
+            self.progress.stop()
+
+
+TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
+
+
+def check_trackers(report_to: list[str]) -> None:
+    import importlib.util
+
+    from tune.errors import TuneError
+
+    missing = [name for name in report_to
+               if not any(importlib.util.find_spec(package) for package in TRACKER_PACKAGES[name])]
+    if missing:
+        raise TuneError(f"train.report_to: {', '.join(missing)} not installed; "
+                        f"pip install {' '.join(TRACKER_PACKAGES[name][0] for name in missing)}")

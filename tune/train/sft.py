@@ -7,6 +7,7 @@ the input is found before the first file is written. The data arrives pre-tokeni
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from tune.data.prepare import check, prepare
 from tune.data.templates import resolve_template
 from tune.errors import TrainingError, TuneError
 from tune.models import load_model, load_tokenizer, lora_config, model_source
+from tune.plots import plot_losses
 from tune.output import check_writable, clear_dir, move_into, versions, write_json, write_text
 from tune.quiet import quiet_libraries
 from tune.recipe import Recipe
@@ -28,7 +30,8 @@ class RunResult:
     model: object  # the trained PeftModel, for callers (tests, pipelines) that continue in-process
 
 
-def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False) -> RunResult:
+def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, console=None) -> RunResult:
+    """`console`: a rich Console that is a terminal gets a live progress bar with ETA."""
     quiet_libraries()
     import torch
     import transformers
@@ -36,7 +39,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False) -
     from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
-    from tune.train.callbacks import MetricsLog
+    from tune.train.callbacks import MetricsLog, ProgressBar, check_trackers
     from tune.train.checkpoints import CheckpointManifest, NonFiniteGuard, plan_run_dir
 
     recipe_dir = Path(recipe_path).resolve().parent
@@ -47,6 +50,9 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False) -
 
     # ---- output dir: writable, and either fresh or an unfinished run of this same recipe
     check_writable(out_dir)
+    check_trackers(recipe.train.report_to)
+    if "tensorboard" in recipe.train.report_to:  # transformers 5 reads the event-file folder from here only
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(out_dir.resolve() / "logs")
     resume_from = plan_run_dir(out_dir, recipe.model_dump(mode="json"), resume, recipe.output.overwrite, echo)
     if recipe.model.trust_remote_code:
         echo("warning: model.trust_remote_code is true: Python code from the model's repository will run")
@@ -95,7 +101,16 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False) -
         bf16=on_gpu and dtype == torch.bfloat16,
         fp16=on_gpu and dtype == torch.float16,
         max_length=recipe.data.max_length,
-        packing=False,
+        # BFD packing is padding-free: rows are flattened with per-example position_ids, from which
+        # transformers builds a block-diagonal mask (SDPA/eager) or cu_seq_lens (FlashAttention), and the
+        # pre-computed labels travel with their tokens, so completion-only loss survives per example.
+        packing=recipe.data.packing,
+        packing_strategy="bfd",  # not "wrapped": that one cuts examples and lets them attend to each other
+        padding_free=recipe.data.packing,
+        # Length-grouped batches cut the padding computed when rows are not packed.
+        train_sampling_strategy="group_by_length" if recipe.data.group_by_length and not recipe.data.packing else "random",
+        use_liger_kernel=recipe.train.use_liger_kernel,
+        torch_compile=recipe.train.torch_compile,
         logging_steps=recipe.train.logging_steps,
         logging_first_step=True,
         logging_nan_inf_filter=False,  # the default hides a NaN loss behind the running average
@@ -105,7 +120,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False) -
         save_steps=recipe.train.save_steps,
         save_total_limit=None,  # CheckpointManifest rotates, after the new checkpoint is complete
         save_only_model=False,
-        report_to="none",
+        report_to=recipe.train.report_to or "none",
         disable_tqdm=True,
         dataloader_num_workers=0,
         dataloader_pin_memory=on_gpu,
@@ -120,7 +135,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False) -
         processing_class=tokenizer,
         peft_config=lora_config(recipe.adapter),
         callbacks=[metrics, CheckpointManifest(checkpoints, recipe.train.keep_checkpoints),
-                   NonFiniteGuard(checkpoints)],
+                   NonFiniteGuard(checkpoints)] + ([ProgressBar(console)] if console and console.is_terminal else []),
     )
     trainer.remove_callback(PrinterCallback)  # MetricsLog prints the lines users read
     trainable, total = trainer.model.get_nb_trainable_parameters()
@@ -163,6 +178,10 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False) -
     seconds = time.perf_counter() - started
     if data.eval and not evaluate_during:
         trainer.evaluate()
+    plot_losses(metrics.records, out_dir / "loss_curve.png")
+    for callback in trainer.callback_handler.callbacks:  # the final evaluate reopens TensorBoard's writer
+        if getattr(callback, "tb_writer", None) is not None:
+            callback.tb_writer.close()
 
     # ---- adapter: staged, then renamed into place, so the dir never holds half an adapter
     staging = out_dir / ".staging"
@@ -177,6 +196,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False) -
         "steps": trainer.state.global_step, "train_seconds": round(seconds, 2),
         "resumed_from": str(resume_from) if resume_from else None,
         "trainable_parameters": trainable, "total_parameters": total,
+        "trained_tokens_per_second": round(trained_tokens * trainer.state.epoch / max(seconds, 1e-9), 1),
         "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
         "eval_loss": evals[-1] if evals else None, "device": "cuda" if on_gpu else "cpu",
         "trust_remote_code": recipe.model.trust_remote_code,

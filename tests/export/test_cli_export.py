@@ -1,0 +1,39 @@
+"""`tune merge` / `tune export` as users run them: exit codes and exact lines."""
+
+import subprocess
+import sys
+
+
+def tune(*args):
+    return subprocess.run([sys.executable, "-m", "tune", *map(str, args)], capture_output=True, text=True, timeout=600)
+
+
+def test_bad_adapter_dir_is_one_line_and_exit_2(tmp_path):
+    (tmp_path / "notes.txt").write_text("not an adapter")
+    result = tune("merge", tmp_path, tmp_path.parent / "merged-out")
+    assert result.returncode == 2
+    assert result.stderr == f"{tmp_path}: not an adapter dir: no adapter_config.json (give the output dir of `tune run`)\n"
+    assert result.stdout == "" and not (tmp_path.parent / "merged-out").exists()
+    bad = tune("export", tmp_path, tmp_path / "x", "--format", "onnx", "--quant", "q4")
+    assert bad.returncode == 2
+    assert bad.stderr == "--format: 'onnx' is not one of adapter, merged, gguf\n"
+
+
+def test_merge_no_verify_skips_the_check(trained, tmp_path):
+    result = tune("merge", trained("lora"), tmp_path / "m", "--no-verify", "--dtype", "float16")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[1] == "merge: streamed shard by shard (14 weights merged); 1 shard(s), float16"
+    assert lines[2:] == ["verify: skipped (--no-verify)", f"merged model in {tmp_path / 'm'}"]
+    assert (tmp_path / "m" / "model.safetensors").is_file()
+    verified = tune("merge", trained("lora"), tmp_path / "m", "--overwrite")
+    assert verified.returncode == 0, verified.stderr
+    assert verified.stdout.splitlines()[2].startswith("verify merged: max |logit diff| vs base+adapter ")
+    assert verified.stdout.splitlines()[2].endswith(" OK")
+
+
+def test_help_lists_the_commands_without_importing_torch():
+    code = "import sys, tune.cli; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout == "False False\n"
+    result = tune("--help")
+    assert result.returncode == 0 and " merge " in result.stdout and " export " in result.stdout

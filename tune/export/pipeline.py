@@ -1,0 +1,188 @@
+"""`tune merge` and `tune export` as library calls. Each writes into a temp dir beside OUT and renames it into
+place only after the result has been verified, so OUT is either absent (or as it was) or complete."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+from tune.errors import TuneError
+from tune.export import adapter as adapter_export
+from tune.export.card import write_card
+from tune.export.merge import DTYPES, merge as merge_weights, parse_size
+from tune.export.source import AdapterRun, base_config, read_adapter_dir
+from tune.export.verify import VerificationError
+
+FORMATS = ("adapter", "merged", "gguf")
+
+
+@contextmanager
+def staged(out: Path, overwrite: bool, source: Path):
+    """A fresh temp dir beside OUT; renamed to OUT when the block finishes, deleted when it raises."""
+    out = Path(out).absolute()
+    if out == source.resolve() or source.resolve() in out.parents:
+        raise TuneError(f"{out}: OUT must be outside the adapter dir {source}")
+    if out.exists() and not out.is_dir():
+        raise TuneError(f"{out}: is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise TuneError(f"{out}: is not empty; choose another OUT or pass --overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield temp
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    for path in [temp, *temp.rglob("*")]:  # mkdtemp and safetensors make owner-only dirs and files
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
+    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}" if out.exists() else None
+    if old:
+        os.replace(out, old)
+    os.replace(temp, out)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def merge(adapter_dir: Path, out: Path, dtype: str = "auto", shard_size: str = "2GB", base: str | None = None,
+          verify: bool = True, in_memory: bool = False, overwrite: bool = False, echo=print) -> dict:
+    run = _checked_run(adapter_dir, base, dtype, shard_size)
+    with staged(out, overwrite, run.path) as temp:
+        report = _merge_verified(run, temp, dtype, shard_size, verify, in_memory, echo)
+        write_card(temp, run, "merged", report, Path(out))
+        _write_record(temp, report)
+    return report
+
+
+def export(adapter_dir: Path, out: Path, fmt: str, quant: str = "f16", dtype: str = "auto",
+           shard_size: str = "2GB", base: str | None = None, verify: bool = True, overwrite: bool = False,
+           echo=print) -> dict:
+    from tune.export import to_gguf
+
+    if fmt not in FORMATS:
+        raise TuneError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
+    if quant not in to_gguf.QUANTS:
+        raise TuneError(f"--quant: {quant!r} is not one of {', '.join(to_gguf.QUANTS)}")
+    run = _checked_run(adapter_dir, base, dtype, shard_size)
+    if fmt == "merged":
+        return merge(adapter_dir, out, dtype, shard_size, base, verify, False, overwrite, echo)
+    if fmt == "gguf":
+        to_gguf.check_supported(base_config(run), run.path)
+    with staged(out, overwrite, run.path) as temp:
+        report = _export_adapter(run, temp, verify, echo) if fmt == "adapter" else \
+            _export_gguf(run, temp, quant, shard_size, verify, echo)
+        write_card(temp, run, fmt, report, Path(out))
+        _write_record(temp, report)
+    return report
+
+
+def _checked_run(adapter_dir, base, dtype: str, shard_size: str) -> AdapterRun:
+    """All input problems at once, before any staging or loading."""
+    run = read_adapter_dir(Path(adapter_dir), base)
+    problems = [] if dtype in DTYPES else [f"--dtype: {dtype!r} is not one of {', '.join(DTYPES)}"]
+    try:
+        parse_size(shard_size)
+    except TuneError as exc:
+        problems += exc.problems
+    if problems:
+        raise TuneError(problems)
+    return run
+
+
+def _merge_verified(run: AdapterRun, temp: Path, dtype: str, shard_size: str, verify: bool, in_memory: bool,
+                    echo) -> dict:
+    from tune.export.verify import reference, verify_merged
+    from tune.quiet import quiet_libraries
+
+    quiet_libraries()
+    qlora = " (QLoRA adapter: merged into the 16/32-bit base, not the 4-bit weights)" if run.quantized else ""
+    echo(f"merge: {run.method} adapter {run.path} into {run.base}{qlora}")
+    report = merge_weights(run, temp, dtype, shard_size, in_memory)
+    how = f"streamed shard by shard ({report['merged_weights']} weights merged)" if report["method"] == "streamed" \
+        else f"in memory with PEFT ({report['why_in_memory']})"
+    echo(f"merge: {how}; {report['shards']} shard(s), {report['dtype']}")
+    report["verification"] = []
+    if not verify:
+        echo("verify: skipped (--no-verify)")
+        return report
+    ref = reference(run)
+    check = verify_merged(temp, ref, report["dtype"])
+    echo(check.line())
+    report["verification"].append(check.as_dict())
+    if not check.ok:
+        raise VerificationError(f"{check.line()}; the merge was not written")
+    report["_reference"] = ref
+    return report
+
+
+def _export_adapter(run: AdapterRun, temp: Path, verify: bool, echo) -> dict:
+    adapter_export.copy_adapter(run, temp)
+    serving = adapter_export.compatibility(run.config)
+    adapter_export.write_report(temp, serving)
+    for line in adapter_export.lines(serving):
+        echo(line)
+    report = {"format": "adapter", "serving": serving, "verification": []}
+    if verify:  # the copy must load with plain PEFT and give the run's logits
+        from tune.export.verify import compare, reference
+        from tune.quiet import quiet_libraries
+
+        quiet_libraries()
+        ref = reference(run)
+        copied = reference(AdapterRun(temp, run.config, run.recipe, run.base, run.revision, run.trust_remote_code))
+        check = compare("adapter (reloaded with PEFT)", copied.adapted, ref, "float32")
+        echo(check.line())
+        report["verification"].append(check.as_dict())
+        if not check.ok:
+            raise VerificationError(f"{check.line()}; the export was not written")
+    else:
+        echo("verify: skipped (--no-verify)")
+    return report
+
+
+def _export_gguf(run: AdapterRun, temp: Path, quant: str, shard_size: str, verify: bool, echo) -> dict:
+    from transformers import AutoTokenizer
+
+    from tune.export import ollama, to_gguf
+    from tune.export.verify import gguf_check
+
+    merged = temp / ".merged"  # the verified merge the GGUF is converted from; removed at the end
+    merged.mkdir()
+    report = _merge_verified(run, merged, "auto", shard_size, verify, False, echo)
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    name = f"model-{quant}.gguf"
+    report["gguf"] = to_gguf.write(merged, temp / name, quant, run.base_name, ollama.stop_tokens(tokenizer))
+    echo(f"gguf: {name} ({report['gguf']['architecture']}, tensor types {report['gguf']['tensor_types']})")
+    (temp / "Modelfile").write_text(ollama.modelfile(tokenizer, name), encoding="utf-8")
+    if verify:
+        readback = to_gguf.read_back(temp / name, merged, quant)
+        report["readback"] = readback
+        echo(f"verify gguf: {readback['tensors']} tensors read back, max relative weight error "
+             f"{readback['max_relative_error']:.2e} (tolerance {to_gguf.READBACK_TOLERANCE[quant]:.0e})"
+             + ("" if not readback["problems"] else f"; {len(readback['problems'])} problem(s)"))
+        if readback["problems"]:
+            raise VerificationError([f"{temp / name}: {problem}" for problem in readback["problems"]])
+        check = gguf_check(temp / name, report["_reference"], quant)
+        if check is None:
+            echo("verify gguf: llama-cpp-python is not installed; logits not compared (weights were)")
+        else:
+            echo(check.line())
+            report["verification"].append(check.as_dict())
+            if not check.ok:
+                raise VerificationError(f"{check.line()}; the export was not written")
+    shutil.rmtree(merged)
+    return report
+
+
+def _write_record(temp: Path, report: dict) -> None:
+    record = {key: value for key, value in report.items() if not key.startswith("_")}
+    (temp / "export.json").write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,139 @@
+"""Proof that a merged model is the adapter's model: the same probe prompts go through base+adapter (PEFT,
+unmerged, float32) and through the result, and the largest absolute logit difference must stay within
+what rounding the weights to the result's dtype can explain. The reference is the 16/32-bit base even for
+a QLoRA adapter, because that is the base the merge uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tune.errors import TuneError
+
+PROBES = ("What is the capital of France?", "Translate the colour into French: red",
+          "Write one sentence about the sea.")
+
+# Allowed max |logit difference| as a share of the largest reference logit (at least 1.0), per dtype of
+# the stored weights. float32 only reorders float32 sums; the 16-bit ones round every weight once
+# (bfloat16 keeps 8 bits of mantissa, float16 11), which moves logits by about that relative amount.
+TOLERANCE = {"float32": 1e-4, "float16": 5e-3, "bfloat16": 3e-2}
+
+
+class VerificationError(TuneError):
+    """The result does not reproduce base+adapter; the export is removed."""
+
+    exit_code = 3
+
+
+@dataclass
+class Reference:
+    probes: list  # token id lists
+    adapted: list  # base+adapter logits per probe (float32 tensors)
+    base_effect: float  # max |adapter logits - base logits|: how much the adapter changes the model
+
+
+@dataclass
+class Verification:
+    what: str
+    max_diff: float
+    tolerance: float
+    base_effect: float
+
+    @property
+    def ok(self) -> bool:
+        return self.max_diff <= self.tolerance
+
+    def line(self) -> str:
+        verdict = "OK" if self.ok else "FAILED"
+        return (f"verify {self.what}: max |logit diff| vs base+adapter {self.max_diff:.2e} "
+                f"(tolerance {self.tolerance:.1e}; the adapter itself moves logits by up to {self.base_effect:.2e}) "
+                f"{verdict}")
+
+    def as_dict(self) -> dict:
+        return {"what": self.what, "max_abs_logit_diff": self.max_diff, "tolerance": self.tolerance,
+                "adapter_effect": self.base_effect, "ok": self.ok}
+
+
+def probe_ids(tokenizer) -> list[list[int]]:
+    """The probes as the model sees them at inference: rendered with the run's chat template."""
+    probes = []
+    for text in PROBES:
+        if tokenizer.chat_template:
+            rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                     add_generation_prompt=True)
+            ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        else:
+            ids = tokenizer(text)["input_ids"]
+        probes.append(list(ids))
+    return probes
+
+
+def reference(run) -> Reference:
+    """Logits of base+adapter on the probes, and the base's alone (the adapter switched off)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from tune.export.merge import load_peft
+
+    tokenizer = AutoTokenizer.from_pretrained(run.path)
+    probes = probe_ids(tokenizer)
+    model = load_peft(run, torch.float32)
+    adapted, effect = [], 0.0
+    with torch.no_grad():
+        for ids in probes:
+            batch = torch.tensor([ids])
+            logits = model(batch).logits[0].float()
+            with model.disable_adapter():
+                base = model(batch).logits[0].float()
+            adapted.append(logits)
+            effect = max(effect, (logits - base).abs().max().item())
+    del model
+    return Reference(probes, adapted, effect)
+
+
+def compare(what: str, logits: list, ref: Reference, dtype_name: str, tolerance: float | None = None) -> Verification:
+    scale = max(1.0, max(r.abs().max().item() for r in ref.adapted))
+    diff = max((got.float() - want).abs().max().item() for got, want in zip(logits, ref.adapted))
+    return Verification(what, diff, tolerance if tolerance is not None else TOLERANCE[dtype_name] * scale,
+                        ref.base_effect)
+
+
+def merged_logits(model_dir, probes: list) -> list:
+    """The merged checkpoint's logits, its stored weights computed in float32 (so the check measures
+    the weights, not the precision of a CPU's 16-bit matmuls)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True).eval()
+    with torch.no_grad():
+        logits = [model(torch.tensor([ids])).logits[0].float() for ids in probes]
+    del model
+    return logits
+
+
+def verify_merged(model_dir, ref: Reference, dtype_name: str) -> Verification:
+    return compare("merged", merged_logits(model_dir, ref.probes), ref, dtype_name)
+
+
+# llama.cpp computes with the file's weights (f16, or q8_0 with 8-bit quantized activations), so its
+# logits drift further than a float32 forward over the same weights: allowed share of the largest logit.
+GGUF_TOLERANCE = {"f16": 2e-2, "bf16": 5e-2, "q8_0": 1e-1}
+
+
+def gguf_check(path, ref: Reference, quant: str) -> Verification | None:
+    """The GGUF's logits from llama.cpp on the same probe ids; None when llama-cpp-python is absent."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return None
+    import torch
+
+    longest = max(len(ids) for ids in ref.probes)
+    model = Llama(model_path=str(path), n_ctx=max(64, longest), logits_all=True, verbose=False, n_threads=2)
+    logits = []
+    for ids in ref.probes:
+        model.reset()
+        model.eval(ids)
+        logits.append(torch.tensor(model.scores[: len(ids)]).float())
+    model.close()
+    scale = max(1.0, max(r.abs().max().item() for r in ref.adapted))
+    return compare(f"gguf {quant} (llama.cpp)", logits, ref, quant, GGUF_TOLERANCE[quant] * scale)
