@@ -309,12 +309,22 @@ def data_check(recipe: Path = typer.Argument(help="Recipe YAML file."),
 
 @app.command()
 def quickstart(dest: Path = typer.Option(Path("runs/quickstart"), "--dir", help="Output dir of the run.")) -> None:
-    """Offline demo: build the tiny model, fine-tune it with recipes/quickstart.yaml, answer a prompt."""
+    """Offline demo: build the tiny model, fine-tune it, merge, export GGUF, and answer prompts."""
+    from tune.cli_export import export, merge
+
     init_tiny(None, hidden_size=256, layers=4, force=False)
     run(bundled_recipes()["quickstart"], overrides=[f"output.dir={dest}"], overwrite=True, resume=False)
+    merged, gguf = Path(f"{dest}-merged"), Path(f"{dest}-gguf")
+    for step in (f"\n$ tune merge {dest} {merged}", f"\n$ tune export {dest} {gguf} --format gguf --quant q8_0"):
+        out.print(step, markup=False)
+        if "merge" in step:
+            merge(dest, merged, dtype="auto", shard_size="2GB", base=None, verify=True, in_memory=False, overwrite=True)
+        else:
+            export(dest, gguf, fmt="gguf", quant="q8_0", dtype="auto", shard_size="2GB", base=None, verify=True,
+                   overwrite=True)
     for question in QUICKSTART_PROMPTS:
-        out.print(f"\n$ tune generate {dest} --prompt {question!r}", markup=False)
-        generate(dest, prompt=question, data=None, out_file=None, system=None, max_new_tokens=24, temperature=0.0,
+        out.print(f"\n$ tune generate {merged} --prompt {question!r}", markup=False)
+        generate(merged, prompt=question, data=None, out_file=None, system=None, max_new_tokens=24, temperature=0.0,
                  top_k=50, top_p=1.0, seed=0)
 
 
