@@ -5,6 +5,7 @@ LoRA on every linear layer, for one epoch over the same generated instruction da
 log-normal, 16-1024 tokens, like chat data), each in its own subprocess:
 - tune:         `tune run` with data.packing: true, one packed row of 1024 tokens per forward pass, and
                 gradient accumulation chosen so it takes (about) as many optimizer steps as the plain run;
+- tune-bf16:    the same with model.dtype: bfloat16 (frozen base in bf16, adapter in float32);
 - trl-default:  the script as TRL's docs write it, SFTConfig defaults (batch 8, padded; bf16 autocast and
                 gradient checkpointing on), plus use_cpu=True, which TRL's own error asks for on a CPU, and
                 num_train_epochs=1 (the default is 3) so it trains the same examples;
@@ -111,7 +112,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--only", default="tune,trl-default,trl-packed")
+    parser.add_argument("--only", default="tune,tune-bf16,trl-default,trl-packed")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tune-bench-"))
     env = {**os.environ, "TUNE_HOME": str(work / "home"), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -148,6 +149,8 @@ def main() -> None:
                 "gradient_accumulation_steps": accumulation, "learning_rate": 2e-4}
     contenders = {
         "tune": lambda out: [sys.executable, "-m", "tune", "run", str(recipe), "--set", f"output.dir={out}"],
+        "tune-bf16": lambda out: [sys.executable, "-m", "tune", "run", str(recipe), "--set", f"output.dir={out}",
+                                  "--set", "model.dtype=bfloat16"],
         "trl-default": lambda out: [sys.executable, "-c", PLAIN, str(model), str(work / "chat.jsonl"), str(out), "{}"],
         "trl-packed": lambda out: [sys.executable, "-c", PLAIN, str(model), str(work / "chat.jsonl"), str(out),
                                    json.dumps({**trl_best, "gradient_checkpointing": False})],
@@ -158,7 +161,7 @@ def main() -> None:
         for name in chosen if repeat % 2 == 0 else reversed(chosen):  # alternate the order against drift
             out = work / f"{name}-{repeat}"
             stdout, wall, rss = run(contenders[name](out), env)
-            if name == "tune":
+            if name.startswith("tune"):
                 summary = json.loads((out / "run.json").read_text())
                 trained = int(re.search(r"(\d+) trained tokens", stdout).group(1))
                 result = {"seconds": summary["train_seconds"], "trained_tokens": trained, "steps": summary["steps"]}
