@@ -3,14 +3,17 @@
 Every contender trains the same random 4-layer, 256-wide Llama (tune.tiny.build) with the same rank-16
 LoRA on every linear layer, for one epoch over the same generated instruction data (total lengths drawn
 log-normal, 16-1024 tokens, like chat data), each in its own subprocess:
-- tune:         `tune run` with data.packing: true, one packed row of 1024 tokens per forward pass, and
-                gradient accumulation chosen so it takes (about) as many optimizer steps as the plain run;
+- tune:         `tune run` with data.packing: true and model.dtype: auto (on a CPU with AVX512-BF16 that
+                means bf16 autocast over float32 weights), one packed row of 1024 tokens per forward pass,
+                and gradient accumulation chosen so it takes (about) as many optimizer steps as the plain run;
+- tune-fp32:    the same in plain float32 (model.dtype: float32);
 - tune-bf16:    the same with model.dtype: bfloat16 (frozen base in bf16, adapter in float32);
 - trl-default:  the script as TRL's docs write it, SFTConfig defaults (batch 8, padded; bf16 autocast and
                 gradient checkpointing on), plus use_cpu=True, which TRL's own error asks for on a CPU, and
                 num_train_epochs=1 (the default is 3) so it trains the same examples;
-- trl-packed:   the same script at its best settings: packing (BFD, padding-free) with the same rows per
-                step as tune, no checkpointing, float32.
+- trl-packed:   the same script with packing (BFD, padding-free), the same rows per step as tune, no
+                checkpointing, float32;
+- trl-best:     trl-packed plus bf16 autocast: TRL at its best settings on this CPU, i.e. what tune runs.
 Trained tokens are labels that carry loss (not padding, not prompt); tokens/s divides them by the
 seconds of trainer.train() only. Wall time is the whole process (imports, tokenizing, loading).
 Runs alternate and repeat; the median is reported.
@@ -112,7 +115,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--only", default="tune,tune-bf16,trl-default,trl-packed")
+    parser.add_argument("--only", default="tune,tune-fp32,trl-default,trl-packed,trl-best")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tune-bench-"))
     env = {**os.environ, "TUNE_HOME": str(work / "home"), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -139,7 +142,7 @@ def main() -> None:
 
     recipe = work / "bench.yaml"
     recipe.write_text(json.dumps({
-        "model": {"name": str(model), "dtype": "float32"},
+        "model": {"name": str(model), "dtype": "auto"},
         "data": {"train": str(work / "data.jsonl"), "max_length": MAX_LENGTH, "packing": True},
         "adapter": {"r": RANK, "alpha": 2 * RANK, "dropout": 0.0, "target_modules": "all-linear"},
         "train": {"epochs": 1, "batch_size": 1, "gradient_accumulation": accumulation, "learning_rate": 2e-4,
@@ -149,11 +152,15 @@ def main() -> None:
                 "gradient_accumulation_steps": accumulation, "learning_rate": 2e-4}
     contenders = {
         "tune": lambda out: [sys.executable, "-m", "tune", "run", str(recipe), "--set", f"output.dir={out}"],
+        "tune-fp32": lambda out: [sys.executable, "-m", "tune", "run", str(recipe), "--set", f"output.dir={out}",
+                                  "--set", "model.dtype=float32"],
         "tune-bf16": lambda out: [sys.executable, "-m", "tune", "run", str(recipe), "--set", f"output.dir={out}",
                                   "--set", "model.dtype=bfloat16"],
         "trl-default": lambda out: [sys.executable, "-c", PLAIN, str(model), str(work / "chat.jsonl"), str(out), "{}"],
         "trl-packed": lambda out: [sys.executable, "-c", PLAIN, str(model), str(work / "chat.jsonl"), str(out),
                                    json.dumps({**trl_best, "gradient_checkpointing": False})],
+        "trl-best": lambda out: [sys.executable, "-c", PLAIN, str(model), str(work / "chat.jsonl"), str(out),
+                                 json.dumps({**trl_best, "bf16": True, "gradient_checkpointing": False})],
     }
     chosen = args.only.split(",")
     results: dict[str, list[dict]] = {name: [] for name in chosen}

@@ -111,6 +111,10 @@ def print_summary(summary: dict) -> None:
         f"adapter: {summary['output_dir']} (loss curve: loss_curve.png)",
         f"next: tune generate {summary['output_dir']} --prompt \"...\"   or   tune chat {summary['output_dir']}",
     ]
+    if summary.get("method") == "classify":  # a classifier has labels to score, not text to generate
+        lines[1] += f", accuracy {summary['accuracy']:.4f}, macro-F1 {summary['macro_f1']:.4f}" if summary.get("accuracy") is not None else ""
+        lines[2] = f"adapter: {summary['output_dir']} (eval_metrics.json, confusion_matrix.png, loss_curve.png)"
+        lines[3] = f"next: tune eval {summary['output_dir']} --data FILE   or   tune predict {summary['output_dir']} --data FILE --out preds.jsonl"
     out.print("\n".join(lines), markup=False)
 
 
@@ -237,7 +241,8 @@ def evaluate(model_dir: Path = typer.Argument(help="A `tune run` output dir or a
              exact_match: bool = typer.Option(False, "--exact-match", help="Also generate greedy answers and "
                                               "count those equal to the reference."),
              max_new_tokens: int = MAX_NEW) -> None:
-    """Loss and perplexity on the trained-on tokens of --data (and exact match when asked)."""
+    """Loss and perplexity on the trained-on tokens of --data (and exact match when asked); for a
+    classifier: accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix."""
     from tune.evaluate import evaluate as run_eval
     from tune.quiet import quiet_libraries
 
@@ -246,11 +251,32 @@ def evaluate(model_dir: Path = typer.Argument(help="A `tune run` output dir or a
         result = run_eval(model_dir, data, exact_match, max_new_tokens)
     except TuneError as exc:
         fail(exc)
+    if "accuracy" in result:
+        from tune.metrics import report_lines
+
+        out.print(f"{data}: " + "\n".join(report_lines(result)), markup=False)
+        return
     line = (f"{data}: {result['examples']} examples, {result['target_tokens']} target tokens, "
             f"loss {result['loss']:.4f}, perplexity {result['perplexity']:.2f}")
     if "exact_match" in result:
         line += f", exact match {result['exact_match']:.1%}"
     out.print(line, markup=False)
+
+
+@app.command()
+def predict(model_dir: Path = typer.Argument(help="The output dir of a `train.method: classify` run."),
+            data: Path = typer.Option(..., "--data", help="Rows with the run's text (and text_pair) columns."),
+            out_file: Path = typer.Option(..., "--out", help="Where to write: .jsonl or .csv.")) -> None:
+    """Label every row of --data: its predicted label and the probability of each label."""
+    from tune.classifier import predict_file
+    from tune.quiet import quiet_libraries
+
+    quiet_libraries()
+    try:
+        count = predict_file(model_dir, data, out_file)
+    except TuneError as exc:
+        fail(exc)
+    out.print(f"wrote {count} predictions to {out_file}", markup=False)
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Look at the data as the trainer will see it.")

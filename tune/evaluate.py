@@ -18,6 +18,10 @@ def evaluate(model_dir: Path, data_file: Path, exact_match: bool = False, max_ne
     from tune.recipe import DataSection
 
     recipe = run_recipe(model_dir)
+    if recipe is not None and recipe.train.method == "classify":
+        from tune.classifier import evaluate_file
+
+        return evaluate_file(model_dir, data_file)
     base = recipe.data.model_dump() if recipe else {"format": "instruction"}
     data = DataSection.model_validate(base | {"train": str(data_file), "eval": None, "eval_fraction": 0.0,
                                               "overlength": "truncate"})

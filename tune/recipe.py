@@ -33,6 +33,7 @@ class ModelSection(Section):
     allow_pickle: bool = Field(False, description="Allow loading .bin (pickle) weights when a model has no safetensors; pickles can run code.")
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
         "auto", description="Attention kernel; auto = what transformers picks (SDPA where it can).")
+    adapter: str | None = Field(None, description="dpo: a `tune run` output dir (e.g. an SFT run) whose adapter training continues; that model is the reference.")
 
 
 FORMAT_FIELDS = {
@@ -40,6 +41,8 @@ FORMAT_FIELDS = {
     "instruction": ("instruction", "input", "output", "prompt", "completion", "system"),
     "chat": ("messages", "role", "content"),
     "completion": ("text",),
+    "classification": ("text", "text_pair", "label"),
+    "preference": ("prompt", "chosen", "rejected", "system"),
 }
 
 
@@ -57,8 +60,8 @@ class DataSection(Section):
     eval_fraction: float = Field(0.0, ge=0.0, le=0.5, description="Share of train rows held out for eval when `eval` is not given (fixed seed).")
     split: str = Field("train", description="Split to read from a hub dataset or a saved DatasetDict.")
     revision: str | None = Field(None, description="Hub dataset branch, tag or commit to pin.")
-    format: Literal["instruction", "chat", "completion"] = Field(
-        "instruction", description="Row shape: instruction = {instruction, input?, output} or {prompt, completion}; chat = messages/conversations; completion = raw text.")
+    format: Literal["instruction", "chat", "completion", "classification", "preference"] = Field(
+        "instruction", description="Row shape: instruction = {instruction, input?, output} or {prompt, completion}; chat = messages/conversations; completion = raw text; classification = {text, text_pair?, label}; preference = {prompt, chosen, rejected}.")
     columns: dict[str, str] = Field(
         default_factory=dict, description="Map from the format's field names to your file's column names, e.g. {output: answer}.")
     template: str = Field(
@@ -73,6 +76,9 @@ class DataSection(Section):
         False, description="Pack several examples into each row of max_length (padding-free, own position ids, no attention across examples); batch_size then counts rows.")
     group_by_length: bool = Field(
         False, description="When packing is off: batch examples of similar length together so less padding is computed.")
+    labels: list[str | int] | None = Field(
+        None, min_length=2, description="classification: the label names in id order; default = every label in the train split, sorted (numbers numerically).")
+    drop_bad_pairs: bool = Field(False, description="preference: skip (and count) rows whose chosen equals rejected or has an empty side, instead of stopping.")
 
     @model_validator(mode="after")
     def _check(self) -> DataSection:
@@ -98,8 +104,13 @@ class AdapterSection(Section):
     modules_to_save: list[str] = Field(default_factory=list, description="Layers trained fully and saved with the adapter (e.g. embed_tokens when adding tokens).")
 
 
+DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")  # TRL 1.16's DPOConfig
+
+
 class TrainSection(Section):
-    method: Literal["sft"] = Field("sft", description="Training method: sft = supervised fine-tuning on the formatted rows.")
+    method: Literal["sft", "classify", "dpo", "orpo", "kto"] = Field(
+        "sft", description="sft = supervised fine-tuning; classify = sequence classification head + adapter; dpo/orpo/kto = preference alignment.")
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps to run; overrides epochs when set.")
     epochs: float = Field(1.0, gt=0, description="Passes over the training data (used when max_steps is not set).")
     learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate of the adapter weights.")
@@ -122,6 +133,10 @@ class TrainSection(Section):
     keep_checkpoints: int = Field(2, ge=1, description="Complete checkpoints kept on disk; older ones are deleted.")
     use_liger_kernel: bool = Field(False, description="GPU: Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused cross-entropy); needs `pip install liger-kernel`.")
     torch_compile: bool = Field(False, description="Compile the model with torch.compile: slow first steps, faster after (mostly on a GPU).")
+    class_weights: Literal["none", "balanced"] | dict[str, float] = Field(
+        "none", description="classify: loss weight per label; balanced = n_rows / (n_labels x rows of the label), or a {label: weight} mapping.")
+    beta: float = Field(0.1, gt=0, description="dpo: how far the policy may move from the reference; higher = stays closer (IPO's tau).")
+    loss_type: str | list[str] = Field("sigmoid", description="dpo: TRL preference loss (sigmoid = DPO, ipo, hinge, robust, ...); a list sums several with equal weights.")
 
 
 class OutputSection(Section):
@@ -135,6 +150,25 @@ class Recipe(Section):
     adapter: AdapterSection = Field(default_factory=AdapterSection, description="The parameter-efficient adapter.")
     train: TrainSection = Field(default_factory=TrainSection, description="The optimization loop.")
     output: OutputSection = Field(default_factory=OutputSection, description="Where results are written.")
+
+    @model_validator(mode="after")
+    def _check_preference(self) -> Recipe:
+        # Keys that only make sense together; each message leads with the key to fix (see _describe).
+        method, losses = self.train.method, self.train.loss_type
+        for name in ([losses] if isinstance(losses, str) else losses) or ["(empty list)"]:
+            if name not in DPO_LOSSES:  # TRL itself only rejects a bad name when the loss is first computed
+                raise ValueError(f"train.loss_type: '{name}' is not a DPO loss{_did_you_mean(name, DPO_LOSSES)} "
+                                 f"(one of {', '.join(DPO_LOSSES)})")
+        if method in ("orpo", "kto"):
+            raise ValueError(f"train.method: {method} is not available yet; preference alignment runs with dpo "
+                             "(train.loss_type picks IPO, hinge, robust and the other DPO-family losses)")
+        if (method == "dpo") != (self.data.format == "preference"):
+            raise ValueError("train.method: dpo trains on pairs; set data.format: preference" if method == "dpo"
+                             else f"data.format: preference rows are for train.method: dpo, not {method}")
+        if self.model.adapter is not None and method != "dpo":
+            raise ValueError(f"model.adapter: continuing a trained adapter is supported for train.method: dpo, "
+                             f"not {method}")
+        return self
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,6 +270,9 @@ _FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 def _describe(err: dict, path: Path, lines: dict[tuple, int], set_paths: dict[tuple, str]) -> str:
     loc = tuple(err["loc"])
+    key, _, rest = err["msg"].removeprefix("Value error, ").partition(": ")
+    if not loc and "." in key and " " not in key:  # a cross-section check names the key it is about
+        loc, err = tuple(key.split(".")), err | {"msg": rest}
     dotted = ".".join(str(part) for part in loc) or "(top level)"
     if err["type"] == "extra_forbidden":
         choices = _fields_at(loc[:-1])

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tune.data.conversation import tokenize
+from tune.data.preference import BadPair
 from tune.data.prepare import MESSAGE_FORMATS, load_rows, split_off
 from tune.data.templates import resolve_template
 from tune.errors import TuneError
@@ -33,6 +34,14 @@ def preview(recipe: Recipe, recipe_dir: Path, count: int) -> list[Example]:
     template, _ = resolve_template(data.template, tokenizer, recipe_dir)
     rows = load_rows(data, data.train, "data.train", recipe_dir, recipe.train.seed)[:count]
     examples = []
+    if data.format == "classification":  # the model sees the text (pair) as tokenized; the label is shown after it
+        from tune.data.classification import row_fields
+
+        for where, row in rows:
+            text, pair, label_name = row_fields(row, data.columns, where)
+            ids = tokenizer(text, pair)["input_ids"]
+            examples.append(Example(where, [(tokenizer.decode(ids), False), (f" -> {label_name}", True)], len(ids), 0))
+        return examples
     if data.format == "completion":
         from tune.data.completion import chunk, row_text
 
@@ -82,13 +91,21 @@ def check_all(recipe: Recipe, recipe_dir: Path) -> CheckReport:
                     if not text.strip():
                         raise TuneError(f"{where}: empty text")
                     length, key = len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1, text
+                elif data.format == "classification":
+                    from tune.data.classification import check_row, row_fields
+
+                    check_row(row, data.columns, data.labels, where)
+                    text, pair, label_name = row_fields(row, data.columns, where)
+                    roles[label_name] += 1  # for this format the summary counts labels instead of roles
+                    length, key = len(tokenizer(text, pair)["input_ids"]), json.dumps([text, pair, label_name])
                 else:
                     messages = MESSAGE_FORMATS[data.format](row, data.columns, data.system_prompt, where)
                     roles.update(message["role"] for message in messages)
                     length = len(tokenize(messages, tokenizer, template, data.train_on).input_ids)
                     key = json.dumps(messages, sort_keys=True)
             except TuneError as exc:
-                report.errors.extend(exc.problems)
+                skipped = data.drop_bad_pairs and isinstance(exc, BadPair)  # the run drops these pairs
+                (report.warnings if skipped else report.errors).extend(exc.problems)
                 continue
             digest = hashlib.sha256(key.encode()).hexdigest()
             if digest in seen and seen[digest] != where:  # a weighted source repeats rows on purpose
@@ -118,5 +135,5 @@ def _summary(name, rows, lengths, over, duplicates, roles, data_format) -> str:
     line = (f"{name}: {rows} rows; tokens p50 {pick(0.5)}, p90 {pick(0.9)}, p99 {pick(0.99)}, max {ordered[-1]}; "
             f"{over} over max_length; {duplicates} duplicates")
     if data_format != "completion":
-        line += "; roles " + ", ".join(f"{role} {count}" for role, count in sorted(roles.items()))
+        line += ("; labels " if data_format == "classification" else "; roles ") + ", ".join(f"{role} {count}" for role, count in sorted(roles.items()))
     return line

@@ -8,7 +8,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tune.data import chat, completion, instruction
+from tune.data import chat, classification, completion, instruction, preference
 from tune.data.conversation import LengthReport, fit_length, tokenize
 from tune.data.sources import Source, read_rows, resolve_sources
 from tune.data.templates import check_template_name
@@ -16,13 +16,21 @@ from tune.errors import TuneError
 from tune.recipe import DataSection
 
 PEEK_ROWS = 5
-MESSAGE_FORMATS = {"instruction": instruction.row_to_messages, "chat": chat.row_to_messages}
+MESSAGE_FORMATS = {"instruction": instruction.row_to_messages, "chat": chat.row_to_messages,
+                   "preference": preference.row_to_messages}  # prompt + chosen, for preview and data check
 
 
 def check_row(data: DataSection, row: dict, where: str) -> None:
     """Raise DataError if the row cannot be used by data.format."""
     if data.format == "completion":
         completion.row_text(row, data.columns, where)
+    elif data.format == "classification":
+        classification.check_row(row, data.columns, data.labels, where)
+    elif data.format == "preference" and data.drop_bad_pairs:
+        try:  # the run drops bad pairs, so only a malformed row is a problem
+            preference.row_to_pair(row, data.columns, data.system_prompt, where)
+        except preference.BadPair:
+            pass
     else:
         MESSAGE_FORMATS[data.format](row, data.columns, data.system_prompt, where)
 

@@ -1,5 +1,5 @@
 """Trainers: one module per `train.method`, each exposing `train(recipe, recipe_path, echo) -> RunResult`."""
 
-from tune.train import sft
+from tune.train import classify, dpo, sft
 
-TRAINERS = {"sft": sft.train}
+TRAINERS = {"sft": sft.train, "dpo": dpo.train, "classify": classify.train}

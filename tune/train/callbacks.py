@@ -9,6 +9,10 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 KEPT = ("loss", "eval_loss", "learning_rate", "grad_norm", "mean_token_accuracy", "eval_mean_token_accuracy", "epoch")
+KEPT += ("eval_accuracy", "eval_macro_f1")  # classify runs
+# DPO: how often the policy prefers chosen over rejected, and by how much (beta x log-ratio vs the reference).
+KEPT += ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected",
+         "eval_rewards/accuracies", "eval_rewards/margins", "eval_rewards/chosen", "eval_rewards/rejected")
 
 
 class MetricsLog(TrainerCallback):

@@ -81,6 +81,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     if optimizer == "auto":
         optimizer = "paged_adamw_8bit" if on_gpu and recipe.model.quantization != "none" else "adamw_torch"
     evaluate_during = bool(data.eval) and recipe.train.eval_steps is not None
+    cpu_autocast = not on_gpu and recipe.model.dtype == "auto" and torch.cpu._is_avx512_bf16_supported()
     config = SFTConfig(
         output_dir=str(checkpoints),
         max_steps=recipe.train.max_steps or -1,
@@ -97,9 +98,11 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         max_grad_norm=recipe.train.max_grad_norm,
         seed=recipe.train.seed,
         data_seed=recipe.train.seed,
-        # TRL defaults to bf16 even on the CPU; mixed precision only where the GPU does it natively.
-        bf16=on_gpu and dtype == torch.bfloat16,
+        # TRL defaults to bf16 even on the CPU. Mixed precision where the hardware does bf16 natively: a GPU,
+        # or (dtype auto) a CPU with AVX512-BF16, where autocast matmuls run much faster than float32.
+        bf16=(on_gpu and dtype == torch.bfloat16) or cpu_autocast,
         fp16=on_gpu and dtype == torch.float16,
+        use_cpu=not on_gpu,
         max_length=recipe.data.max_length,
         # BFD packing is padding-free: rows are flattened with per-example position_ids, from which
         # transformers builds a block-diagonal mask (SDPA/eager) or cu_seq_lens (FlashAttention), and the
@@ -207,9 +210,9 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
 
 
 def _checkpointing(enabled: bool) -> dict:
-    # Passed only when on: transformers 5 warns about these (renamed in v6) whenever they are set.
+    # Always explicit: TRL's SFTConfig turns checkpointing on by default, which slows every small run.
     if not enabled:
-        return {}
+        return {"gradient_checkpointing": False}
     return {"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False}}
 
 

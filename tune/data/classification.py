@@ -1,0 +1,113 @@
+"""The `classification` format: each row is a text (or a text pair) and a label. Labels may be strings
+or integers; either way a label is known by its string form ("positive", "3"), which is what
+`data.labels` lists and what id2label/labels.json hold. The label set is `data.labels` in the given
+order, else every label of the train split sorted (numbers numerically), so ids never depend on the
+order of the rows."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from tune.errors import DataError
+
+
+def row_fields(row: dict, columns: dict[str, str], where: str, need_label: bool = True) -> tuple[str, str | None, str | None]:
+    """(text, text_pair or None, label name) of one row; without need_label a missing label is None."""
+    text_key, pair_key, label_key = (columns.get(name, name) for name in ("text", "text_pair", "label"))
+    text, pair, label = row.get(text_key), row.get(pair_key), row.get(label_key)
+    if not isinstance(text, str) or not text.strip():
+        got = "missing" if text is None else ("empty" if isinstance(text, str) else type(text).__name__)
+        raise DataError(f"{where}: column '{text_key}' must be non-empty text, got {got} (map yours with data.columns.text)")
+    if pair is not None and not isinstance(pair, str):
+        raise DataError(f"{where}: column '{pair_key}' must be text when present, got {type(pair).__name__}")
+    if label is None and not need_label:
+        return text, pair or None, None
+    # bool is an int subclass, and True/False labels are almost always a mistaken column
+    if isinstance(label, bool) or not isinstance(label, (str, int)) or (isinstance(label, str) and not label.strip()):
+        got = "missing" if label is None else repr(label)
+        raise DataError(f"{where}: column '{label_key}' must be a label name or integer, got {got} "
+                        "(map yours with data.columns.label)")
+    return text, pair or None, str(label).strip()
+
+
+def check_row(row: dict, columns: dict[str, str], labels: list | None, where: str) -> None:
+    """For `tune validate`: the row is usable and, when the label set is declared, its label is in it."""
+    _, _, label = row_fields(row, columns, where)
+    if labels is not None:
+        names = declared_names(labels)
+        if label not in names:
+            raise DataError(f"{where}: label '{label}' is not in data.labels ({', '.join(names)})")
+
+
+def declared_names(labels: list) -> list[str]:
+    names = [str(label).strip() for label in labels]
+    repeated = sorted(name for name, count in Counter(names).items() if count > 1)
+    if repeated:
+        raise DataError(f"data.labels: '{repeated[0]}' is listed more than once")
+    return names
+
+
+def label_names(declared: list | None, seen: list[str]) -> list[str]:
+    """The label set in id order: declared, else the train split's labels sorted."""
+    if declared is not None:
+        return declared_names(declared)
+    unique = set(seen)
+    if all(_is_int(name) for name in unique):
+        return sorted(unique, key=int)
+    return sorted(unique)
+
+
+def _is_int(text: str) -> bool:
+    return text.lstrip("-").isdigit()
+
+
+def read_labelled(data, spec, key: str, recipe_dir: Path | None, seed: int, fingerprint: dict | None = None,
+                  need_label: bool = True) -> list[tuple[str, str, str | None, str | None]]:
+    """(where, text, text_pair, label name) for every row of `spec` (a data.train/data.eval value)."""
+    from tune.data.prepare import load_rows
+
+    rows = load_rows(data, spec, key, recipe_dir, seed, fingerprint)
+    return [(where, *row_fields(row, data.columns, where, need_label)) for where, row in rows]
+
+
+def label_ids(rows: list[tuple], label2id: dict[str, int]) -> list[int]:
+    """Ids of the rows' labels; a label outside the set is one line naming the first such row."""
+    unknown = [(where, label) for where, _, _, label in rows if label not in label2id]
+    if unknown:
+        where, label = unknown[0]
+        more = f" ({len(unknown) - 1} more rows like it)" if len(unknown) > 1 else ""
+        raise DataError(f"{where}: label '{label}' is not in the label set ({', '.join(label2id)}){more}")
+    return [label2id[label] for _, _, _, label in rows]
+
+
+def encode(rows: list[tuple], tokenizer, max_length: int, label2id: dict[str, int] | None) -> list[dict]:
+    """Token rows for the model: input ids, attention mask (token type ids for BERT pairs) and the label
+    id. Texts longer than max_length are truncated (the pair's longer side first)."""
+    ids = label_ids(rows, label2id) if label2id is not None else [None] * len(rows)
+    encoded = []
+    for (where, text, pair, _), label in zip(rows, ids):
+        features = dict(tokenizer(text, pair, truncation=True, max_length=max_length))
+        if label is not None:
+            features["labels"] = label
+        encoded.append(features)
+    return encoded
+
+
+def class_weights(setting, names: list[str], train_ids: list[int]) -> list[float] | None:
+    """Loss weight per label id from train.class_weights; None means plain cross-entropy."""
+    if setting == "none":
+        return None
+    if setting == "balanced":
+        counts = Counter(train_ids)
+        missing = [names[i] for i in range(len(names)) if not counts[i]]
+        if missing:
+            raise DataError(f"train.class_weights: balanced needs every label in the train split; "
+                            f"'{missing[0]}' has no rows")
+        return [len(train_ids) / (len(names) * counts[i]) for i in range(len(names))]
+    unknown = [name for name in setting if name not in names]
+    if unknown:
+        raise DataError(f"train.class_weights: '{unknown[0]}' is not a label ({', '.join(names)})")
+    if any(weight <= 0 for weight in setting.values()):
+        raise DataError("train.class_weights: every weight must be > 0")
+    return [float(setting.get(name, 1.0)) for name in names]
