@@ -112,7 +112,6 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         per_device_train_batch_size=recipe.train.batch_size,
         per_device_eval_batch_size=recipe.train.batch_size,
         gradient_accumulation_steps=recipe.train.gradient_accumulation,
-        gradient_checkpointing=recipe.train.gradient_checkpointing,  # TRL's default is on, which costs ~30% on CPU
         **_checkpointing(recipe.train.gradient_checkpointing),
         optim=optimizer,
         max_grad_norm=recipe.train.max_grad_norm,
