@@ -5,8 +5,6 @@ precision (or recall) 0, as scikit-learn's zero_division=0 does, so macro-F1 nev
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 REPORT = "eval_metrics.json"
@@ -85,12 +83,6 @@ def plot_confusion(report: dict, path: Path) -> Path:
         axis.text(column, row, str(count), ha="center", va="center",
                   color="white" if count > threshold else "black")  # readable on dark and light cells
     figure.tight_layout()
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(handle)
-    try:
-        figure.savefig(temp, format="png")
-        os.replace(temp, path)
-    finally:
-        plt.close(figure)
-        Path(temp).unlink(missing_ok=True)
-    return path
+    from tune.plots import save_png
+
+    return save_png(figure, path)

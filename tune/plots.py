@@ -27,6 +27,13 @@ def plot_losses(records: list[dict], path: Path) -> Path | None:
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
+    return save_png(figure, path)
+
+
+def save_png(figure, path: Path) -> Path:
+    """Write a matplotlib figure atomically (temp file, then rename) and release it."""
+    import matplotlib.pyplot as plt
+
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
     os.close(handle)
     try:
