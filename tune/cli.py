@@ -67,10 +67,11 @@ def validate(recipe: Path = typer.Argument(help="Recipe YAML file."),
     """Check a recipe and its data files without loading any model."""
     from tune import recipe as recipe_io
     from tune.data.prepare import check
+    from tune.gguf_base import model_problems
 
     try:
         parsed = recipe_io.load(recipe, overrides)
-        problems = check(parsed.data, recipe.resolve().parent)
+        problems = model_problems(parsed.model) + check(parsed.data, recipe.resolve().parent)
         if problems:
             raise TuneError([f"{recipe}: {problem}" for problem in problems])
     except TuneError as exc:
@@ -373,3 +374,7 @@ app.command()(export)
 from tune.cli_plan import plan  # noqa: E402
 
 app.command()(plan)
+
+from tune.cli_models import models_app  # noqa: E402
+
+app.add_typer(models_app, name="models")

@@ -106,3 +106,33 @@ def messages_of(row: dict, where: str) -> list[dict]:
         text = f"{text}\n\n{row['input']}"
     return ([{"role": "system", "content": row["system"]}] if row.get("system") else []) + [
         {"role": "user", "content": text}]
+
+
+def generate_batch(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int,
+                   batch_size: int = 16) -> list[tuple[str, bool]]:
+    """Greedy answers to many prompts, batched with left padding: (text, finished) per prompt, where
+    finished means the model ended its turn before max_new_tokens."""
+    import torch
+
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    model_was_training = model.training
+    model.eval()
+    answers = []
+    try:
+        for start in range(0, len(conversations), batch_size):
+            texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+                     for c in conversations[start:start + batch_size]]
+            batch = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(model.device)
+            with torch.no_grad():
+                output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
+                                        top_k=None, top_p=None, pad_token_id=tokenizer.pad_token_id,
+                                        eos_token_id=tokenizer.eos_token_id)
+            for row in output[:, batch["input_ids"].shape[1]:].tolist():
+                finished = tokenizer.eos_token_id in row
+                text = tokenizer.decode(row[:row.index(tokenizer.eos_token_id)] if finished else row,
+                                        skip_special_tokens=True).strip()
+                answers.append((text, finished))
+    finally:
+        tokenizer.padding_side = side
+        model.train(model_was_training)
+    return answers

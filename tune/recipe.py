@@ -22,7 +22,8 @@ class Section(BaseModel):
 
 
 class ModelSection(Section):
-    name: str = Field(description="Hub id (org/name), local folder, or a model built by `tune init-tiny` (e.g. tiny-llama).")
+    name: str = Field(description="Hub id (org/name), local folder, .gguf file, or a short name: tiny-llama (`tune init-tiny`), smollm2-135m-instruct, minilm (`tune models list`).")
+    gguf_file: str | None = Field(None, description="A .gguf file inside the model.name folder or hub repo; GGUF bases are converted once into a Hugging Face folder in TUNE_HOME.")
     revision: str | None = Field(None, description="Hub branch, tag or commit to pin; ignored for local folders.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Weight and compute dtype; auto = bfloat16 on a GPU that supports it, else float32.")
@@ -79,6 +80,10 @@ class DataSection(Section):
     labels: list[str | int] | None = Field(
         None, min_length=2, description="classification: the label names in id order; default = every label in the train split, sorted (numbers numerically).")
     drop_bad_pairs: bool = Field(False, description="preference: skip (and count) rows whose chosen equals rejected or has an empty side, instead of stopping.")
+    replay: float = Field(0.0, ge=0.0, le=4.0, description="sft: base-model answers mixed in per training row to keep general skills (0.5 = one per two rows); generated greedily from data.replay_prompts before training.")
+    replay_prompts: str = Field("general", description="sft: prompts the base model answers for replay: general (bundled everyday prompts) or a file of instruction/prompt rows.")
+    probes: list[str] = Field(default_factory=list, description="sft: files of {question, expected} answered greedily before and after training; the run prints and saves (probes.md) a before/after table and the share whose answer contains the expected text.")
+    probe_max_new_tokens: int = Field(48, ge=1, le=1024, description="sft: longest probe answer in tokens.")
 
     @model_validator(mode="after")
     def _check(self) -> DataSection:
@@ -165,6 +170,10 @@ class Recipe(Section):
         if (method == "dpo") != (self.data.format == "preference"):
             raise ValueError("train.method: dpo trains on pairs; set data.format: preference" if method == "dpo"
                              else f"data.format: preference rows are for train.method: dpo, not {method}")
+        if (self.data.replay or self.data.probes) and (method != "sft" or self.data.format == "completion"):
+            key = "data.replay" if self.data.replay else "data.probes"
+            raise ValueError(f"{key}: needs train.method: sft on instruction or chat data, not {method} on "
+                             f"{self.data.format} data")
         if self.model.adapter is not None and method != "dpo":
             raise ValueError(f"model.adapter: continuing a trained adapter is supported for train.method: dpo, "
                              f"not {method}")

@@ -57,6 +57,23 @@ def check(data: DataSection, recipe_dir: Path | None) -> list[str]:
                     check_row(data, row, f"{source}:row {number}")
             except TuneError as exc:
                 problems.extend(exc.problems)
+    return problems + _check_probes_and_replay(data, recipe_dir)
+
+
+def _check_probes_and_replay(data: DataSection, recipe_dir: Path | None) -> list[str]:
+    from tune.data.replay import prompt_file, read_prompts
+    from tune.probes import load_probe_sets
+
+    problems = []
+    try:
+        load_probe_sets(data.probes, recipe_dir)
+    except TuneError as exc:
+        problems.extend(exc.problems)
+    if data.replay:
+        try:
+            read_prompts(prompt_file(data.replay_prompts, recipe_dir))
+        except TuneError as exc:
+            problems.extend(exc.problems)
     return problems
 
 

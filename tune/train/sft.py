@@ -7,18 +7,22 @@ the input is found before the first file is written. The data arrives pre-tokeni
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tune import probes
 from tune import recipe as recipe_io
+from tune.data.replay import make_replay
 from tune.data.prepare import check, prepare
 from tune.data.templates import resolve_template
 from tune.errors import TrainingError, TuneError
 from tune.models import load_model, load_tokenizer, lora_config, model_source
 from tune.plots import plot_losses
+from tune.probes import load_probe_sets
 from tune.output import check_writable, clear_dir, move_into, versions, write_json, write_text
 from tune.quiet import quiet_libraries
 from tune.recipe import Recipe
@@ -61,14 +65,11 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     problems = check(recipe.data, recipe_dir)  # missing files and bad first rows, before slow loads
     if problems:
         raise TuneError(problems)
+    probe_sets = load_probe_sets(recipe.data.probes, recipe_dir)
     tokenizer = load_tokenizer(recipe.model)
     template, template_label = resolve_template(recipe.data.template, tokenizer, recipe_dir)
+    tokenizer.chat_template = template  # probes, replay and the saved adapter render prompts as training does
     data = prepare(recipe.data, tokenizer, template, recipe_dir, recipe.train.seed)
-    trained_tokens = sum(sum(label != -100 for label in row["labels"]) for row in data.train)
-    echo(f"data: {len(data.train)} train / {len(data.eval)} eval examples, {trained_tokens} trained tokens "
-         f"per epoch, template {template_label}")
-    for note in data.notes:
-        echo(f"data: {note}")
 
     # ---- model and trainer (the Trainer creates its checkpoint folder; undone if a check below fails)
     created = [p for p in (out_dir, checkpoints) if not p.exists()]
@@ -76,6 +77,19 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     transformers.set_seed(recipe.train.seed)
     model = load_model(recipe.model, recipe.train.gradient_checkpointing)
     dtype = model.dtype
+    # ---- what the base model says before training: probe answers, and replay rows (which join the data)
+    base_answers = _probe(model, tokenizer, probe_sets, recipe, echo, "base model") if probe_sets else []
+    if recipe.data.replay:
+        replay = make_replay(model, tokenizer, template, recipe.data, len(data.train), recipe_dir,
+                             recipe.train.seed, data.report)
+        data.train += replay.examples
+        data.fingerprint["replay"] = replay.fingerprint
+        data.notes.append(replay.note)
+    trained_tokens = sum(sum(label != -100 for label in row["labels"]) for row in data.train)
+    echo(f"data: {len(data.train)} train / {len(data.eval)} eval examples, {trained_tokens} trained tokens "
+         f"per epoch, template {template_label}")
+    for note in data.notes:
+        echo(f"data: {note}")
     on_gpu = torch.cuda.is_available()
     optimizer = recipe.train.optimizer
     if optimizer == "auto":
@@ -190,8 +204,22 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     staging = out_dir / ".staging"
     shutil.rmtree(staging, ignore_errors=True)
     trainer.model.save_pretrained(staging, safe_serialization=True)
-    tokenizer.chat_template = template  # the adapter renders prompts exactly as training did
     tokenizer.save_pretrained(staging)
+    if recipe.data.replay:
+        write_text(staging / "replay.jsonl", "".join(json.dumps(row) + "\n" for row in replay.rows))
+    probe_shares = None
+    if probe_sets:
+        tuned_answers = _probe(trainer.model, tokenizer, probe_sets, recipe, echo, "tuned model")
+        probe_rows, probe_shares = probes.score(probe_sets, base_answers, tuned_answers)
+        write_text(staging / "probes.md", probes.markdown(probe_rows, probe_shares))
+        write_json(staging / "probes.json", {"shares": probe_shares, "rows": probe_rows})
+        for probe_set in probe_sets:
+            echo(f"\nprobes {probe_set.name} (first mark: tuned right, second: base right):")
+            for line in probes.table_lines(probe_rows, probe_set.name, limit=8):
+                echo(line)
+        echo("")
+        for line in probes.summary_lines(probe_shares):
+            echo(line)
     losses = [r["loss"] for r in metrics.records if isinstance(r.get("loss"), float)]
     evals = [r["eval_loss"] for r in metrics.records if isinstance(r.get("eval_loss"), float)]
     summary = {
@@ -202,11 +230,20 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         "trained_tokens_per_second": round(trained_tokens * trainer.state.epoch / max(seconds, 1e-9), 1),
         "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
         "eval_loss": evals[-1] if evals else None, "device": "cuda" if on_gpu else "cpu",
-        "trust_remote_code": recipe.model.trust_remote_code,
+        "trust_remote_code": recipe.model.trust_remote_code, "probes": probe_shares,
     }
     write_json(staging / "run.json", summary)
     move_into(staging, out_dir)
     return RunResult(summary, trainer.model)
+
+
+def _probe(model, tokenizer, probe_sets, recipe: Recipe, echo, who: str) -> list[list[str]]:
+    started = time.perf_counter()
+    answers = probes.answer_sets(model, tokenizer, probe_sets, recipe.data.system_prompt,
+                                 recipe.data.probe_max_new_tokens)
+    echo(f"probes: the {who} answered {sum(len(s.questions) for s in probe_sets)} questions in "
+         f"{time.perf_counter() - started:.0f} s")
+    return answers
 
 
 def _checkpointing(enabled: bool) -> dict:

@@ -1,0 +1,85 @@
+"""Replay: the base model's own answers to everyday prompts, mixed into the training data so that an
+adapter learning a narrow domain keeps what the model already did well. Training on a few dozen rows of
+new facts at a high learning rate otherwise pulls every answer toward the domain (catastrophic
+forgetting); rows whose targets are what the base already says cost nothing to fit and anchor the
+rest of its behaviour. The answers are greedy, so a run's replay rows are reproducible."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from tune.data.conversation import LengthReport, fit_length, tokenize
+from tune.errors import DataError
+from tune.paths import bundled_dir, find_file
+from tune.recipe import DataSection
+
+MAX_NEW_TOKENS = 160  # answers still running at this length are dropped: a cut-off answer would teach stopping mid-sentence
+
+
+@dataclass
+class Replay:
+    rows: list[dict]  # {"prompt", "answer"}: written to replay.jsonl in the run dir
+    examples: list[dict]  # tokenized like the user's rows
+    note: str
+    fingerprint: dict
+
+
+def prompt_file(spec: str, recipe_dir: Path | None) -> Path:
+    if spec == "general":
+        return bundled_dir("data_templates") / "replay" / "general.jsonl"
+    path = find_file(spec, recipe_dir)
+    if path is None or not path.is_file():
+        raise DataError(f"data.replay_prompts: no such file: {spec} (or use `general`, the bundled everyday prompts)")
+    return path
+
+
+def read_prompts(path: Path) -> list[str]:
+    prompts = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:row {number}: not valid JSON ({exc.msg})") from None
+        text = next((row.get(k) for k in ("instruction", "prompt", "question") if isinstance(row, dict)
+                     and isinstance(row.get(k), str) and row.get(k).strip()), None)
+        if text is None:
+            raise DataError(f"{path}:row {number}: needs an 'instruction' or 'prompt' for the base model to answer")
+        prompts.append(text)
+    if not prompts:
+        raise DataError(f"{path}: no prompts")
+    return prompts
+
+
+def make_replay(model, tokenizer, template: str, data: DataSection, train_rows: int, recipe_dir: Path | None,
+                seed: int, report: LengthReport) -> Replay:
+    """data.replay rows per training row, answered by `model` (the base, before any adapter)."""
+    from tune.generate import generate_batch
+
+    path = prompt_file(data.replay_prompts, recipe_dir)
+    pool = read_prompts(path)
+    wanted = max(1, round(train_rows * data.replay))
+    prompts = random.Random(seed).sample(pool, min(wanted, len(pool)))
+    system = [{"role": "system", "content": data.system_prompt}] if data.system_prompt else []
+    answers = generate_batch(model, tokenizer, [system + [{"role": "user", "content": p}] for p in prompts],
+                             MAX_NEW_TOKENS)
+    rows = [{"prompt": p, "answer": text} for p, (text, finished) in zip(prompts, answers) if finished and text]
+    examples = []
+    for number, row in enumerate(rows, start=1):
+        messages = system + [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["answer"]}]
+        example = fit_length(tokenize(messages, tokenizer, template, data.train_on), data.max_length, "drop",
+                             f"replay row {number}", report)
+        if example is not None:
+            examples.append({"input_ids": example.input_ids, "labels": example.labels})
+    short = f" ({len(pool)} prompts in {path.name})" if wanted > len(pool) else ""
+    unfinished = len(prompts) - len(rows)
+    note = (f"replay: {len(examples)} base-model answers mixed into {train_rows} training rows{short}"
+            + (f"; {unfinished} answers longer than {MAX_NEW_TOKENS} tokens left out" if unfinished else ""))
+    digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+    fingerprint = {"prompts": str(path), "rows": len(examples), "sha256": digest}
+    return Replay(rows, examples, note, fingerprint)
