@@ -157,3 +157,27 @@ def test_output_dir_not_writable(tiny_model, tmp_path):
     assert result.exit_code == 2
     assert result.stderr == (f"output.dir: cannot write to {blocker / 'out'}: Not a directory; "
                              "choose another with --set output.dir=...\n")
+
+
+def test_liger_without_its_package_or_a_gpu(tmp_path, out, tiny_model):
+    import importlib.util
+
+    import torch
+
+    path = write_recipe(tmp_path / "r.yaml", train={"use_liger_kernel": True})
+    if importlib.util.find_spec("liger_kernel") is None:
+        line = ("train.use_liger_kernel: the liger-kernel package is not installed; pip install liger-kernel "
+                "(CUDA GPUs only), or set it to false")
+    elif not torch.cuda.is_available():
+        line = "train.use_liger_kernel: Liger's Triton kernels need a CUDA GPU; set it to false on this machine"
+    else:
+        pytest.skip("liger-kernel and a GPU are both here")
+    expect_one_line(run(path), line, out)
+
+
+def test_probe_file_row_without_expected(tmp_path, out, tiny_model):
+    probes = tmp_path / "probes.jsonl"
+    probes.write_text('{"question": "What is 2 plus 2?", "expected": "4"}\n{"question": "Capital of Peru?"}\n')
+    path = write_recipe(tmp_path / "r.yaml", data={"probes": [str(probes)]})
+    expect_one_line(run(path), f"{probes}:row 2: needs 'expected': the text a right answer contains "
+                               "(or a list of such texts)", out)

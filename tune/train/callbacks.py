@@ -85,13 +85,22 @@ class ProgressBar(TrainerCallback):
 TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
 
 
-def check_trackers(report_to: list[str]) -> None:
+def check_installed(train) -> None:
+    """The packages and hardware a recipe's train section asks for, before anything slow happens."""
     import importlib.util
 
     from tune.errors import TuneError
 
-    missing = [name for name in report_to
+    missing = [name for name in train.report_to
                if not any(importlib.util.find_spec(package) for package in TRACKER_PACKAGES[name])]
     if missing:
         raise TuneError(f"train.report_to: {', '.join(missing)} not installed; "
                         f"pip install {' '.join(TRACKER_PACKAGES[name][0] for name in missing)}")
+    if train.use_liger_kernel:
+        import torch
+
+        if importlib.util.find_spec("liger_kernel") is None:
+            raise TuneError("train.use_liger_kernel: the liger-kernel package is not installed; "
+                            "pip install liger-kernel (CUDA GPUs only), or set it to false")
+        if not torch.cuda.is_available():
+            raise TuneError("train.use_liger_kernel: Liger's Triton kernels need a CUDA GPU; set it to false on this machine")

@@ -39,7 +39,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     from tune.metrics import classification_report, report_lines, write_report
     from tune.models import load_tokenizer, lora_config, model_source
     from tune.plots import plot_losses
-    from tune.train.callbacks import MetricsLog, ProgressBar, check_trackers
+    from tune.train.callbacks import MetricsLog, ProgressBar, check_installed
     from tune.train.checkpoints import CheckpointManifest, NonFiniteGuard, plan_run_dir
 
     data = recipe.data
@@ -55,7 +55,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
 
     # ---- output dir: writable, and either fresh or an unfinished run of this same recipe
     check_writable(out_dir)
-    check_trackers(recipe.train.report_to)
+    check_installed(recipe.train)
     if "tensorboard" in recipe.train.report_to:  # transformers 5 reads the event-file folder from here only
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(out_dir.resolve() / "logs")
     resume_from = plan_run_dir(out_dir, recipe.model_dump(mode="json"), resume, recipe.output.overwrite, echo)

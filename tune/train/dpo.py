@@ -45,7 +45,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     from transformers import PrinterCallback
     from trl import DPOConfig, DPOTrainer
 
-    from tune.train.callbacks import MetricsLog, ProgressBar, check_trackers
+    from tune.train.callbacks import MetricsLog, ProgressBar, check_installed
     from tune.train.checkpoints import CheckpointManifest, NonFiniteGuard, plan_run_dir
 
     class PretokenizedDPOTrainer(DPOTrainer):
@@ -63,7 +63,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
 
     # ---- output dir: writable, and either fresh or an unfinished run of this same recipe
     check_writable(out_dir)
-    check_trackers(recipe.train.report_to)
+    check_installed(recipe.train)
     if "tensorboard" in recipe.train.report_to:  # transformers 5 reads the event-file folder from here only
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(out_dir.resolve() / "logs")
     resume_from = plan_run_dir(out_dir, recipe.model_dump(mode="json"), resume, recipe.output.overwrite, echo)
