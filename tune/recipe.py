@@ -149,12 +149,43 @@ class OutputSection(Section):
     overwrite: bool = Field(False, description="Allow writing into a non-empty output dir (its old files are replaced).")
 
 
+class DistributedSection(Section):
+    strategy: Literal["ddp", "fsdp", "deepspeed"] = Field(
+        "ddp", description="Used when several processes run (`tune run --nproc N`, torchrun, accelerate launch): ddp = a full copy per device; fsdp = weights, gradients and optimizer state sharded; deepspeed = ZeRO.")
+    backend: Literal["auto", "nccl", "gloo"] = Field("auto", description="Collective backend; auto = nccl on GPUs, gloo on the CPU.")
+    find_unused_parameters: bool = Field(False, description="ddp: tolerate trainable weights that get no gradient in a step (slower; LoRA on all-linear never needs it).")
+    fsdp_sharding: Literal["full_shard", "shard_grad_op"] = Field(
+        "full_shard", description="fsdp: full_shard = weights re-sharded after forward (least memory, like ZeRO-3); shard_grad_op = kept whole until backward ends (faster, like ZeRO-2).")
+    fsdp_offload: bool = Field(False, description="fsdp: keep sharded weights, gradients and optimizer state in CPU RAM between uses (fits larger models, much slower).")
+    fsdp_cpu_ram_efficient_loading: bool = Field(True, description="fsdp: only the first process reads the checkpoint and the others receive its shards (one copy in CPU RAM, not N).")
+    fsdp_version: Literal[1, 2] = Field(2, description="fsdp: 2 = per-parameter sharding (fully_shard, the default of transformers 5); 1 = the legacy FlatParameter wrapper.")
+    zero_stage: Literal[1, 2, 3] = Field(3, description="deepspeed: ZeRO stage; 1 shards optimizer state, 2 also gradients, 3 also weights.")
+    zero_offload: Literal["none", "optimizer", "all"] = Field("none", description="deepspeed: move optimizer state (and with all, weights too; stage 3) to CPU RAM.")
+    deepspeed_config: str | None = Field(None, description="deepspeed: a DeepSpeed JSON config used instead of zero_stage/zero_offload; its \"auto\" values are filled from the recipe.")
+
+    @model_validator(mode="after")
+    def _check(self) -> DistributedSection:
+        # A changed key of another strategy is almost always a forgotten `strategy:` line; say so instead of
+        # ignoring it. Defaults pass, so a resolved recipe.yaml (every key written out) loads as it is.
+        changed = [name for name, field in type(self).model_fields.items() if getattr(self, name) != field.default]
+        for name in changed:
+            owner = "fsdp" if name.startswith("fsdp_") else "deepspeed" if name.startswith(("zero_", "deepspeed_")) else None
+            if owner and owner != self.strategy:
+                raise ValueError(f"distributed.{name}: applies to strategy: {owner}, not {self.strategy}")
+        if self.deepspeed_config is not None and {"zero_stage", "zero_offload"} & set(changed):
+            raise ValueError("distributed.deepspeed_config: give either a config file or zero_stage/zero_offload, not both")
+        if self.zero_offload == "all" and self.zero_stage != 3:
+            raise ValueError("distributed.zero_offload: all (weights too) needs zero_stage: 3")
+        return self
+
+
 class Recipe(Section):
     model: ModelSection = Field(description="The foundation model and how it is loaded.")
     data: DataSection = Field(description="Training data, its format and how it is rendered and tokenized.")
     adapter: AdapterSection = Field(default_factory=AdapterSection, description="The parameter-efficient adapter.")
     train: TrainSection = Field(default_factory=TrainSection, description="The optimization loop.")
     output: OutputSection = Field(default_factory=OutputSection, description="Where results are written.")
+    distributed: DistributedSection = Field(default_factory=DistributedSection, description="Several processes (GPUs) on one recipe: how the work is split; see the Multi-GPU section.")
 
     @model_validator(mode="after")
     def _check_preference(self) -> Recipe:
@@ -177,6 +208,21 @@ class Recipe(Section):
         if self.model.adapter is not None and method != "dpo":
             raise ValueError(f"model.adapter: continuing a trained adapter is supported for train.method: dpo, "
                              f"not {method}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_distributed(self) -> Recipe:
+        strategy = self.distributed.strategy
+        if strategy == "fsdp" and self.model.quantization == "int8":
+            raise ValueError("model.quantization: FSDP shards 4-bit bases (nf4/fp4, stored in the compute dtype), "
+                             "not int8; use nf4, or distributed.strategy: ddp")
+        if strategy == "fsdp" and self.train.optimizer in ("adamw_8bit", "paged_adamw_8bit"):
+            # PEFT's FSDP guide: bitsandbytes' 8-bit optimizer states fail when an FSDP checkpoint is saved.
+            raise ValueError(f"train.optimizer: {self.train.optimizer} cannot be checkpointed under FSDP; use adamw_torch "
+                             "(or auto): FSDP already shards its states across the devices")
+        if strategy != "ddp" and self.data.probes:
+            raise ValueError(f"data.probes: the tuned model answers probes on rank 0 alone, which {strategy}'s sharded "
+                             "weights cannot do; probe with ddp, or run `tune eval` on the adapter afterwards")
         return self
 
 
@@ -280,8 +326,9 @@ _FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 def _describe(err: dict, path: Path, lines: dict[tuple, int], set_paths: dict[tuple, str]) -> str:
     loc = tuple(err["loc"])
     key, _, rest = err["msg"].removeprefix("Value error, ").partition(": ")
-    if not loc and "." in key and " " not in key:  # a cross-section check names the key it is about
-        loc, err = tuple(key.split(".")), err | {"msg": rest}
+    named = tuple(key.split("."))
+    if "." in key and " " not in key and named[:len(loc)] == loc:  # a section's check names the key it is about
+        loc, err = named, err | {"msg": rest}
     dotted = ".".join(str(part) for part in loc) or "(top level)"
     if err["type"] == "extra_forbidden":
         choices = _fields_at(loc[:-1])
