@@ -54,11 +54,16 @@ def margin(model, pairs) -> float:
 def test_dpo_widens_the_margin_over_the_base(quantization, tiny_model, tmp_path):
     pairs = training_pairs(tiny_model)
     base = margin(load_model(ModelSection(name=str(tiny_model), dtype="float32", quantization=quantization)), pairs)
-    path = dpo_recipe(tmp_path / "r.yaml", model={"quantization": quantization})
+    # Eval on the training pairs, in one batch, so the run's held-out margins are the means computed here.
+    path = dpo_recipe(tmp_path / "r.yaml", model={"quantization": quantization},
+                      data={"eval": str(PAIRS)}, train={"batch_size": len(pairs)})
     result = dpo_train(recipe_io.load(path), path, **QUIET)
     trained = margin(result.model, pairs)
     print(f"margin ({quantization}): base {base:.3f} -> dpo {trained:.3f}")
     assert trained > base + 1.0
+    tolerance = 1e-3 if quantization == "none" else 0.05
+    assert result.summary["eval_margin_reference"] == pytest.approx(base, abs=tolerance)
+    assert result.summary["eval_margin_tuned"] == pytest.approx(trained, abs=tolerance)
 
     summary = result.summary
     assert summary["trainable_parameters"] == LORA_PARAMS and summary["steps"] == 6

@@ -12,7 +12,8 @@ KEPT = ("loss", "eval_loss", "learning_rate", "grad_norm", "mean_token_accuracy"
 KEPT += ("eval_accuracy", "eval_macro_f1")  # classify runs
 # DPO: how often the policy prefers chosen over rejected, and by how much (beta x log-ratio vs the reference).
 KEPT += ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected",
-         "eval_rewards/accuracies", "eval_rewards/margins", "eval_rewards/chosen", "eval_rewards/rejected")
+         "eval_rewards/accuracies", "eval_rewards/margins", "eval_rewards/chosen", "eval_rewards/rejected",
+         "eval_logps/chosen", "eval_logps/rejected")  # the held-out log-prob margin of the tuned model
 
 
 class MetricsLog(TrainerCallback):

@@ -206,9 +206,22 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     if summary["reward_accuracy"] is not None:
         echo(f"rewards: accuracy {summary['reward_accuracy']:.2f}, margin {summary['reward_margin']:.4f} "
              "(last logged training step)")
+    if summary["eval_margin_tuned"] is not None:
+        echo(f"held-out pairs: log p(chosen) - log p(rejected) {summary['eval_margin_reference']:+.2f} (reference) "
+             f"-> {summary['eval_margin_tuned']:+.2f} (tuned), reward accuracy {summary['eval_reward_accuracy']:.2f}")
     write_json(staging / "run.json", summary)
     move_into(staging, out_dir)
     return RunResult(summary, trainer.model)
+
+
+def _held_out_margins(record: dict | None, beta: float) -> dict:
+    """Mean log p(chosen) - log p(rejected) on the eval pairs, for the reference and the tuned model. TRL
+    logs the policy's log-probs and the reward margin beta * (policy margin - reference margin), so the
+    reference's margin follows without a second pass."""
+    if record is None or not isinstance(record.get("eval_logps/chosen"), float):
+        return {"eval_margin_reference": None, "eval_margin_tuned": None}
+    tuned = record["eval_logps/chosen"] - record["eval_logps/rejected"]
+    return {"eval_margin_reference": tuned - record["eval_rewards/margins"] / beta, "eval_margin_tuned": tuned}
 
 
 def _starting_adapter(recipe: Recipe, recipe_dir: Path) -> Path:
@@ -250,5 +263,6 @@ def _summary(recipe, records, out_dir, template_label, trainer, seconds, resume_
         "reward_accuracy": rewarded[-1]["rewards/accuracies"] if rewarded else None,
         "reward_margin": rewarded[-1]["rewards/margins"] if rewarded else None,
         "eval_reward_accuracy": eval_rewarded[-1]["eval_rewards/accuracies"] if eval_rewarded else None,
+        **_held_out_margins(eval_rewarded[-1] if eval_rewarded else None, recipe.train.beta),
         "device": "cuda" if on_gpu else "cpu", "trust_remote_code": recipe.model.trust_remote_code,
     }
