@@ -67,11 +67,13 @@ def validate(recipe: Path = typer.Argument(help="Recipe YAML file."),
     """Check a recipe and its data files without loading any model."""
     from tune import recipe as recipe_io
     from tune.data.prepare import check
+    from tune.distributed import check as distributed_check
     from tune.gguf_base import model_problems
 
     try:
         parsed = recipe_io.load(recipe, overrides)
         problems = model_problems(parsed.model) + check(parsed.data, recipe.resolve().parent)
+        problems += distributed_check(parsed, recipe.resolve().parent)  # e.g. a DeepSpeed config file
         if problems:
             raise TuneError([f"{recipe}: {problem}" for problem in problems])
     except TuneError as exc:
@@ -80,26 +82,43 @@ def validate(recipe: Path = typer.Argument(help="Recipe YAML file."),
               f"r={parsed.adapter.r}, data format {parsed.data.format}, output {parsed.output.dir})", markup=False)
 
 
-@app.command()
-def run(recipe: Path = typer.Argument(help="Recipe YAML file."),
+@app.command(context_settings={"allow_extra_args": True})
+def run(ctx: typer.Context,
+        recipe: Path = typer.Argument(help="Recipe YAML file."),
         overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace whatever output.dir holds."),
         resume: bool = typer.Option(False, "--resume", help="Continue from the last complete checkpoint "
-                                    "(re-running into an unfinished run's dir does so too).")) -> None:
+                                    "(re-running into an unfinished run's dir does so too)."),
+        nproc: int = typer.Option(None, "--nproc", min=1, help="Train in N processes on this host (one per GPU; "
+                                  "gloo on the CPU) as distributed.strategy says; torchrun options for several "
+                                  "nodes go after --, e.g. -- --nnodes 2 --node-rank 0 --rdzv-endpoint HOST:29500.")) -> None:
     """Train: produce a PEFT adapter and the run's records in output.dir."""
+    from tune import distributed
     from tune import recipe as recipe_io
     from tune.quiet import quiet_libraries
 
+    sets = list(overrides) + (["output.overwrite=true"] if overwrite else [])
+    launcher_args = list(ctx.args) if ctx is not None else []
+    if nproc is not None or launcher_args:  # several processes: checked here, then started through torchrun
+        from tune.launch import from_cli
+
+        try:
+            code = from_cli(recipe, sets, resume, nproc, launcher_args, echo=lambda line: out.print(line, markup=False), err=err)
+        except TuneError as exc:
+            fail(exc)
+        if code is not None:
+            raise typer.Exit(code)
     quiet_libraries()
     from tune.train import TRAINERS
 
     try:
-        parsed = recipe_io.load(recipe, list(overrides) + (["output.overwrite=true"] if overwrite else []))
+        parsed = recipe_io.load(recipe, sets)
         summary = TRAINERS[parsed.train.method](parsed, recipe, echo=lambda line: out.print(line, markup=False),
                                                 resume=resume, console=out).summary
     except TuneError as exc:
         fail(exc)
-    print_summary(summary)
+    if distributed.is_main():  # the other processes' summaries hold no losses: rank 0 kept the log
+        print_summary(summary)
 
 
 def print_summary(summary: dict) -> None:
@@ -340,7 +359,7 @@ def quickstart(dest: Path = typer.Option(Path("runs/quickstart"), "--dir", help=
     from tune.cli_export import export, merge
 
     init_tiny(None, hidden_size=256, layers=4, force=False)
-    run(bundled_recipes()["quickstart"], overrides=[f"output.dir={dest}"], overwrite=True, resume=False)
+    run(None, bundled_recipes()["quickstart"], overrides=[f"output.dir={dest}"], overwrite=True, resume=False, nproc=None)
     merged, gguf = Path(f"{dest}-merged"), Path(f"{dest}-gguf")
     for step in (f"\n$ tune merge {dest} {merged}", f"\n$ tune export {dest} {gguf} --format gguf --quant q8_0"):
         out.print(step, markup=False)
@@ -359,11 +378,25 @@ QUICKSTART_PROMPTS = ("What is the capital of France?", "What is 7 plus 8?")
 
 
 def main() -> None:
+    from tune import distributed
+
+    if not distributed.is_main():  # one process of several: rank 0 speaks for the run
+        import warnings
+
+        warnings.simplefilter("ignore")
     try:
         app()
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+    except Exception as exc:
+        if distributed.is_main():
+            raise
+        import traceback
+
+        # No second traceback on the terminal: the launcher prints this one if rank 0 did not fail first.
+        distributed.record_failure(f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        sys.exit(1)
 
 
 from tune.cli_export import export, merge  # noqa: E402  (the deploy stage's commands)

@@ -6,10 +6,12 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
+from tune.distributed import is_main
 from tune.errors import TuneError
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# In a run of several processes only rank 0 prints; the others' errors reach the launcher (see fail).
+out = Console(highlight=False, soft_wrap=True, quiet=not is_main())
+err = Console(stderr=True, highlight=False, soft_wrap=True, quiet=not is_main())
 
 
 def say(line: str) -> None:
@@ -19,4 +21,8 @@ def say(line: str) -> None:
 def fail(exc: TuneError) -> None:
     for line in exc.problems:
         err.print(line, markup=False)
+    if not is_main():
+        from tune.distributed import record_failure
+
+        record_failure("\n".join(exc.problems))
     raise typer.Exit(exc.exit_code)

@@ -67,7 +67,9 @@ def load_tokenizer(model: ModelSection):
     return tokenizer
 
 
-def quantization_config(model: ModelSection, dtype):
+def quantization_config(model: ModelSection, dtype, sharded: bool = False):
+    """`sharded`: FSDP or ZeRO-3 will split the base; they shard float tensors only, so the packed 4-bit
+    weights are stored in the compute dtype (bnb_4bit_quant_storage, per bitsandbytes' FSDP-QLoRA guide)."""
     if model.quantization == "none":
         return None
     try:
@@ -80,16 +82,18 @@ def quantization_config(model: ModelSection, dtype):
     if model.quantization == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=model.quantization,
-                              bnb_4bit_use_double_quant=model.double_quant, bnb_4bit_compute_dtype=dtype)
+                              bnb_4bit_use_double_quant=model.double_quant, bnb_4bit_compute_dtype=dtype,
+                              **({"bnb_4bit_quant_storage": dtype} if sharded else {}))
 
 
-def load_model(model: ModelSection, gradient_checkpointing: bool = False):
-    """The base causal LM, quantized and prepared for k-bit training when the recipe asks."""
+def load_model(model: ModelSection, gradient_checkpointing: bool = False, sharded: bool = False):
+    """The base causal LM, quantized and prepared for k-bit training when the recipe asks. `sharded`: FSDP
+    or ZeRO-3 will split it across processes (see quantization_config)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     dtype = resolve_dtype(model.dtype)
-    quant = quantization_config(model, dtype)
+    quant = quantization_config(model, dtype, sharded)
     source = model_source(model)
     _refuse_pickles(source, model.allow_pickle)
     kwargs = {"dtype": dtype, "revision": model.revision, "trust_remote_code": model.trust_remote_code,
@@ -105,7 +109,9 @@ def load_model(model: ModelSection, gradient_checkpointing: bool = False):
         raise TuneError(_not_found(model.name, exc)) from None
     if quant is not None and not torch.cuda.is_available():
         _keep_cpu_4bit_trainable(base)
-    if quant is not None:
+    if quant is not None and not sharded:
+        # Not when sharded: it upcasts norms and embeddings to float32, and FSDP's flat parameters need one
+        # dtype per wrapped layer; TRL enables input gradients for checkpointing either way.
         from peft import prepare_model_for_kbit_training
 
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)

@@ -78,6 +78,10 @@ class CheckpointManifest(TrainerCallback):
         self.folder, self.keep = Path(folder), keep
 
     def on_save(self, args, state, control, **kwargs):
+        if args.world_size > 1:  # every process writes its own RNG state into the checkpoint: hash after all have
+            from tune.distributed import wait
+
+            wait()
         if not state.is_world_process_zero:
             return
         checkpoint = self.folder / f"{PREFIX}{state.global_step}"

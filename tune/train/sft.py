@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tune import probes
+from tune import distributed, probes
 from tune import recipe as recipe_io
 from tune.data.replay import make_replay
 from tune.data.prepare import check, prepare
@@ -51,13 +51,19 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         recipe.adapter.alpha = 2 * recipe.adapter.r
     out_dir = Path(recipe.output.dir)
     checkpoints = out_dir / "checkpoints"
+    distributed.setup(recipe, recipe_dir)  # several processes: their checks and process group come first
+    main = distributed.is_main()  # only rank 0 prints and writes; the other processes only train
+    echo, console = (echo, console) if main else ((lambda line: None), None)
 
     # ---- output dir: writable, and either fresh or an unfinished run of this same recipe
-    check_writable(out_dir)
     check_installed(recipe.train)
     if "tensorboard" in recipe.train.report_to:  # transformers 5 reads the event-file folder from here only
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(out_dir.resolve() / "logs")
-    resume_from = plan_run_dir(out_dir, recipe.model_dump(mode="json"), resume, recipe.output.overwrite, echo)
+    if main:
+        check_writable(out_dir)
+        resume_from = plan_run_dir(out_dir, recipe.model_dump(mode="json"), resume, recipe.output.overwrite, echo)
+    resume_from = distributed.share(resume_from if main else None)  # every process resumes where rank 0 chose
+    distributed.check_resume(resume_from)
     if recipe.model.trust_remote_code:
         echo("warning: model.trust_remote_code is true: Python code from the model's repository will run")
 
@@ -75,7 +81,8 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     created = [p for p in (out_dir, checkpoints) if not p.exists()]
     disk = next(p for p in (out_dir.resolve(), *out_dir.resolve().parents) if p.exists())
     transformers.set_seed(recipe.train.seed)
-    model = load_model(recipe.model, recipe.train.gradient_checkpointing)
+    sharded = distributed.shards_weights(recipe, recipe_dir)
+    model = load_model(recipe.model, recipe.train.gradient_checkpointing, sharded=sharded)
     dtype = model.dtype
     # ---- what the base model says before training: probe answers, and replay rows (which join the data)
     base_answers = _probe(model, tokenizer, probe_sets, recipe, echo, "base model") if probe_sets else []
@@ -90,11 +97,13 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
          f"per epoch, template {template_label}")
     for note in data.notes:
         echo(f"data: {note}")
+    distributed.agree(recipe=recipe.model_dump(mode="json"), data=data.fingerprint)  # same seed, rows and order
     on_gpu = torch.cuda.is_available()
     optimizer = recipe.train.optimizer
-    if optimizer == "auto":
-        optimizer = "paged_adamw_8bit" if on_gpu and recipe.model.quantization != "none" else "adamw_torch"
+    if optimizer == "auto":  # FSDP and ZeRO-3 shard optimizer states themselves; paged 8-bit ones break their saves
+        optimizer = "paged_adamw_8bit" if on_gpu and recipe.model.quantization != "none" and not sharded else "adamw_torch"
     evaluate_during = bool(data.eval) and recipe.train.eval_steps is not None
+    several = distributed.training_kwargs(recipe, recipe_dir, on_gpu)  # FSDP checkpoints activations itself
     cpu_autocast = not on_gpu and recipe.model.dtype == "auto" and torch.cpu._is_avx512_bf16_supported()
     config = SFTConfig(
         output_dir=str(checkpoints),
@@ -107,7 +116,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         per_device_train_batch_size=recipe.train.batch_size,
         per_device_eval_batch_size=recipe.train.batch_size,
         gradient_accumulation_steps=recipe.train.gradient_accumulation,
-        **_checkpointing(recipe.train.gradient_checkpointing),
+        **_checkpointing(recipe.train.gradient_checkpointing and not several.get("fsdp")),
         optim=optimizer,
         max_grad_norm=recipe.train.max_grad_norm,
         seed=recipe.train.seed,
@@ -141,6 +150,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         disable_tqdm=True,
         dataloader_num_workers=0,
         dataloader_pin_memory=on_gpu,
+        **several,
     )
     metrics_path = out_dir / "metrics.jsonl"
     metrics = MetricsLog(metrics_path, echo)
@@ -157,27 +167,32 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     trainer.remove_callback(PrinterCallback)  # MetricsLog prints the lines users read
     trainable, total = trainer.model.get_nb_trainable_parameters()
     try:
-        _check_disk(disk, trainable, recipe.train.keep_checkpoints)
+        if main:
+            _check_disk(disk, trainable, recipe.train.keep_checkpoints)
     except TuneError:
         for path in created:
             shutil.rmtree(path, ignore_errors=True)
         raise
     echo(f"model: {model_source(recipe.model)} ({dtype}, quantization {recipe.model.quantization}), "
          f"{recipe.adapter.method} r={recipe.adapter.r}: {trainable:,} trainable of {total:,} parameters")
+    for line in distributed.describe(recipe, config):
+        echo(line)
 
     # ---- run records, written before training so a crashed run still says what it was
-    if recipe.output.overwrite and out_dir.is_dir():
-        clear_dir(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_text(out_dir / "recipe.yaml", recipe_io.dump(recipe))
-    write_json(out_dir / "versions.json", versions())
-    write_json(out_dir / "data_fingerprint.json", data.fingerprint)
-    if resume_from is None:
-        metrics_path.unlink(missing_ok=True)
-        shutil.rmtree(checkpoints, ignore_errors=True)
-    else:
-        metrics.truncate_after(int(resume_from.name.split("-")[-1]))
-        echo(f"resuming from {resume_from}")
+    if main:
+        if recipe.output.overwrite and out_dir.is_dir():
+            clear_dir(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_text(out_dir / "recipe.yaml", recipe_io.dump(recipe))
+        write_json(out_dir / "versions.json", versions())
+        write_json(out_dir / "data_fingerprint.json", data.fingerprint)
+        if resume_from is None:
+            metrics_path.unlink(missing_ok=True)
+            shutil.rmtree(checkpoints, ignore_errors=True)
+        else:
+            metrics.truncate_after(int(resume_from.name.split("-")[-1]))
+            echo(f"resuming from {resume_from}")
+    distributed.wait()  # the dir is ready before any process saves into it
 
     # ---- train
     started = time.perf_counter()
@@ -195,15 +210,18 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     seconds = time.perf_counter() - started
     if data.eval and not evaluate_during:
         trainer.evaluate()
-    plot_losses(metrics.records, out_dir / "loss_curve.png")
     for callback in trainer.callback_handler.callbacks:  # the final evaluate reopens TensorBoard's writer
         if getattr(callback, "tb_writer", None) is not None:
             callback.tb_writer.close()
 
     # ---- adapter: staged, then renamed into place, so the dir never holds half an adapter
     staging = out_dir / ".staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    trainer.model.save_pretrained(staging, safe_serialization=True)
+    if main:
+        plot_losses(metrics.records, out_dir / "loss_curve.png")
+        shutil.rmtree(staging, ignore_errors=True)
+    distributed.save_adapter(trainer, staging)  # rank 0 writes; under FSDP/ZeRO-3 all help gather it first
+    if not main:
+        return RunResult({}, trainer.model)
     tokenizer.save_pretrained(staging)
     if recipe.data.replay:
         write_text(staging / "replay.jsonl", "".join(json.dumps(row) + "\n" for row in replay.rows))
@@ -230,7 +248,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         "trained_tokens_per_second": round(trained_tokens * trainer.state.epoch / max(seconds, 1e-9), 1),
         "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
         "eval_loss": evals[-1] if evals else None, "device": "cuda" if on_gpu else "cpu",
-        "trust_remote_code": recipe.model.trust_remote_code, "probes": probe_shares,
+        "trust_remote_code": recipe.model.trust_remote_code, "probes": probe_shares, **distributed.summary(recipe),
     }
     write_json(staging / "run.json", summary)
     move_into(staging, out_dir)

@@ -1,0 +1,105 @@
+"""`tune run RECIPE --nproc N`: check everything that can be checked here, then start N copies of
+`python -m tune run RECIPE ...` through torchrun (torch.distributed.run), the launcher that
+`accelerate launch` also uses. Options after `--` go to torchrun as they are (--nnodes, --node-rank,
+--rdzv-endpoint, ...): several nodes are torchrun's business, not tune's.
+
+torchrun runs inside this process rather than as a child: when a worker fails, torchrun's own report is a
+Python traceback of the launcher; here it becomes the failing worker's error, printed once.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from tune.errors import TuneError
+
+
+def from_cli(recipe_path: Path, sets: list[str], resume: bool, nproc: int | None, launcher_args: list[str],
+             echo, err) -> int | None:
+    """`tune run --nproc N [-- torchrun options]`: the run's exit code, or None to train in this process."""
+    import os
+
+    from tune import recipe as recipe_io
+    from tune.quiet import quiet_libraries
+
+    if nproc is None:
+        raise TuneError(f"unexpected arguments {' '.join(launcher_args)}; torchrun options after -- need --nproc N")
+    if "WORLD_SIZE" in os.environ:
+        raise TuneError(f"--nproc: this process was started by a launcher (WORLD_SIZE={os.environ['WORLD_SIZE']}); "
+                        "drop --nproc")
+    if nproc == 1 and not launcher_args:
+        return None
+    quiet_libraries()
+    check_before_launch(recipe_io.load(recipe_path, sets), recipe_path, nproc, resume, not launcher_args, echo)
+    child = ["run", str(recipe_path)] + [arg for item in sets for arg in ("--set", item)] + (["--resume"] if resume else [])
+    return launch(nproc, child, launcher_args, err)
+
+
+def check_before_launch(recipe, recipe_path: Path, nproc: int, resume: bool, single_node: bool, echo) -> None:
+    """A bad recipe, missing data, a missing package, too few GPUs or an output dir the run may not use:
+    refused before any process starts (each would otherwise pay for imports and model loading first)."""
+    import torch
+
+    from tune import distributed
+    from tune.data.prepare import check
+    from tune.output import check_writable
+    from tune.train.checkpoints import plan_run_dir
+
+    recipe_dir = Path(recipe_path).resolve().parent
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    problems = distributed.requirements(recipe, gpus, nproc)  # the package first: its line says what to install
+    problems = problems or check(recipe.data, recipe_dir) + distributed.check(recipe, recipe_dir)
+    if problems:
+        raise TuneError(problems)
+    out_dir = Path(recipe.output.dir)
+    check_writable(out_dir)
+    # Rank 0 plans the dir again and finds the same; incomplete checkpoints are reported (and removed) here.
+    resume_from = plan_run_dir(out_dir, recipe.model_dump(mode="json"), resume, recipe.output.overwrite, echo)
+    if single_node:
+        distributed.check_resume(resume_from, nproc)
+
+
+def launch(nproc: int, child_args: list[str], launcher_args: list[str], err=None) -> int:
+    """Run `python -m tune *child_args` in nproc processes; the exit code of the run."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    parser = get_args_parser()
+
+    def refuse(message: str):
+        raise TuneError(f"torchrun options after --: {message}")
+
+    parser.error = refuse  # argparse would print its usage and exit; keep errors one line
+    args = parser.parse_args(["--nproc-per-node", str(nproc), *launcher_args, "-m", "tune", *child_args])
+    # The launcher's own log lines (OMP_NUM_THREADS banner, per-worker failure lines) repeat what the
+    # workers say; rank 0 prints the run, and a failure is reported once below.
+    for name in ("torch.distributed.run", "torch.distributed.elastic", "torch.distributed.launcher"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        run(args)
+    except ChildFailedError as exc:
+        return report(exc.failures, err)
+    except SignalException as exc:
+        return 128 + int(exc.sigval)
+    return 0
+
+
+def report(failures: dict, err=None) -> int:
+    """Rank 0 prints its own error, so only another rank's failure needs saying (once, the first one)."""
+    zero = failures.get(0)
+    if zero is not None and zero.exitcode > 0:
+        return zero.exitcode
+    first_rank = min(failures, key=lambda index: failures[index].timestamp)
+    failure = failures[first_rank]
+    data = failure.error_file_data.get("message")
+    if isinstance(data, dict):
+        text = data.get("extraInfo", {}).get("py_callstack") or data.get("message", "")
+    else:
+        signal = f"signal {-failure.exitcode}" if failure.exitcode < 0 else f"exit code {failure.exitcode}"
+        text = f"process {first_rank} ended with {signal} and left no error message"
+    if err is not None:
+        for line in text.rstrip().splitlines():
+            err.print(line, markup=False)
+    return failure.exitcode if failure.exitcode > 0 else 1
