@@ -197,7 +197,7 @@ def describe(recipe, config) -> list[str]:
            "deepspeed": f"DeepSpeed {section.deepspeed_config or f'ZeRO-{section.zero_stage}'}"}[strategy]
     per, accumulation = config.per_device_train_batch_size, config.gradient_accumulation_steps
     return [f"distributed: {count} processes ({how}, {config.ddp_backend}); global batch = {per} per device x "
-            f"{accumulation} accumulation x {count} processes = {per * accumulation * count} sequences per step"]
+            f"{accumulation} accumulation x {count} processes = {per * accumulation * count} rows per step"]
 
 
 def summary(recipe) -> dict:
@@ -259,6 +259,13 @@ def check_resume(checkpoint: Path | None, processes: int | None = None) -> None:
         how = f"--nproc {written}" if written > 1 else "a single process (no --nproc)"
         raise TuneError(f"--resume: {checkpoint} was written by {written} process{'es' if written > 1 else ''} and "
                         f"this run has {processes}; resume with {how}")
+
+
+def check_trainer(trainer) -> None:
+    """The Trainer must see every process (e.g. TrainingArguments without use_cpu on a CPU host would train
+    each process alone on all the data)."""
+    if world_size() > 1 and trainer.accelerator.num_processes != world_size():
+        raise TuneError(f"distributed: the trainer sees {trainer.accelerator.num_processes} of {world_size()} processes")
 
 
 def save_adapter(trainer, folder: Path, **kwargs) -> None:

@@ -54,7 +54,7 @@ def test_ddp_writes_one_adapter_and_matches_a_single_process(ddp_run, tmp_path):
     # Rank 0 alone prints: every line once, the batch arithmetic included.
     assert result.stdout.count("step     1/16") == 1 and result.stdout.count("done: 16 steps") == 1
     assert ("distributed: 2 processes (DDP, a full copy each, gloo); global batch = 4 per device x 1 accumulation "
-            "x 2 processes = 8 sequences per step") in result.stdout
+            "x 2 processes = 8 rows per step") in result.stdout
     assert "Traceback" not in result.stderr
     # Rank 0 alone writes: one adapter, no leftovers, and every checkpoint complete with both RNG states.
     names = sorted(p.name for p in out.iterdir())

@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from tune import distributed
 from tune import recipe as recipe_io
 from tune.errors import TrainingError, TuneError
 from tune.output import check_writable, clear_dir, move_into, versions, write_json, write_text
@@ -52,13 +53,19 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         recipe.adapter.alpha = 2 * recipe.adapter.r
     out_dir = Path(recipe.output.dir)
     checkpoints = out_dir / "checkpoints"
+    distributed.setup(recipe, recipe_dir)  # several processes: as in sft.py, only rank 0 prints and writes
+    main = distributed.is_main()
+    echo, console = (echo, console) if main else ((lambda line: None), None)
 
     # ---- output dir: writable, and either fresh or an unfinished run of this same recipe
-    check_writable(out_dir)
     check_installed(recipe.train)
     if "tensorboard" in recipe.train.report_to:  # transformers 5 reads the event-file folder from here only
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(out_dir.resolve() / "logs")
-    resume_from = plan_run_dir(out_dir, recipe.model_dump(mode="json"), resume, recipe.output.overwrite, echo)
+    if main:
+        check_writable(out_dir)
+        resume_from = plan_run_dir(out_dir, recipe.model_dump(mode="json"), resume, recipe.output.overwrite, echo)
+    resume_from = distributed.share(resume_from if main else None)
+    distributed.check_resume(resume_from)
     if recipe.model.trust_remote_code:
         echo("warning: model.trust_remote_code is true: Python code from the model's repository will run")
 
@@ -87,6 +94,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     echo(f"data: {len(train_set)} train / {len(eval_set)} eval examples, labels "
          + ", ".join(f"{name} {counts[i]}" for i, name in enumerate(names))
          + (f"; class weights {', '.join(f'{w:.3g}' for w in weights)}" if weights else ""))
+    distributed.agree(recipe=recipe.model_dump(mode="json"), data=fingerprint)
 
     # ---- model and trainer (the Trainer creates its checkpoint folder; undone if a check below fails)
     created = [p for p in (out_dir, checkpoints) if not p.exists()]
@@ -103,6 +111,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     if optimizer == "auto":
         optimizer = "paged_adamw_8bit" if on_gpu and recipe.model.quantization != "none" else "adamw_torch"
     evaluate_during = bool(eval_set) and recipe.train.eval_steps is not None
+    several = distributed.training_kwargs(recipe, recipe_dir, on_gpu)
     args = TrainingArguments(
         output_dir=str(checkpoints),
         max_steps=recipe.train.max_steps or -1,
@@ -114,13 +123,14 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         per_device_train_batch_size=recipe.train.batch_size,
         per_device_eval_batch_size=max(recipe.train.batch_size, 32),  # no backward pass: wider batches fit
         gradient_accumulation_steps=recipe.train.gradient_accumulation,
-        **_checkpointing(recipe.train.gradient_checkpointing),
+        **_checkpointing(recipe.train.gradient_checkpointing and not several.get("fsdp")),
         optim=optimizer,
         max_grad_norm=recipe.train.max_grad_norm,
         seed=recipe.train.seed,
         data_seed=recipe.train.seed,
         bf16=on_gpu and dtype == torch.bfloat16,
         fp16=on_gpu and dtype == torch.float16,
+        use_cpu=not on_gpu,  # also what makes several CPU processes run as DDP over gloo
         # Length-grouped batches cut the padding computed; lengths vary a lot in review-like data.
         train_sampling_strategy="group_by_length" if data.group_by_length else "random",
         use_liger_kernel=recipe.train.use_liger_kernel,
@@ -140,6 +150,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         disable_tqdm=True,
         dataloader_num_workers=0,
         dataloader_pin_memory=on_gpu,
+        **several,
     )
     metrics_path = out_dir / "metrics.jsonl"
     metrics = MetricsLog(metrics_path, echo)
@@ -148,7 +159,8 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     def compute_metrics(prediction) -> dict:
         # Called once per eval with the whole eval split; writes the full report beside the run records.
         report = classification_report(prediction.label_ids, prediction.predictions.argmax(axis=-1), names)
-        write_report(report, out_dir, step=trainer.state.global_step)
+        if main:  # every process gets the gathered predictions; one writes
+            write_report(report, out_dir, step=trainer.state.global_step)
         reports.append(report)
         echo(f"eval: accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f}")
         return {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]}
@@ -161,9 +173,11 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
                    NonFiniteGuard(checkpoints)] + ([ProgressBar(console)] if console and console.is_terminal else []),
     )
     trainer.remove_callback(PrinterCallback)  # MetricsLog prints the lines users read
+    distributed.check_trainer(trainer)
     trainable, total = model.get_nb_trainable_parameters()
     try:
-        _check_disk(disk, trainable, recipe.train.keep_checkpoints)
+        if main:
+            _check_disk(disk, trainable, recipe.train.keep_checkpoints)
     except TuneError:
         for path in created:
             shutil.rmtree(path, ignore_errors=True)
@@ -171,20 +185,24 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     echo(f"model: {model_source(recipe.model)} ({dtype}, quantization {recipe.model.quantization}) as a "
          f"{len(names)}-label classifier, {recipe.adapter.method} r={recipe.adapter.r} + head "
          f"({', '.join(sorted(_saved_modules(model)))}): {trainable:,} trainable of {total:,} parameters")
+    for line in distributed.describe(recipe, args):
+        echo(line)
 
     # ---- run records, written before training so a crashed run still says what it was
-    if recipe.output.overwrite and out_dir.is_dir():
-        clear_dir(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_text(out_dir / "recipe.yaml", recipe_io.dump(recipe))
-    write_json(out_dir / "versions.json", versions())
-    write_json(out_dir / "data_fingerprint.json", fingerprint)
-    if resume_from is None:
-        metrics_path.unlink(missing_ok=True)
-        shutil.rmtree(checkpoints, ignore_errors=True)
-    else:
-        metrics.truncate_after(int(resume_from.name.split("-")[-1]))
-        echo(f"resuming from {resume_from}")
+    if main:
+        if recipe.output.overwrite and out_dir.is_dir():
+            clear_dir(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_text(out_dir / "recipe.yaml", recipe_io.dump(recipe))
+        write_json(out_dir / "versions.json", versions())
+        write_json(out_dir / "data_fingerprint.json", fingerprint)
+        if resume_from is None:
+            metrics_path.unlink(missing_ok=True)
+            shutil.rmtree(checkpoints, ignore_errors=True)
+        else:
+            metrics.truncate_after(int(resume_from.name.split("-")[-1]))
+            echo(f"resuming from {resume_from}")
+    distributed.wait()
 
     # ---- train, then make sure the last report describes the final weights
     started = time.perf_counter()
@@ -197,15 +215,19 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     seconds = time.perf_counter() - started
     if eval_set and (not evaluate_during or trainer.state.global_step % recipe.train.eval_steps):
         trainer.evaluate()
-    plot_losses(metrics.records, out_dir / "loss_curve.png")
+    if main:
+        plot_losses(metrics.records, out_dir / "loss_curve.png")
     if reports:
         for line in report_lines(reports[-1]):
             echo(line)
 
     # ---- adapter + head, tokenizer, labels and the labelled config: staged, then moved into place
     staging = out_dir / ".staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging, safe_serialization=True)
+    if main:
+        shutil.rmtree(staging, ignore_errors=True)
+    distributed.save_adapter(trainer, staging)
+    if not main:
+        return RunResult({}, model)
     tokenizer.save_pretrained(staging)
     model.get_base_model().config.save_pretrained(staging)  # id2label, label2id, num_labels, pad_token_id
     write_json(staging / LABELS_FILE, {"labels": names, "id2label": dict(enumerate(names)),
@@ -222,7 +244,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
         "eval_loss": evals[-1] if evals else None, "accuracy": final.get("accuracy"),
         "macro_f1": final.get("macro_f1"), "device": "cuda" if on_gpu else "cpu",
-        "trust_remote_code": recipe.model.trust_remote_code,
+        "trust_remote_code": recipe.model.trust_remote_code, **distributed.summary(recipe),
     }
     write_json(staging / "run.json", summary)
     move_into(staging, out_dir)

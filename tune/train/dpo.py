@@ -21,6 +21,7 @@ import shutil
 import time
 from pathlib import Path
 
+from tune import distributed
 from tune import recipe as recipe_io
 from tune.data.prepare import check
 from tune.data.preference import prepare_pairs
@@ -60,13 +61,19 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     start = _starting_adapter(recipe, recipe_dir) if recipe.model.adapter else None
     out_dir = Path(recipe.output.dir)
     checkpoints = out_dir / "checkpoints"
+    distributed.setup(recipe, recipe_dir)  # several processes: as in sft.py, only rank 0 prints and writes
+    main = distributed.is_main()
+    echo, console = (echo, console) if main else ((lambda line: None), None)
 
     # ---- output dir: writable, and either fresh or an unfinished run of this same recipe
-    check_writable(out_dir)
     check_installed(recipe.train)
     if "tensorboard" in recipe.train.report_to:  # transformers 5 reads the event-file folder from here only
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(out_dir.resolve() / "logs")
-    resume_from = plan_run_dir(out_dir, recipe.model_dump(mode="json"), resume, recipe.output.overwrite, echo)
+    if main:
+        check_writable(out_dir)
+        resume_from = plan_run_dir(out_dir, recipe.model_dump(mode="json"), resume, recipe.output.overwrite, echo)
+    resume_from = distributed.share(resume_from if main else None)
+    distributed.check_resume(resume_from)
     if recipe.model.trust_remote_code:
         echo("warning: model.trust_remote_code is true: Python code from the model's repository will run")
 
@@ -82,12 +89,14 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
          f"template {template_label}")
     for note in data.notes:
         echo(f"data: {note}")
+    distributed.agree(recipe=recipe.model_dump(mode="json"), data=data.fingerprint)
 
     # ---- model, reference and trainer
     created = [p for p in (out_dir, checkpoints) if not p.exists()]
     disk = next(p for p in (out_dir.resolve(), *out_dir.resolve().parents) if p.exists())
     transformers.set_seed(recipe.train.seed)
-    model = load_model(recipe.model, recipe.train.gradient_checkpointing)
+    sharded = distributed.shards_weights(recipe, recipe_dir)
+    model = load_model(recipe.model, recipe.train.gradient_checkpointing, sharded=sharded)
     dtype = model.dtype
     if start is not None:
         from peft import PeftModel
@@ -96,8 +105,9 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     on_gpu = torch.cuda.is_available()
     optimizer = recipe.train.optimizer
     if optimizer == "auto":
-        optimizer = "paged_adamw_8bit" if on_gpu and recipe.model.quantization != "none" else "adamw_torch"
+        optimizer = "paged_adamw_8bit" if on_gpu and recipe.model.quantization != "none" and not sharded else "adamw_torch"
     evaluate_during = bool(data.eval) and recipe.train.eval_steps is not None
+    several = distributed.training_kwargs(recipe, recipe_dir, on_gpu)
     config = DPOConfig(
         output_dir=str(checkpoints),
         beta=recipe.train.beta,
@@ -112,13 +122,14 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         per_device_train_batch_size=recipe.train.batch_size,
         per_device_eval_batch_size=recipe.train.batch_size,
         gradient_accumulation_steps=recipe.train.gradient_accumulation,
-        **_checkpointing(recipe.train.gradient_checkpointing),
+        **_checkpointing(recipe.train.gradient_checkpointing and not several.get("fsdp")),
         optim=optimizer,
         max_grad_norm=recipe.train.max_grad_norm,
         seed=recipe.train.seed,
         data_seed=recipe.train.seed,
         bf16=on_gpu and dtype == torch.bfloat16,  # TRL defaults to bf16 even on the CPU
         fp16=on_gpu and dtype == torch.float16,
+        use_cpu=not on_gpu,  # also what makes several CPU processes run as DDP over gloo
         use_liger_kernel=recipe.train.use_liger_kernel,
         torch_compile=recipe.train.torch_compile,
         logging_steps=recipe.train.logging_steps,
@@ -134,6 +145,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         disable_tqdm=True,
         dataloader_num_workers=0,
         dataloader_pin_memory=on_gpu,
+        **several,
     )
     metrics_path = out_dir / "metrics.jsonl"
     metrics = MetricsLog(metrics_path, echo)
@@ -148,9 +160,11 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
                    NonFiniteGuard(checkpoints)] + ([ProgressBar(console)] if console and console.is_terminal else []),
     )
     trainer.remove_callback(PrinterCallback)
+    distributed.check_trainer(trainer)
     trainable, total = trainer.model.get_nb_trainable_parameters()
     try:
-        _check_disk(disk, trainable, recipe.train.keep_checkpoints)
+        if main:
+            _check_disk(disk, trainable, recipe.train.keep_checkpoints)
     except TuneError:
         for path in created:
             shutil.rmtree(path, ignore_errors=True)
@@ -159,20 +173,24 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
                     f"{recipe.adapter.method} r={recipe.adapter.r} (reference: the base, adapter off)")
     echo(f"model: {model_source(recipe.model)} ({dtype}, quantization {recipe.model.quantization}), {adapter_line}: "
          f"{trainable:,} trainable of {total:,} parameters; dpo loss {config.loss_type}, beta {config.beta}")
+    for line in distributed.describe(recipe, config):
+        echo(line)
 
     # ---- run records, written before training so a crashed run still says what it was
-    if recipe.output.overwrite and out_dir.is_dir():
-        clear_dir(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_text(out_dir / "recipe.yaml", recipe_io.dump(recipe))
-    write_json(out_dir / "versions.json", versions())
-    write_json(out_dir / "data_fingerprint.json", data.fingerprint)
-    if resume_from is None:
-        metrics_path.unlink(missing_ok=True)
-        shutil.rmtree(checkpoints, ignore_errors=True)
-    else:
-        metrics.truncate_after(int(resume_from.name.split("-")[-1]))
-        echo(f"resuming from {resume_from}")
+    if main:
+        if recipe.output.overwrite and out_dir.is_dir():
+            clear_dir(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_text(out_dir / "recipe.yaml", recipe_io.dump(recipe))
+        write_json(out_dir / "versions.json", versions())
+        write_json(out_dir / "data_fingerprint.json", data.fingerprint)
+        if resume_from is None:
+            metrics_path.unlink(missing_ok=True)
+            shutil.rmtree(checkpoints, ignore_errors=True)
+        else:
+            metrics.truncate_after(int(resume_from.name.split("-")[-1]))
+            echo(f"resuming from {resume_from}")
+    distributed.wait()
 
     # ---- train
     started = time.perf_counter()
@@ -190,15 +208,18 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     seconds = time.perf_counter() - started
     if data.eval and not evaluate_during:
         trainer.evaluate()
-    plot_losses(metrics.records, out_dir / "loss_curve.png")
     for callback in trainer.callback_handler.callbacks:  # the final evaluate reopens TensorBoard's writer
         if getattr(callback, "tb_writer", None) is not None:
             callback.tb_writer.close()
 
     # ---- adapter: staged, then renamed into place; only the trained adapter, never TRL's "ref" copy
     staging = out_dir / ".staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    trainer.model.save_pretrained(staging, safe_serialization=True, selected_adapters=["default"])
+    if main:
+        plot_losses(metrics.records, out_dir / "loss_curve.png")
+        shutil.rmtree(staging, ignore_errors=True)
+    distributed.save_adapter(trainer, staging, selected_adapters=["default"])
+    if not main:
+        return RunResult({}, trainer.model)
     tokenizer.chat_template = template
     tokenizer.save_pretrained(staging)
     summary = _summary(recipe, metrics.records, out_dir, template_label, trainer, seconds, resume_from,
@@ -265,4 +286,5 @@ def _summary(recipe, records, out_dir, template_label, trainer, seconds, resume_
         "eval_reward_accuracy": eval_rewarded[-1]["eval_rewards/accuracies"] if eval_rewarded else None,
         **_held_out_margins(eval_rewarded[-1] if eval_rewarded else None, recipe.train.beta),
         "device": "cuda" if on_gpu else "cpu", "trust_remote_code": recipe.model.trust_remote_code,
+        **distributed.summary(recipe),
     }

@@ -165,6 +165,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
                    NonFiniteGuard(checkpoints)] + ([ProgressBar(console)] if console and console.is_terminal else []),
     )
     trainer.remove_callback(PrinterCallback)  # MetricsLog prints the lines users read
+    distributed.check_trainer(trainer)
     trainable, total = trainer.model.get_nb_trainable_parameters()
     try:
         if main:
