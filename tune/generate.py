@@ -109,10 +109,14 @@ def messages_of(row: dict, where: str) -> list[dict]:
 
 
 def generate_batch(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int,
-                   batch_size: int = 16) -> list[tuple[str, bool]]:
+                   batch_size: int = 32) -> list[tuple[str, bool]]:
     """Greedy answers to many prompts, batched with left padding: (text, finished) per prompt, where
-    finished means the model ended its turn before max_new_tokens."""
+    finished means the model ended its turn before max_new_tokens. On a CPU with native bfloat16
+    (AVX512-BF16) a float32 model generates under bf16 autocast, as it trains: ~1.4x faster."""
     import torch
+
+    autocast = (model.device.type == "cpu" and model.dtype == torch.float32
+                and torch.cpu._is_avx512_bf16_supported())
 
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     model_was_training = model.training
@@ -123,7 +127,7 @@ def generate_batch(model, tokenizer, conversations: list[list[dict]], max_new_to
             texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
                      for c in conversations[start:start + batch_size]]
             batch = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(model.device)
-            with torch.no_grad():
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
                 output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
                                         top_k=None, top_p=None, pad_token_id=tokenizer.pad_token_id,
                                         eos_token_id=tokenizer.eos_token_id)
