@@ -14,7 +14,9 @@ from tune.errors import TuneError
 def plan(recipe: Path = typer.Argument(help="Recipe YAML file."),
          gpu_memory: str = typer.Option(None, "--gpu-memory",
                                         help="GPU memory to plan for, e.g. 24GiB (default: this machine's GPU)."),
-         overrides: list[str] = typer.Option([], "--set", help="Override a recipe key: --set train.batch_size=8 (repeatable).")) -> None:
+         overrides: list[str] = typer.Option([], "--set", help="Override a recipe key: --set train.batch_size=8 (repeatable)."),
+         nproc: int = typer.Option(1, "--nproc", min=1, help="Plan one device of N processes, split as the recipe's "
+                                   "distributed section says (ddp, fsdp, deepspeed).")) -> None:
     """Estimate the run's peak GPU memory from the model config: weights, adapter, optimizer, activations."""
     from tune import plan as planner
     from tune import recipe as recipe_io
@@ -24,7 +26,7 @@ def plan(recipe: Path = typer.Argument(help="Recipe YAML file."),
     try:
         parsed = recipe_io.load(recipe, overrides)
         gpu_bytes = planner.parse_size(gpu_memory) if gpu_memory else _this_gpu()
-        lines = planner.render(planner.estimate(parsed), gpu_bytes)
+        lines = planner.render(planner.estimate(parsed, nproc, recipe.resolve().parent), gpu_bytes)
     except TuneError as exc:
         fail(exc)
     for line in lines:

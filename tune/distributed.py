@@ -287,6 +287,6 @@ def record_failure(message: str, callstack: str = "") -> None:
     if path:
         from tune.output import write_json
 
-        write_json(Path(path), {"message": {"message": message, "extraInfo": {
-            "py_callstack": callstack, "timestamp": str(int(time.time()))}}})
+        extra = {"timestamp": str(int(time.time()))} | ({"py_callstack": callstack} if callstack else {})
+        write_json(Path(path), {"message": {"message": message, "extraInfo": extra}})  # torchrun shows the callstack, else the message
 

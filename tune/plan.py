@@ -14,6 +14,8 @@ libraries allocate, read from their code (peft 0.21, trl 1.16, bitsandbytes 0.50
   float32 moments); Adafactor keeps float32 row and column second moments.
 Activations are an estimate (a per-token sum of what a Llama-style layer saves for backward) that has
 not yet been checked against measured peaks on a GPU: see bench/README.md.
+With N processes (`--nproc`) the figures are per device: tune/plan_sharding.py splits them as the
+recipe's `distributed` section says.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import re
 from dataclasses import dataclass
 
 from tune.errors import TuneError
+from tune.plan_sharding import per_device, sharding
 from tune.recipe import Recipe
 
 MiB, GiB = 2**20, 2**30
@@ -46,10 +49,13 @@ class Plan:
     head_workspace: int  # TRL's tiled LM-head buffer: one tile, whatever the batch
     batch_size: int
     checkpointing: bool
+    communication: int = 0  # DDP gradient buckets, or the layers FSDP/ZeRO-3 gather for compute
+    offloaded: int = 0  # bytes kept in CPU RAM per process instead (FSDP or ZeRO offload)
+    processes: str = ""  # e.g. "8 processes, fsdp full_shard"; empty for one process
 
     @property
     def fixed(self) -> int:
-        return self.weights + self.adapter + self.gradients + self.optimizer + self.head_workspace
+        return self.weights + self.adapter + self.gradients + self.optimizer + self.head_workspace + self.communication
 
     @property
     def peak(self) -> int:
@@ -68,7 +74,7 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * 1024 ** "KMGT".index(unit) * 1024)
 
 
-def estimate(recipe: Recipe) -> Plan:
+def estimate(recipe: Recipe, nproc: int = 1, recipe_dir=None) -> Plan:
     import torch
     from peft import get_peft_model
 
@@ -77,6 +83,9 @@ def estimate(recipe: Recipe) -> Plan:
     config = load_config(recipe)
     dtype = "bfloat16" if recipe.model.dtype == "auto" else recipe.model.dtype  # auto on a GPU
     quantized = recipe.model.quantization != "none"
+    split = sharding(recipe, nproc, recipe_dir)
+    # Sharded 4-bit bases skip PEFT's k-bit preparation (tune.models.load_model), so nothing is upcast.
+    upcast = quantized and not split["weights"]
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
@@ -84,7 +93,7 @@ def estimate(recipe: Recipe) -> Plan:
         head = base.get_output_embeddings()
         model = get_peft_model(base, lora_config(recipe.adapter))
 
-    weights = adapter = 0
+    weights = adapter = stats = 0
     trainable = []  # (shape, dtype name) of every trainable tensor
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):
@@ -93,20 +102,23 @@ def estimate(recipe: Recipe) -> Plan:
                 trainable.append((tuple(param.shape), kind))
                 adapter += param.numel() * BYTES[kind]
             elif quantized and name == "weight" and isinstance(module, torch.nn.Linear) and module is not head:
-                weights += quantized_bytes(param.numel(), param.shape[0], recipe.model.quantization,
-                                           recipe.model.double_quant)
+                size = quantized_bytes(param.numel(), param.shape[0], recipe.model.quantization,
+                                       recipe.model.double_quant)
+                packed = param.numel() if recipe.model.quantization == "int8" else math.ceil(param.numel() / 2)
+                weights, stats = weights + size, stats + size - packed  # FSDP/ZeRO-3 shard only the packed data
             else:
-                weights += param.numel() * (4 if quantized else BYTES[dtype])
-        weights += sum(b.numel() * b.element_size() for b in module.buffers(recurse=False))
+                weights += param.numel() * (4 if upcast else BYTES[dtype])
+        buffers = sum(b.numel() * b.element_size() for b in module.buffers(recurse=False))
+        weights, stats = weights + buffers, stats + buffers
 
     optimizer = recipe.train.optimizer
     if optimizer == "auto":  # what sft.py picks on a GPU
-        optimizer = "paged_adamw_8bit" if quantized else "adamw_torch"
+        optimizer = "paged_adamw_8bit" if quantized and not split["weights"] else "adamw_torch"
     length, checkpointing = recipe.data.max_length, recipe.train.gradient_checkpointing
     per_example = {flag: activation_bytes(config, recipe, length, BYTES[dtype], flag) for flag in (False, True)}
     tokens = recipe.train.batch_size * length
     head_workspace = min(tokens, HEAD_TILE_TOKENS) * min(config.vocab_size, _head_chunk()) * BYTES[dtype]
-    return Plan(
+    plan = Plan(
         describe=(f"{recipe.model.name} ({config.model_type}, {config.num_hidden_layers} layers, hidden "
                   f"{config.hidden_size}), {dtype}, quantization {recipe.model.quantization}, "
                   f"{recipe.adapter.method} r={recipe.adapter.r}, batch {recipe.train.batch_size} x {length} tokens"),
@@ -114,6 +126,7 @@ def estimate(recipe: Recipe) -> Plan:
         gradients=adapter, optimizer=optimizer_bytes(trainable, optimizer), optimizer_name=optimizer,
         activations_per_example=per_example[checkpointing], activations_per_example_other=per_example[not checkpointing],
         head_workspace=head_workspace, batch_size=recipe.train.batch_size, checkpointing=checkpointing)
+    return per_device(plan, split, stats, config.num_hidden_layers) if nproc > 1 else plan
 
 
 def load_config(recipe: Recipe):
@@ -229,7 +242,13 @@ def render(plan: Plan, gpu_bytes: int | None) -> list[str]:
          plan.batch_size * plan.activations_per_example + plan.head_workspace),
         ("peak of torch allocations", plan.peak),
     ]
-    lines = [f"plan: {plan.describe}"] + [f"  {label:<56}{_size(size):>12}" for label, size in rows]
+    if plan.processes:  # per device: what the strategy adds for communication, before the peak
+        kind = "gradient buckets" if "ddp" in plan.processes or "zero-1" in plan.processes else "gathered layers"
+        rows.insert(-1, (f"communication ({kind}; estimate)", plan.communication))
+    describe = f"{plan.describe}; per device of {plan.processes}" if plan.processes else plan.describe
+    lines = [f"plan: {describe}"] + [f"  {label:<56}{_size(size):>12}" for label, size in rows]
+    if plan.offloaded:
+        lines.append(f"  {'offloaded to CPU RAM (per process)':<56}{_size(plan.offloaded):>12}")
     if gpu_bytes is None:
         return lines + ["no GPU here: pass --gpu-memory 24GiB to check the fit"]
     verdict = "fits" if plan.peak + RESERVE <= gpu_bytes else "does NOT fit"
