@@ -126,3 +126,18 @@ def test_smollm2_converts_with_config_tokenizer_template_and_logits(smollm2_fold
     assert torch.equal(_logits(from_gguf, ids), _logits(from_folder, ids))
     answer = from_folder.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False)
     assert "Paris" in tokenizer.decode(answer[0, ids.shape[1]:])
+
+
+def test_models_list_shows_what_recipes_can_name(tiny_model, tiny_gguf, tune_home):
+    from tune.gguf_base import hf_folder
+
+    hf_folder(tiny_gguf)  # a converted GGUF joins the list under its folder path
+    result = subprocess.run([sys.executable, "-m", "tune", "models", "list"], capture_output=True, text=True,
+                            env={**__import__("os").environ, "COLUMNS": "250"})
+    assert result.returncode == 0, result.stderr
+    rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.count("│") >= 4}
+    assert "built locally" in rows["tiny-llama"]
+    assert any(name.startswith(str(tune_home / "models" / "gguf" / "tiny-")) and "converted tiny.gguf" in row
+               for name, row in rows.items())
+    assert "minilm" in rows and "smollm2-135m-instruct" in rows
+    assert f"models folder: {tune_home / 'models'}" in result.stdout
