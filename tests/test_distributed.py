@@ -1,6 +1,6 @@
 """The `distributed` recipe section, its mapping onto what transformers/accelerate read, the checks made
 before any process starts, how failures of other ranks are reported, and `tune plan --nproc`. Nothing
-here starts a second process (tests/train/test_distributed.py does)."""
+here starts a second process (tests/train/test_ddp.py does)."""
 
 import json
 import os
