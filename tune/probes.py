@@ -74,13 +74,12 @@ def _normal(text: str) -> str:
     return re.sub(r"\s+", " ", text.lower()).strip()
 
 
-def answer_sets(model, tokenizer, sets: list[ProbeSet], system_prompt: str | None,
-                max_new_tokens: int) -> list[list[str]]:
-    from tune.generate import generate_batch
-
+def answer_sets(answer, sets: list[ProbeSet], system_prompt: str | None, max_new_tokens: int) -> list[list[str]]:
+    """answer(conversations, max_new_tokens) -> [(text, finished)]: tune.generate.generate_batch bound to a
+    model and tokenizer (or the cached version of it for the base model)."""
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
     flat = [system + [{"role": "user", "content": q}] for s in sets for q in s.questions]
-    texts = [text for text, _ in generate_batch(model, tokenizer, flat, max_new_tokens)]
+    texts = [text for text, _ in answer(flat, max_new_tokens)]
     answers, start = [], 0
     for probe_set in sets:
         answers.append(texts[start:start + len(probe_set.questions)])

@@ -56,18 +56,16 @@ def read_prompts(path: Path) -> list[str]:
     return prompts
 
 
-def make_replay(model, tokenizer, template: str, data: DataSection, train_rows: int, recipe_dir: Path | None,
+def make_replay(answer, tokenizer, template: str, data: DataSection, train_rows: int, recipe_dir: Path | None,
                 seed: int, report: LengthReport) -> Replay:
-    """data.replay rows per training row, answered by `model` (the base, before any adapter)."""
-    from tune.generate import generate_batch
-
+    """data.replay rows per training row, answered by the base model before any adapter:
+    answer(conversations, max_new_tokens) -> [(text, finished)]."""
     path = prompt_file(data.replay_prompts, recipe_dir)
     pool = read_prompts(path)
     wanted = max(1, round(train_rows * data.replay))
     prompts = random.Random(seed).sample(pool, min(wanted, len(pool)))
     system = [{"role": "system", "content": data.system_prompt}] if data.system_prompt else []
-    answers = generate_batch(model, tokenizer, [system + [{"role": "user", "content": p}] for p in prompts],
-                             MAX_NEW_TOKENS)
+    answers = answer([system + [{"role": "user", "content": p}] for p in prompts], MAX_NEW_TOKENS)
     rows = [{"prompt": p, "answer": text} for p, (text, finished) in zip(prompts, answers) if finished and text]
     examples = []
     for number, row in enumerate(rows, start=1):

@@ -22,6 +22,8 @@ from tune.data.templates import resolve_template
 from tune.errors import TrainingError, TuneError
 from tune.models import load_model, load_tokenizer, lora_config, model_source
 from tune.plots import plot_losses
+from tune.answer_cache import base_answerer
+from tune.generate import generate_batch
 from tune.probes import load_probe_sets
 from tune.output import check_writable, clear_dir, move_into, versions, write_json, write_text
 from tune.quiet import quiet_libraries
@@ -85,9 +87,10 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     model = load_model(recipe.model, recipe.train.gradient_checkpointing, sharded=sharded)
     dtype = model.dtype
     # ---- what the base model says before training: probe answers, and replay rows (which join the data)
-    base_answers = _probe(model, tokenizer, probe_sets, recipe, echo, "base model") if probe_sets else []
+    base_answer = base_answerer(model, tokenizer, recipe, template)
+    base_answers = _probe(base_answer, probe_sets, recipe, echo, "base model") if probe_sets else []
     if recipe.data.replay:
-        replay = make_replay(model, tokenizer, template, recipe.data, len(data.train), recipe_dir,
+        replay = make_replay(base_answer, tokenizer, template, recipe.data, len(data.train), recipe_dir,
                              recipe.train.seed, data.report)
         data.train += replay.examples
         data.fingerprint["replay"] = replay.fingerprint
@@ -228,7 +231,8 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         write_text(staging / "replay.jsonl", "".join(json.dumps(row) + "\n" for row in replay.rows))
     probe_shares = None
     if probe_sets:
-        tuned_answers = _probe(trainer.model, tokenizer, probe_sets, recipe, echo, "tuned model")
+        tuned_answers = _probe(lambda conversations, limit: generate_batch(trainer.model, tokenizer, conversations, limit),
+                               probe_sets, recipe, echo, "tuned model")
         probe_rows, probe_shares = probes.score(probe_sets, base_answers, tuned_answers)
         write_text(staging / "probes.md", probes.markdown(probe_rows, probe_shares))
         write_json(staging / "probes.json", {"shares": probe_shares, "rows": probe_rows})
@@ -256,10 +260,9 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     return RunResult(summary, trainer.model)
 
 
-def _probe(model, tokenizer, probe_sets, recipe: Recipe, echo, who: str) -> list[list[str]]:
+def _probe(answer, probe_sets, recipe: Recipe, echo, who: str) -> list[list[str]]:
     started = time.perf_counter()
-    answers = probes.answer_sets(model, tokenizer, probe_sets, recipe.data.system_prompt,
-                                 recipe.data.probe_max_new_tokens)
+    answers = probes.answer_sets(answer, probe_sets, recipe.data.system_prompt, recipe.data.probe_max_new_tokens)
     echo(f"probes: the {who} answered {sum(len(s.questions) for s in probe_sets)} questions in "
          f"{time.perf_counter() - started:.0f} s")
     return answers

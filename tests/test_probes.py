@@ -1,0 +1,80 @@
+"""Probes and replay on the tiny model: the answer matching rule, the before/after records a run writes,
+replay rows joining the data, and the base model's greedy answers reused from the TUNE_HOME cache."""
+
+import json
+
+import pytest
+
+from tests.conftest import SAMPLE_DATA, write_recipe
+from tune import recipe as recipe_io
+from tune.probes import contains
+
+QUIET = {"echo": lambda line: None}
+
+
+@pytest.mark.parametrize("answer,expected,hit", [
+    ("Refunds are accepted within 21 days.", ["21 days"], True),
+    ("Refunds are accepted within 21\n  DAYS.", ["21 days"], True),  # case and spacing ignored
+    ("Refunds are accepted within twenty-one days.", ["21 days", "twenty-one days"], True),
+    ("Refunds are accepted within 2 days.", ["21 days"], False),
+    ("", ["Paris"], False),
+])
+def test_an_answer_counts_when_it_contains_an_expected_text(answer, expected, hit):
+    assert contains(answer, expected) is hit
+
+
+@pytest.fixture
+def probe_recipe(tmp_path, tiny_model):
+    rows = [json.loads(line) for line in SAMPLE_DATA.read_text().splitlines()[:6]]
+    probes = tmp_path / "facts.jsonl"
+    probes.write_text("".join(json.dumps({"question": r["instruction"], "expected": r["output"].split()[-1]}) + "\n"
+                              for r in rows))
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"instruction": f"Say something about the number {n}."}) + "\n"
+                               for n in range(40)))
+    return write_recipe(tmp_path / "r.yaml", data={"probes": [str(probes)], "probe_max_new_tokens": 6,
+                                                   "replay": 0.1, "replay_prompts": str(prompts)},
+                        output={"overwrite": True})
+
+
+def test_a_run_writes_before_after_probes_and_replay_rows_and_reuses_base_answers(probe_recipe, tmp_path,
+                                                                                  monkeypatch):
+    import tune.generate
+    import tune.train.sft  # noqa: F401  (imported first: it keeps the real generate_batch for the tuned model)
+
+    real, calls = tune.generate.generate_batch, []
+
+    def base_model(model, tokenizer, conversations, max_new_tokens):
+        # The random tiny model never ends a turn, so its replay answers would all be left out; stand in
+        # for the base model with finished answers (the tuned model's probe answers stay real).
+        calls.append(len(conversations))
+        return [(f"base answer {len(c[-1]['content'])}", True) for c in conversations]
+
+    monkeypatch.setattr(tune.generate, "generate_batch", base_model)
+    summary = _run(probe_recipe)
+    out = tmp_path / "out"
+    assert calls == [6, 16]  # the probes, then replay: 0.1 x 164 training rows from the 40 prompts
+    replay = [json.loads(line) for line in (out / "replay.jsonl").read_text().splitlines()]
+    assert len(replay) == 16 and all(r["answer"].startswith("base answer") for r in replay)
+    assert json.loads((out / "data_fingerprint.json").read_text())["replay"]["rows"] == 16
+    record = json.loads((out / "probes.json").read_text())
+    assert record["shares"] == summary["probes"]
+    assert [r["base"] for r in record["rows"]] == [f"base answer {len(r['question'])}" for r in record["rows"]]
+    assert all(isinstance(r["tuned"], str) for r in record["rows"]) and len(record["rows"]) == 6
+    shares = summary["probes"]["facts"]
+    assert shares["questions"] == 6 and shares["base_correct"] == 0 and shares["kept"] is None
+    assert shares["tuned_correct"] == sum(r["tuned_correct"] for r in record["rows"])
+    assert "| question | base answer | tuned answer |" in (out / "probes.md").read_text()
+
+    calls.clear()
+    _run(probe_recipe)  # same base, prompts and template: both base passes come from the cache
+    assert calls == []
+    assert (out / "replay.jsonl").read_text().splitlines() == [json.dumps(r) for r in replay]
+    assert json.loads((out / "probes.json").read_text())["rows"][0]["base"] == record["rows"][0]["base"]
+    assert real is not base_model
+
+
+def _run(path):
+    from tune.train.sft import train
+
+    return train(recipe_io.load(path), path, **QUIET).summary
