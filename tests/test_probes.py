@@ -23,6 +23,16 @@ def test_an_answer_counts_when_it_contains_an_expected_text(answer, expected, hi
     assert contains(answer, expected) is hit
 
 
+def test_replay_answers_are_limited_to_twice_the_typical_reply():
+    from tune.data.replay import MAX_NEW_TOKENS, reply_limit
+
+    def rows(*trained):
+        return [{"labels": [-100] * 5 + [1] * n} for n in trained]
+
+    assert reply_limit(rows(*range(1, 101))) == 2 * 91  # the 90th percentile of 1..100 trained tokens
+    assert reply_limit(rows(3, 4)) == 32 and reply_limit(rows(900)) == MAX_NEW_TOKENS
+
+
 @pytest.fixture
 def probe_recipe(tmp_path, tiny_model):
     rows = [json.loads(line) for line in SAMPLE_DATA.read_text().splitlines()[:6]]
@@ -53,10 +63,11 @@ def test_a_run_writes_before_after_probes_and_replay_rows_and_reuses_base_answer
     monkeypatch.setattr(tune.generate, "generate_batch", base_model)
     summary = _run(probe_recipe)
     out = tmp_path / "out"
-    assert calls == [6, 16]  # the probes, then replay: 0.1 x 164 training rows from the 40 prompts
+    assert calls == [6, 32]  # the probes, then replay: twice the 0.1 x 164 rows wanted, from the 40 prompts
     replay = [json.loads(line) for line in (out / "replay.jsonl").read_text().splitlines()]
     assert len(replay) == 16 and all(r["answer"].startswith("base answer") for r in replay)
-    assert json.loads((out / "data_fingerprint.json").read_text())["replay"]["rows"] == 16
+    fingerprint = json.loads((out / "data_fingerprint.json").read_text())["replay"]
+    assert fingerprint["rows"] == 16 and fingerprint["max_new_tokens"] == 32  # the tiny replies are short
     record = json.loads((out / "probes.json").read_text())
     assert record["shares"] == summary["probes"]
     assert [r["base"] for r in record["rows"]] == [f"base answer {len(r['question'])}" for r in record["rows"]]

@@ -17,7 +17,7 @@ from tune.errors import DataError
 from tune.paths import bundled_dir, find_file
 from tune.recipe import DataSection
 
-MAX_NEW_TOKENS = 160  # answers still running at this length are dropped: a cut-off answer would teach stopping mid-sentence
+MAX_NEW_TOKENS = 256  # the longest replay answer; a cut-off answer is left out (it would teach stopping mid-sentence)
 
 
 @dataclass
@@ -56,17 +56,23 @@ def read_prompts(path: Path) -> list[str]:
     return prompts
 
 
-def make_replay(answer, tokenizer, template: str, data: DataSection, train_rows: int, recipe_dir: Path | None,
+def make_replay(answer, tokenizer, template: str, data: DataSection, train: list[dict], recipe_dir: Path | None,
                 seed: int, report: LengthReport) -> Replay:
     """data.replay rows per training row, answered by the base model before any adapter:
-    answer(conversations, max_new_tokens) -> [(text, finished)]."""
+    answer(conversations, max_new_tokens) -> [(text, finished)].
+
+    Replay answers take the shape of the user's replies: an answer longer than twice their typical (90th
+    percentile) reply is left out, so short-answer data replays short answers (the behaviour it puts at
+    risk) and costs little to train on. Twice the wanted prompts are asked, so enough answers remain."""
     path = prompt_file(data.replay_prompts, recipe_dir)
     pool = read_prompts(path)
-    wanted = max(1, round(train_rows * data.replay))
-    prompts = random.Random(seed).sample(pool, min(wanted, len(pool)))
+    wanted = max(1, round(len(train) * data.replay))
+    limit = reply_limit(train)
+    prompts = random.Random(seed).sample(pool, min(2 * wanted, len(pool)))
     system = [{"role": "system", "content": data.system_prompt}] if data.system_prompt else []
-    answers = answer([system + [{"role": "user", "content": p}] for p in prompts], MAX_NEW_TOKENS)
+    answers = answer([system + [{"role": "user", "content": p}] for p in prompts], limit)
     rows = [{"prompt": p, "answer": text} for p, (text, finished) in zip(prompts, answers) if finished and text]
+    rows = rows[:wanted]
     examples = []
     for number, row in enumerate(rows, start=1):
         messages = system + [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["answer"]}]
@@ -74,10 +80,16 @@ def make_replay(answer, tokenizer, template: str, data: DataSection, train_rows:
                              f"replay row {number}", report)
         if example is not None:
             examples.append({"input_ids": example.input_ids, "labels": example.labels})
-    short = f" ({len(pool)} prompts in {path.name})" if wanted > len(pool) else ""
-    unfinished = len(prompts) - len(rows)
-    note = (f"replay: {len(examples)} base-model answers mixed into {train_rows} training rows{short}"
-            + (f"; {unfinished} answers longer than {MAX_NEW_TOKENS} tokens left out" if unfinished else ""))
+    short = f" (of {len(prompts)} asked, the rest ran past {limit} tokens)" if len(examples) < wanted else ""
+    note = (f"replay: {len(examples)} base-model answers of at most {limit} tokens mixed into "
+            f"{len(train)} training rows{short}")
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
-    fingerprint = {"prompts": str(path), "rows": len(examples), "sha256": digest}
+    fingerprint = {"prompts": str(path), "rows": len(examples), "max_new_tokens": limit, "sha256": digest}
     return Replay(rows, examples, note, fingerprint)
+
+
+def reply_limit(train: list[dict]) -> int:
+    """Twice the 90th-percentile count of trained tokens per example, within [32, MAX_NEW_TOKENS]."""
+    counts = sorted(sum(label != -100 for label in row["labels"]) for row in train)
+    typical = counts[min(len(counts) - 1, int(0.9 * len(counts)))] if counts else MAX_NEW_TOKENS
+    return max(32, min(MAX_NEW_TOKENS, 2 * typical))

@@ -90,7 +90,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     base_answer = base_answerer(model, tokenizer, recipe, template)
     base_answers = _probe(base_answer, probe_sets, recipe, echo, "base model") if probe_sets else []
     if recipe.data.replay:
-        replay = make_replay(base_answer, tokenizer, template, recipe.data, len(data.train), recipe_dir,
+        replay = make_replay(base_answer, tokenizer, template, recipe.data, data.train, recipe_dir,
                              recipe.train.seed, data.report)
         data.train += replay.examples
         data.fingerprint["replay"] = replay.fingerprint

