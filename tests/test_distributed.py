@@ -197,8 +197,9 @@ def test_torchrun_gets_the_command_and_the_options_after_the_dashes(tiny_model, 
 
 # ---- failures of other processes: said once
 
-def failure(exitcode, timestamp, message=None, callstack=""):
-    data = {"message": {"message": message, "extraInfo": {"py_callstack": callstack}}} if message else {"message": "<NONE>"}
+def failure(exitcode, timestamp, message=None, callstack="", peer=False):
+    extra = {"py_callstack": callstack} | ({"peer_failure": "1"} if peer else {})
+    data = {"message": {"message": message, "extraInfo": extra}} if message else {"message": "<NONE>"}
     return SimpleNamespace(exitcode=exitcode, timestamp=timestamp, error_file_data=data)
 
 
@@ -220,8 +221,15 @@ def test_the_launcher_reports_a_failure_once():
     assert launch.report({0: failure(-15, 9), 1: failure(1, 4, "ValueError: boom", trace)}, err) == 1
     assert err.lines == trace.rstrip().splitlines()
     err.lines.clear()
+    # Rank 0's collective broke because rank 1 died (same second): rank 0 stayed quiet, rank 1 is the cause.
+    broken = "RuntimeError: [gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:32644"
+    assert launch.report({0: failure(1, 4, broken, "Traceback ...\n" + broken, peer=True),
+                          1: failure(1, 4, "ValueError: boom", trace)}, err) == 1
+    assert err.lines == trace.rstrip().splitlines()
+    err.lines.clear()
     assert launch.report({1: failure(-9, 3)}, err) == 1
     assert err.lines == ["process 1 ended with signal 9 and left no error message"]
+    assert distributed.peer_failed(RuntimeError(broken)) and not distributed.peer_failed(ValueError("boom"))
 
 
 def test_a_non_zero_rank_stays_silent_and_leaves_its_error_to_the_launcher(tmp_path):

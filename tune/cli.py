@@ -390,12 +390,14 @@ def main() -> None:
         err.print("interrupted")
         sys.exit(130)
     except Exception as exc:
-        if distributed.is_main():
+        peer = distributed.world_size() > 1 and distributed.peer_failed(exc)
+        if distributed.world_size() == 1 or (distributed.is_main() and not peer):
             raise
         import traceback
 
-        # No second traceback on the terminal: the launcher prints this one if rank 0 did not fail first.
-        distributed.record_failure(f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        # One traceback on the terminal, the cause's: rank 0 prints its own; any other (and rank 0's broken
+        # collective when another process died first) goes to the error file the launcher reports from.
+        distributed.record_failure(f"{type(exc).__name__}: {exc}", traceback.format_exc(), peer)
         sys.exit(1)
 
 

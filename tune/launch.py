@@ -87,18 +87,26 @@ def launch(nproc: int, child_args: list[str], launcher_args: list[str], err=None
 
 
 def report(failures: dict, err=None) -> int:
-    """Rank 0 prints its own error, so only another rank's failure needs saying (once, the first one)."""
+    """Rank 0 prints its own error, so only another rank's failure needs saying: the first one that is a
+    cause (a collective broken by a dead peer is a consequence, and says so in its error file)."""
+    def recorded(failure) -> dict:
+        data = failure.error_file_data.get("message")
+        return data if isinstance(data, dict) else {}
+
+    def consequence(failure) -> bool:
+        return bool(recorded(failure).get("extraInfo", {}).get("peer_failure"))
+
     zero = failures.get(0)
-    if zero is not None and zero.exitcode > 0:
+    if zero is not None and zero.exitcode > 0 and not consequence(zero):
         return zero.exitcode
-    first_rank = min(failures, key=lambda index: failures[index].timestamp)
-    failure = failures[first_rank]
-    data = failure.error_file_data.get("message")
-    if isinstance(data, dict):
+    causes = {rank: f for rank, f in failures.items() if not consequence(f)} or failures
+    rank = min(causes, key=lambda index: (causes[index].timestamp, index == 0))
+    failure, data = causes[rank], recorded(causes[rank])
+    if data:
         text = data.get("extraInfo", {}).get("py_callstack") or data.get("message", "")
     else:
         signal = f"signal {-failure.exitcode}" if failure.exitcode < 0 else f"exit code {failure.exitcode}"
-        text = f"process {first_rank} ended with {signal} and left no error message"
+        text = f"process {rank} ended with {signal} and left no error message"
     if err is not None:
         for line in text.rstrip().splitlines():
             err.print(line, markup=False)
