@@ -229,7 +229,7 @@ def test_the_launcher_reports_a_failure_once():
     err.lines.clear()
     assert launch.report({1: failure(-9, 3)}, err) == 1
     assert err.lines == ["process 1 ended with signal 9 and left no error message"]
-    assert distributed.peer_failed(RuntimeError(broken)) and not distributed.peer_failed(ValueError("boom"))
+    assert launch.peer_failed(RuntimeError(broken)) and not launch.peer_failed(ValueError("boom"))
 
 
 def test_a_non_zero_rank_stays_silent_and_leaves_its_error_to_the_launcher(tmp_path):

@@ -390,14 +390,16 @@ def main() -> None:
         err.print("interrupted")
         sys.exit(130)
     except Exception as exc:
-        peer = distributed.world_size() > 1 and distributed.peer_failed(exc)
+        from tune.launch import peer_failed, record_failure
+
+        peer = distributed.world_size() > 1 and peer_failed(exc)
         if distributed.world_size() == 1 or (distributed.is_main() and not peer):
             raise
         import traceback
 
         # One traceback on the terminal, the cause's: rank 0 prints its own; any other (and rank 0's broken
         # collective when another process died first) goes to the error file the launcher reports from.
-        distributed.record_failure(f"{type(exc).__name__}: {exc}", traceback.format_exc(), peer)
+        record_failure(f"{type(exc).__name__}: {exc}", traceback.format_exc(), peer)
         sys.exit(1)
 
 

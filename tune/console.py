@@ -22,7 +22,7 @@ def fail(exc: TuneError) -> None:
     for line in exc.problems:
         err.print(line, markup=False)
     if not is_main():
-        from tune.distributed import record_failure
+        from tune.launch import record_failure
 
         record_failure("\n".join(exc.problems))
     raise typer.Exit(exc.exit_code)

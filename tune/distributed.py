@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 from pathlib import Path
 
 from tune.errors import TuneError
@@ -278,25 +277,3 @@ def save_adapter(trainer, folder: Path, **kwargs) -> None:
         state = trainer.accelerator.get_state_dict(trainer.model_wrapped)
     if is_main():
         trainer.model.save_pretrained(folder, safe_serialization=True, state_dict=state, **kwargs)
-
-
-def peer_failed(exc: BaseException) -> bool:
-    """A collective broken because another process died: a consequence, not the cause, of a failure."""
-    import torch.distributed as dist
-
-    text = str(exc)
-    return isinstance(exc, getattr(dist, "DistError", ())) or "closed by peer" in text or "reset by peer" in text
-
-
-def record_failure(message: str, callstack: str = "", peer: bool = False) -> None:
-    """A process that does not print its error (any rank but 0; rank 0 when a peer's death broke a
-    collective) writes it to torchelastic's error file (the format its ErrorHandler writes), from which
-    the launcher reports the cause once."""
-    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
-    if path:
-        from tune.output import write_json
-
-        extra = {"timestamp": str(int(time.time()))} | ({"py_callstack": callstack} if callstack else {})
-        extra |= {"peer_failure": "1"} if peer else {}
-        write_json(Path(path), {"message": {"message": message, "extraInfo": extra}})  # torchrun shows the callstack, else the message
-

@@ -4,12 +4,15 @@
 --rdzv-endpoint, ...): several nodes are torchrun's business, not tune's.
 
 torchrun runs inside this process rather than as a child: when a worker fails, torchrun's own report is a
-Python traceback of the launcher; here it becomes the failing worker's error, printed once.
+Python traceback of the launcher; here it becomes the failing worker's error, printed once. Workers that
+do not print their error (record_failure) leave it in torchelastic's error file for that report.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import time
 from pathlib import Path
 
 from tune.errors import TuneError
@@ -111,3 +114,25 @@ def report(failures: dict, err=None) -> int:
         for line in text.rstrip().splitlines():
             err.print(line, markup=False)
     return failure.exitcode if failure.exitcode > 0 else 1
+
+
+def peer_failed(exc: BaseException) -> bool:
+    """A collective broken because another process died: a consequence, not the cause, of a failure."""
+    import torch.distributed as dist
+
+    text = str(exc)
+    return isinstance(exc, getattr(dist, "DistError", ())) or "closed by peer" in text or "reset by peer" in text
+
+
+def record_failure(message: str, callstack: str = "", peer: bool = False) -> None:
+    """A process that does not print its error (any rank but 0; rank 0 when a peer's death broke a
+    collective) writes it to torchelastic's error file (the format its ErrorHandler writes), from which
+    the launcher reports the cause once."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path:
+        from tune.output import write_json
+
+        extra = {"timestamp": str(int(time.time()))} | ({"py_callstack": callstack} if callstack else {})
+        extra |= {"peer_failure": "1"} if peer else {}
+        write_json(Path(path), {"message": {"message": message, "extraInfo": extra}})  # torchrun shows the callstack, else the message
+
