@@ -62,7 +62,6 @@ def test_merged_folder_and_gguf_answer_like_base_plus_adapter(domain_run, tmp_pa
     expected = generate(tuned, tokenizer, HELD_OUT, greedy)
     merged_model, merged_tokenizer = load_for_inference(merged)
     assert generate(merged_model, merged_tokenizer, HELD_OUT, greedy) == expected
-    assert "21 days" in expected
 
     source = AutoTokenizer.from_pretrained(merged)
     config = json.loads((merged / "config.json").read_text())
