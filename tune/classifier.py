@@ -17,36 +17,19 @@ def load_base(model: ModelSection, names: list[str], tokenizer, gradient_checkpo
     """(model, new module names): AutoModelForSequenceClassification with one output per label, the
     label names in its config, and the tokenizer's pad id, which decoder LMs need to find each row's
     last real token. New modules are the ones the checkpoint did not hold (the head)."""
-    import torch
     from transformers import AutoModelForSequenceClassification
 
-    from tune.models import (_keep_cpu_4bit_trainable, _not_found, _refuse_pickles, model_source,
-                             quantization_config, resolve_dtype)
+    from tune.models import _not_found, load_arguments, prepare_quantized
 
-    dtype = resolve_dtype(model.dtype)
-    quant = quantization_config(model, dtype)
-    source = model_source(model)
-    _refuse_pickles(source, model.allow_pickle)
-    kwargs = {"dtype": dtype, "revision": model.revision, "trust_remote_code": model.trust_remote_code,
-              "use_safetensors": None if model.allow_pickle else True, "num_labels": len(names),
-              "id2label": dict(enumerate(names)), "label2id": {name: i for i, name in enumerate(names)},
-              "pad_token_id": tokenizer.pad_token_id}
-    if quant is not None:
-        kwargs["quantization_config"] = quant
-        kwargs["device_map"] = {"": torch.cuda.current_device()} if torch.cuda.is_available() else {"": "cpu"}
-    if model.attn_implementation != "auto":
-        kwargs["attn_implementation"] = model.attn_implementation
+    source, kwargs = load_arguments(model)
+    kwargs |= {"num_labels": len(names), "id2label": dict(enumerate(names)),
+               "label2id": {name: i for i, name in enumerate(names)}, "pad_token_id": tokenizer.pad_token_id}
     try:
         base, info = AutoModelForSequenceClassification.from_pretrained(source, output_loading_info=True, **kwargs)
     except (OSError, ValueError) as exc:
         raise TuneError(_not_found(model.name, exc)) from None
     base.config.pad_token_id = tokenizer.pad_token_id  # some configs ignore the load-time override
-    if quant is not None and not torch.cuda.is_available():
-        _keep_cpu_4bit_trainable(base)
-    if quant is not None:
-        from peft import prepare_model_for_kbit_training
-
-        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
+    base = prepare_quantized(base, model, gradient_checkpointing)
     new = sorted({key.rsplit(".", 1)[0] for key in info.get("missing_keys", ())})
     return base, new
 

@@ -89,8 +89,20 @@ def quantization_config(model: ModelSection, dtype, sharded: bool = False):
 def load_model(model: ModelSection, gradient_checkpointing: bool = False, sharded: bool = False):
     """The base causal LM, quantized and prepared for k-bit training when the recipe asks. `sharded`: FSDP
     or ZeRO-3 will split it across processes (see quantization_config)."""
-    import torch
     from transformers import AutoModelForCausalLM
+
+    source, kwargs = load_arguments(model, sharded)
+    try:
+        base = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise TuneError(_not_found(model.name, exc)) from None
+    return prepare_quantized(base, model, gradient_checkpointing, sharded)
+
+
+def load_arguments(model: ModelSection, sharded: bool = False) -> tuple[str, dict]:
+    """(source, from_pretrained keyword arguments) shared by every base load: dtype, quantization, the
+    pickle policy, remote code and the attention kernel."""
+    import torch
 
     dtype = resolve_dtype(model.dtype)
     quant = quantization_config(model, dtype, sharded)
@@ -103,13 +115,18 @@ def load_model(model: ModelSection, gradient_checkpointing: bool = False, sharde
         kwargs["device_map"] = {"": torch.cuda.current_device()} if torch.cuda.is_available() else {"": "cpu"}
     if model.attn_implementation != "auto":
         kwargs["attn_implementation"] = model.attn_implementation
-    try:
-        base = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise TuneError(_not_found(model.name, exc)) from None
-    if quant is not None and not torch.cuda.is_available():
+    return source, kwargs
+
+
+def prepare_quantized(base, model: ModelSection, gradient_checkpointing: bool, sharded: bool = False):
+    """A quantized base made trainable: the CPU 4-bit fix, then PEFT's k-bit preparation."""
+    import torch
+
+    if model.quantization == "none":
+        return base
+    if not torch.cuda.is_available():
         _keep_cpu_4bit_trainable(base)
-    if quant is not None and not sharded:
+    if not sharded:
         # Not when sharded: it upcasts norms and embeddings to float32, and FSDP's flat parameters need one
         # dtype per wrapped layer; TRL enables input gradients for checkpointing either way.
         from peft import prepare_model_for_kbit_training
