@@ -104,6 +104,7 @@ def test_tensorboard_events_hold_the_logged_losses(trained_run):
                 logged[(value.tag, event.step)] = value.simple_value
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     expected = {("train/loss", r["step"]): r["loss"] for r in records if "loss" in r}
+    expected.update({("eval/loss", r["step"]): r["eval_loss"] for r in records if "eval_loss" in r})
     assert expected and all(logged.get(key) == pytest.approx(value, rel=1e-5) for key, value in expected.items()), (sorted(logged), list((out / "logs").iterdir()))
 
 

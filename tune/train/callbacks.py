@@ -59,6 +59,26 @@ def _clean(value):
     return value if math.isfinite(value) else str(value)
 
 
+def keep_tensorboard_open(trainer) -> None:
+    """Trainer closes TensorBoard's writer at train end and the final evaluate opens a second one; tensorboardX
+    names event files by the second, so a run shorter than a second overwrote its own training curve."""
+    from transformers.integrations import TensorBoardCallback
+
+    class TensorBoardUntilClosed(TensorBoardCallback):
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.tb_writer is not None:
+                self.tb_writer.flush()
+
+    if trainer.pop_callback(TensorBoardCallback) is not None:
+        trainer.add_callback(TensorBoardUntilClosed())
+
+
+def close_tensorboard(trainer) -> None:
+    for callback in trainer.callback_handler.callbacks:
+        if getattr(callback, "tb_writer", None) is not None:
+            callback.tb_writer.close()
+            callback.tb_writer = None
+
 
 class ProgressBar(TrainerCallback):
     """A rich progress bar with ETA; log lines printed through the same console appear above it."""

@@ -40,7 +40,8 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     from tune.metrics import classification_report, report_lines, write_report
     from tune.models import load_tokenizer, lora_config, model_source
     from tune.plots import plot_losses
-    from tune.train.callbacks import MetricsLog, ProgressBar, check_installed
+    from tune.train.callbacks import (MetricsLog, ProgressBar, check_installed, close_tensorboard,
+                                      keep_tensorboard_open)
     from tune.train.checkpoints import CheckpointManifest, NonFiniteGuard, plan_run_dir
 
     data = recipe.data
@@ -173,6 +174,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
                    NonFiniteGuard(checkpoints)] + ([ProgressBar(console)] if console and console.is_terminal else []),
     )
     trainer.remove_callback(PrinterCallback)  # MetricsLog prints the lines users read
+    keep_tensorboard_open(trainer)
     distributed.check_trainer(trainer)
     trainable, total = model.get_nb_trainable_parameters()
     try:
@@ -215,6 +217,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     seconds = time.perf_counter() - started
     if eval_set and (not evaluate_during or trainer.state.global_step % recipe.train.eval_steps):
         trainer.evaluate()
+    close_tensorboard(trainer)
     if main:
         plot_losses(metrics.records, out_dir / "loss_curve.png")
     if reports:

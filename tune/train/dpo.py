@@ -46,7 +46,8 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     from transformers import PrinterCallback
     from trl import DPOConfig, DPOTrainer
 
-    from tune.train.callbacks import MetricsLog, ProgressBar, check_installed
+    from tune.train.callbacks import (MetricsLog, ProgressBar, check_installed, close_tensorboard,
+                                      keep_tensorboard_open)
     from tune.train.checkpoints import CheckpointManifest, NonFiniteGuard, plan_run_dir
 
     class PretokenizedDPOTrainer(DPOTrainer):
@@ -160,6 +161,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
                    NonFiniteGuard(checkpoints)] + ([ProgressBar(console)] if console and console.is_terminal else []),
     )
     trainer.remove_callback(PrinterCallback)
+    keep_tensorboard_open(trainer)
     distributed.check_trainer(trainer)
     trainable, total = trainer.model.get_nb_trainable_parameters()
     try:
@@ -208,9 +210,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     seconds = time.perf_counter() - started
     if data.eval and not evaluate_during:
         trainer.evaluate()
-    for callback in trainer.callback_handler.callbacks:  # the final evaluate reopens TensorBoard's writer
-        if getattr(callback, "tb_writer", None) is not None:
-            callback.tb_writer.close()
+    close_tensorboard(trainer)
 
     # ---- adapter: staged, then renamed into place; only the trained adapter, never TRL's "ref" copy
     staging = out_dir / ".staging"

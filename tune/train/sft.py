@@ -45,7 +45,8 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
-    from tune.train.callbacks import MetricsLog, ProgressBar, check_installed
+    from tune.train.callbacks import (MetricsLog, ProgressBar, check_installed, close_tensorboard,
+                                      keep_tensorboard_open)
     from tune.train.checkpoints import CheckpointManifest, NonFiniteGuard, plan_run_dir
 
     recipe_dir = Path(recipe_path).resolve().parent
@@ -168,6 +169,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
                    NonFiniteGuard(checkpoints)] + ([ProgressBar(console)] if console and console.is_terminal else []),
     )
     trainer.remove_callback(PrinterCallback)  # MetricsLog prints the lines users read
+    keep_tensorboard_open(trainer)
     distributed.check_trainer(trainer)
     trainable, total = trainer.model.get_nb_trainable_parameters()
     try:
@@ -214,9 +216,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     seconds = time.perf_counter() - started
     if data.eval and not evaluate_during:
         trainer.evaluate()
-    for callback in trainer.callback_handler.callbacks:  # the final evaluate reopens TensorBoard's writer
-        if getattr(callback, "tb_writer", None) is not None:
-            callback.tb_writer.close()
+    close_tensorboard(trainer)
 
     # ---- adapter: staged, then renamed into place, so the dir never holds half an adapter
     staging = out_dir / ".staging"
