@@ -37,6 +37,7 @@ import tempfile
 from pathlib import Path
 
 MAX_LENGTH, RANK, PLAIN_BATCH = 1024, 16, 8
+CPU = {"use_cpu": True}  # what TRL's own error asks for on a machine without a GPU
 
 PLAIN = r"""
 import json, sys, time
@@ -49,14 +50,17 @@ dataset = load_dataset("json", data_files=data, split="train")
 trainer = SFTTrainer(
     model=model,
     train_dataset=dataset,
-    args=SFTConfig(output_dir=out, use_cpu=True, num_train_epochs=1, **extra),
+    args=SFTConfig(output_dir=out, num_train_epochs=1, **extra),
     peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"),
 )
 started = time.perf_counter()
 trainer.train()
 seconds = time.perf_counter() - started
 trained = sum(sum(label != -100 for label in row["labels"][1:]) for row in trainer.train_dataset)
-print("RESULT " + json.dumps({"seconds": seconds, "trained_tokens": trained, "steps": trainer.state.global_step}))
+import torch
+peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+print("RESULT " + json.dumps({"seconds": seconds, "trained_tokens": trained, "steps": trainer.state.global_step,
+                              "peak_gpu_memory_bytes": peak}))
 """
 
 # Peak RSS of one command: a fresh wrapper process whose only child is that command.
@@ -156,11 +160,11 @@ def main() -> None:
                                   "--set", "model.dtype=float32"],
         "tune-bf16": lambda out: [sys.executable, "-m", "tune", "run", str(recipe), "--set", f"output.dir={out}",
                                   "--set", "model.dtype=bfloat16"],
-        "trl-default": lambda out: [sys.executable, "-c", PLAIN, str(model), str(work / "chat.jsonl"), str(out), "{}"],
+        "trl-default": lambda out: [sys.executable, "-c", PLAIN, str(model), str(work / "chat.jsonl"), str(out), json.dumps(CPU)],
         "trl-packed": lambda out: [sys.executable, "-c", PLAIN, str(model), str(work / "chat.jsonl"), str(out),
-                                   json.dumps({**trl_best, "gradient_checkpointing": False})],
+                                   json.dumps({**CPU, **trl_best, "gradient_checkpointing": False})],
         "trl-best": lambda out: [sys.executable, "-c", PLAIN, str(model), str(work / "chat.jsonl"), str(out),
-                                 json.dumps({**trl_best, "bf16": True, "gradient_checkpointing": False})],
+                                 json.dumps({**CPU, **trl_best, "bf16": True, "gradient_checkpointing": False})],
     }
     chosen = args.only.split(",")
     results: dict[str, list[dict]] = {name: [] for name in chosen}

@@ -126,7 +126,9 @@ def print_summary(summary: dict) -> None:
     eval_part = f", eval loss {summary['eval_loss']:.4f}" if summary.get("eval_loss") is not None else ""
     lines = [
         f"done: {summary['steps']} steps in {summary['train_seconds']:.1f} s "
-        f"({summary['trained_tokens_per_second']:.0f} trained tokens/s)",
+        f"({summary['trained_tokens_per_second']:.0f} trained tokens/s"
+        + (f", peak GPU memory {summary['peak_gpu_memory_bytes'] / 2**30:.2f} GiB" if summary.get("peak_gpu_memory_bytes") else "")
+        + ")",
         f"loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f}{eval_part}",
         f"adapter: {summary['output_dir']} (loss curve: loss_curve.png)",
         f"next: tune generate {summary['output_dir']} --prompt \"...\"   or   tune chat {summary['output_dir']}",

@@ -207,6 +207,8 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     distributed.wait()
 
     # ---- train, then make sure the last report describes the final weights
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -215,6 +217,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
                             "to keep the effective batch), lower data.max_length, or load the base in 4-bit "
                             "(model.quantization: nf4); `tune run --resume` continues") from None
     seconds = time.perf_counter() - started
+    peak_gpu = torch.cuda.max_memory_allocated() if on_gpu else None  # what `tune plan` estimates
     if eval_set and (not evaluate_during or trainer.state.global_step % recipe.train.eval_steps):
         trainer.evaluate()
     close_tensorboard(trainer)
@@ -241,6 +244,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     summary = {
         "output_dir": str(out_dir.resolve()), "model": model_source(recipe.model), "method": "classify",
         "labels": names, "steps": trainer.state.global_step, "train_seconds": round(seconds, 2),
+        "peak_gpu_memory_bytes": peak_gpu,
         "resumed_from": str(resume_from) if resume_from else None,
         "trainable_parameters": trainable, "total_parameters": total,
         "trained_tokens_per_second": round(input_tokens * trainer.state.epoch / max(seconds, 1e-9), 1),

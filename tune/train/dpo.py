@@ -195,6 +195,8 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     distributed.wait()
 
     # ---- train
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -208,6 +210,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
                             f"({str(exc).splitlines()[0][:160]}); delete that checkpoint, or rerun with "
                             "--overwrite") from None
     seconds = time.perf_counter() - started
+    peak_gpu = torch.cuda.max_memory_allocated() if on_gpu else None  # what `tune plan` estimates
     if data.eval and not evaluate_during:
         trainer.evaluate()
     close_tensorboard(trainer)
@@ -275,6 +278,7 @@ def _summary(recipe, records, out_dir, template_label, trainer, seconds, resume_
         "method": "dpo", "loss_type": recipe.train.loss_type, "beta": recipe.train.beta,
         "started_from_adapter": str(start) if start else None,
         "steps": trainer.state.global_step, "train_seconds": round(seconds, 2),
+        "peak_gpu_memory_bytes": peak_gpu,
         "resumed_from": str(resume_from) if resume_from else None,
         "trainable_parameters": trainable, "total_parameters": total,
         # Reply tokens of both sides: the tokens whose log-probs the loss compares.

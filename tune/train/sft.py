@@ -201,6 +201,8 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     distributed.wait()  # the dir is ready before any process saves into it
 
     # ---- train
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -214,6 +216,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
                             f"({str(exc).splitlines()[0][:160]}); delete that checkpoint, or rerun with "
                             "--overwrite") from None
     seconds = time.perf_counter() - started
+    peak_gpu = torch.cuda.max_memory_allocated() if on_gpu else None  # what `tune plan` estimates
     if data.eval and not evaluate_during:
         trainer.evaluate()
     close_tensorboard(trainer)
@@ -248,6 +251,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     summary = {
         "output_dir": str(out_dir.resolve()), "model": model_source(recipe.model), "template": template_label,
         "steps": trainer.state.global_step, "train_seconds": round(seconds, 2),
+        "peak_gpu_memory_bytes": peak_gpu,
         "resumed_from": str(resume_from) if resume_from else None,
         "trainable_parameters": trainable, "total_parameters": total,
         "trained_tokens_per_second": round(trained_tokens * trainer.state.epoch / max(seconds, 1e-9), 1),
