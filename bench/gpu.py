@@ -48,7 +48,7 @@ SHAPES = {
 # (quantization, batch, length, checkpointing) measured against the plan, per model
 PLAN_CASES = {
     "1b": [(q, b, n, c) for q in ("none", "nf4") for b, n in ((1, 512), (4, 2048)) for c in (False, True)],
-    "8b": [(q, 2, 2048, c) for q in ("none", "nf4") for c in (False, True)],
+    "8b": [("none", 2, 2048, False), ("none", 2, 2048, True), ("nf4", 2, 2048, True)],
     "tiny": [("none", 2, 256, c) for c in (False, True)],
 }
 SPEED_EXAMPLES = {"1b": 512, "8b": 256, "tiny": 16}
@@ -91,7 +91,7 @@ def tune_run(recipe: dict, work: Path, name: str, env: dict) -> tuple[dict | Non
     return json.loads((work / name / "run.json").read_text()), proc.stdout
 
 
-def plan_part(shape: str, model: Path, work: Path, env: dict) -> list[dict]:
+def plan_part(shape: str, model: Path, work: Path, env: dict, quantizations: list[str]) -> list[dict]:
     from tune import plan as planner
     from tune import recipe as recipe_io
 
@@ -102,6 +102,8 @@ def plan_part(shape: str, model: Path, work: Path, env: dict) -> list[dict]:
                     + '{"instruction": "hi", "output": "short: tune refuses data where every row is too long"}\n')
     rows = []
     for quantization, batch, length, checkpointing in PLAN_CASES[shape]:
+        if quantization not in quantizations:
+            continue
         recipe = {
             "model": {"name": str(model), "dtype": "auto", "quantization": quantization},
             "data": {"train": str(data), "max_length": length, "overlength": "truncate"},
@@ -219,6 +221,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="1b,8b")
     parser.add_argument("--parts", default="plan,speed")
+    parser.add_argument("--quantization", default="none,nf4", help="plan cases to measure")
     parser.add_argument("--out", type=Path, default=Path("gpu-bench"))
     parser.add_argument("--work", type=Path, default=Path("/tmp/tune-gpu-bench"))
     args = parser.parse_args()
@@ -239,7 +242,7 @@ def main() -> None:
         model = build_model(shape, args.work / f"llama-{shape}")
         print(f"{shape}: model ready in {time.perf_counter() - started:.0f} s", flush=True)
         if "plan" in args.parts:
-            plan_rows += plan_part(shape, model, args.work, env)
+            plan_rows += plan_part(shape, model, args.work, env, args.quantization.split(","))
         if "speed" in args.parts:
             speed_rows += speed_part(shape, model, args.work, env, liger)
         (args.out / "gpu-bench.json").write_text(json.dumps({"plan": plan_rows, "speed": speed_rows}, indent=1))

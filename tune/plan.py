@@ -5,8 +5,8 @@ wrapped with the recipe's PEFT adapter, so parameter counts are PEFT's own. Byte
 libraries allocate, read from their code (peft 0.21, trl 1.16, bitsandbytes 0.50):
 - 4-bit (nf4/fp4) packs two weights per byte with one absmax per 64 weights (float32, or uint8 plus a
   float32 per 256 absmax, a 256-entry code and an offset with double quant); int8 keeps one float32
-  scale per output row. The output head stays unquantized, and PEFT's k-bit preparation upcasts every
-  other non-quantized weight (embeddings, norms, head) to float32.
+  scale per output row. The output head stays unquantized; in float16 only, PEFT's k-bit preparation
+  upcasts every other non-quantized weight (embeddings, norms, head) to float32.
 - Adapter weights are float32 (PEFT's autocast), except on a quantized base where TRL casts them to
   bfloat16 (DoRA magnitudes stay float32). Gradients match their weights.
 - torch AdamW keeps two moments in the weight's dtype; bitsandbytes 8-bit AdamW keeps two uint8 moments
@@ -84,8 +84,9 @@ def estimate(recipe: Recipe, nproc: int = 1, recipe_dir=None) -> Plan:
     dtype = "bfloat16" if recipe.model.dtype == "auto" else recipe.model.dtype  # auto on a GPU
     quantized = recipe.model.quantization != "none"
     split = sharding(recipe, nproc, recipe_dir)
-    # Sharded 4-bit bases skip PEFT's k-bit preparation (tune.models.load_model), so nothing is upcast.
-    upcast = quantized and not split["weights"]
+    # Only a float16 4-bit base gets PEFT's k-bit preparation, which upcasts the rest to float32
+    # (tune.models.prepare_quantized); sharded ones never do.
+    upcast = quantized and dtype == "float16" and not split["weights"]
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
