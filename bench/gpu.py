@@ -9,8 +9,8 @@ plan:  for each model, quantization (bf16 / nf4), batch x length and gradient-ch
        torch.cuda.max_memory_allocated()) beside `tune.plan.estimate` for the same recipe.
 speed: one epoch over the same log-normal instruction data (16-1024 tokens, like chat; bench/sft_throughput.py
        makes it) through
-       - tune:        packing (BFD, padding-free), bf16, batch 2 packed rows of 1024, no checkpointing;
-       - tune-liger:  the same with train.use_liger_kernel (when liger-kernel is installed);
+       - tune:        packing (BFD, padding-free), bf16, batch 2 packed rows of 1024, no checkpointing, no Liger;
+       - tune-liger:  the same with train.use_liger_kernel (tune's default, auto, when liger-kernel is installed);
        - trl-default: TRL's docs script at SFTConfig defaults (batch 8 padded, bf16, gradient checkpointing);
        - trl-best:    the same script with BFD packing, padding-free, batch 2, no checkpointing, Liger if installed.
        Trained tokens/s counts loss-carrying labels over trainer.train() seconds. MFU counts the useful
@@ -20,6 +20,7 @@ speed: one epoch over the same log-normal instruction data (16-1024 tokens, like
 
     python bench/gpu.py --models 1b --parts plan,speed --out /tmp/gpu-bench
     python bench/gpu.py --models tiny --parts plan,speed      # check the script itself on a CPU
+    python bench/gpu.py --replan bench/results/h100-*.json    # saved tables, plans re-estimated (no GPU)
 """
 
 from __future__ import annotations
@@ -92,9 +93,6 @@ def tune_run(recipe: dict, work: Path, name: str, env: dict) -> tuple[dict | Non
 
 
 def plan_part(shape: str, model: Path, work: Path, env: dict, quantizations: list[str]) -> list[dict]:
-    from tune import plan as planner
-    from tune import recipe as recipe_io
-
     words = " ".join(f"w{i % 97}" for i in range(6000))  # far over max_length: every row is truncated to it
     data = work / "long.jsonl"
     data.write_text("".join(json.dumps({"instruction": f"{i} {words[:200]}", "output": words}) + "\n"
@@ -104,15 +102,7 @@ def plan_part(shape: str, model: Path, work: Path, env: dict, quantizations: lis
     for quantization, batch, length, checkpointing in PLAN_CASES[shape]:
         if quantization not in quantizations:
             continue
-        recipe = {
-            "model": {"name": str(model), "dtype": "auto", "quantization": quantization},
-            "data": {"train": str(data), "max_length": length, "overlength": "truncate"},
-            "adapter": {"r": RANK, "alpha": 2 * RANK, "dropout": 0.0, "target_modules": "all-linear"},
-            "train": {"max_steps": 3, "batch_size": batch, "gradient_checkpointing": checkpointing,
-                      "logging_steps": 1, "save_steps": 1000},
-        }
-        (work / "plan.json").write_text(json.dumps({**recipe, "output": {"dir": str(work / "unused")}}))
-        plan = planner.estimate(recipe_io.load(work / "plan.json"))
+        recipe, plan = planned(model, data, work, quantization, batch, length, checkpointing)
         name = f"plan-{shape}-{quantization}-{batch}x{length}-{'ckpt' if checkpointing else 'nockpt'}"
         started = time.perf_counter()
         summary, log = tune_run(recipe, work, name, env)
@@ -125,6 +115,38 @@ def plan_part(shape: str, model: Path, work: Path, env: dict, quantizations: lis
         rows.append(row)
         print("PLAN " + json.dumps(row), flush=True)
     return rows
+
+
+def planned(model: Path, data: Path, work: Path, quantization: str, batch: int, length: int, checkpointing: bool):
+    from tune import plan as planner
+    from tune import recipe as recipe_io
+
+    recipe = {
+        "model": {"name": str(model), "dtype": "auto", "quantization": quantization},
+        "data": {"train": str(data), "max_length": length, "overlength": "truncate"},
+        "adapter": {"r": RANK, "alpha": 2 * RANK, "dropout": 0.0, "target_modules": "all-linear"},
+        "train": {"max_steps": 3, "batch_size": batch, "gradient_checkpointing": checkpointing,
+                  "logging_steps": 1, "save_steps": 1000},
+    }
+    (work / "plan.json").write_text(json.dumps({**recipe, "output": {"dir": str(work / "unused")}}))
+    return recipe, planner.estimate(recipe_io.load(work / "plan.json"))
+
+
+def replan(paths: list[Path], work: Path) -> tuple[list[dict], list[dict]]:
+    """Saved results with their plans re-estimated by today's planner (config-only model folders)."""
+    from transformers import LlamaConfig
+
+    plan_rows, speed_rows = [], []
+    for path in paths:
+        saved = json.loads(path.read_text())
+        speed_rows += saved["speed"]
+        for row in saved["plan"]:
+            folder = work / f"config-{row['model']}"
+            LlamaConfig(bos_token_id=0, eos_token_id=1, **SHAPES[row["model"]]).save_pretrained(folder)
+            _, plan = planned(folder, work / "unused.jsonl", work, row["quantization"], row["batch"], row["length"],
+                              row["checkpointing"])
+            plan_rows.append({**row, "planned": plan.peak})
+    return plan_rows, speed_rows
 
 
 def flops_per_example(config, lora_params: int, lengths: list[int]) -> float:
@@ -149,7 +171,7 @@ def speed_part(shape: str, model: Path, work: Path, env: dict, liger: bool) -> l
         "data": {"train": str(work / "data.jsonl"), "max_length": MAX_LENGTH, "packing": True},
         "adapter": {"r": RANK, "alpha": 2 * RANK, "dropout": 0.0, "target_modules": "all-linear"},
         "train": {"epochs": 1, "batch_size": PACKED_BATCH, "learning_rate": 2e-4, "logging_steps": 10,
-                  "save_steps": 100000},
+                  "save_steps": 100000, "use_liger_kernel": False},
     }
     best = {"packing": True, "padding_free": True, "per_device_train_batch_size": PACKED_BATCH,
             "gradient_checkpointing": False, "max_length": MAX_LENGTH, "save_strategy": "no"}
@@ -224,7 +246,13 @@ def main() -> None:
     parser.add_argument("--quantization", default="none,nf4", help="plan cases to measure")
     parser.add_argument("--out", type=Path, default=Path("gpu-bench"))
     parser.add_argument("--work", type=Path, default=Path("/tmp/tune-gpu-bench"))
+    parser.add_argument("--replan", type=Path, nargs="*", help="print the tables of saved results (bench/results), "
+                        "re-estimating each plan with the current planner, and exit")
     args = parser.parse_args()
+    if args.replan:
+        args.work.mkdir(parents=True, exist_ok=True)
+        print(tables(*replan(args.replan, args.work)))
+        return
     import importlib.util
 
     import torch

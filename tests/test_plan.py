@@ -1,6 +1,6 @@
 """`tune plan`: parameter, weight and optimizer-state bytes equal what a real run of the tiny model holds
 (counted from its tensors after one optimizer step), and the command prints a one-line error for bad input.
-Activation figures are estimates (GPU check pending, see bench/README.md): only their shape is tested."""
+Activation figures are estimates (checked against H100 peaks in bench/README.md): only their shape is tested."""
 
 import os
 import subprocess
@@ -21,7 +21,21 @@ CASES = {  # adapter, model, optimizer; r=64 puts some LoRA tensors over bitsand
     "lora-r64-8bit-adam": ({"r": 64}, {}, "adamw_8bit"),
     "nf4-double-quant-8bit-adam": ({"r": 64}, {"quantization": "nf4", "double_quant": True}, "adamw_8bit"),
     "nf4-adamw": ({"r": 8}, {"quantization": "nf4", "double_quant": False}, "adamw_torch"),
+    "tied-embeddings": ({"r": 8}, {"tied": True}, "adamw_torch"),  # one tensor shared by input and output
 }
+
+
+@pytest.fixture(scope="module")
+def tied_model(tiny_model, tmp_path_factory):
+    """The tiny model with its output head tied to its input embeddings, as Llama-3.2-1B has it."""
+    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
+
+    config = AutoConfig.from_pretrained(tiny_model)
+    config.tie_word_embeddings = True
+    folder = tmp_path_factory.mktemp("tied")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(folder)
+    return folder
 
 
 def one_step(tmp_path, monkeypatch, recipe):
@@ -57,8 +71,10 @@ def frozen_tensors(model):
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_parameter_and_optimizer_bytes_are_exact(case, tiny_model, tmp_path, monkeypatch):
+def test_parameter_and_optimizer_bytes_are_exact(case, tiny_model, tmp_path, monkeypatch, request):
     adapter, model_keys, optimizer = CASES[case]
+    if model_keys.get("tied"):
+        model_keys = {"name": str(request.getfixturevalue("tied_model"))}
     path = write_recipe(tmp_path / "r.yaml", adapter=adapter, model=model_keys,
                         train={"max_steps": 1, "optimizer": optimizer, "batch_size": 2})
     recipe = recipe_io.load(path)

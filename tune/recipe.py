@@ -136,7 +136,7 @@ class TrainSection(Section):
         default_factory=list, description="Trackers to log to besides metrics.jsonl (each needs its package installed).")
     save_steps: int = Field(250, ge=1, description="Write a resumable checkpoint every this many steps (and at the last step).")
     keep_checkpoints: int = Field(2, ge=1, description="Complete checkpoints kept on disk; older ones are deleted.")
-    use_liger_kernel: bool = Field(False, description="GPU: Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused cross-entropy); needs `pip install liger-kernel`.")
+    use_liger_kernel: bool | Literal["auto"] = Field("auto", description="GPU: Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused cross-entropy; `pip install liger-kernel`); auto = on for SFT on a CUDA GPU when installed.")
     torch_compile: bool = Field(False, description="Compile the model with torch.compile: slow first steps, faster after (mostly on a GPU).")
     class_weights: Literal["none", "balanced"] | dict[str, float] = Field(
         "none", description="classify: loss weight per label; balanced = n_rows / (n_labels x rows of the label), or a {label: weight} mapping.")

@@ -117,7 +117,7 @@ def check_installed(train) -> None:
     if missing:
         raise TuneError(f"train.report_to: {', '.join(missing)} not installed; "
                         f"pip install {' '.join(TRACKER_PACKAGES[name][0] for name in missing)}")
-    if train.use_liger_kernel:
+    if train.use_liger_kernel is True:
         import torch
 
         if importlib.util.find_spec("liger_kernel") is None:
@@ -125,3 +125,16 @@ def check_installed(train) -> None:
                             "pip install liger-kernel (CUDA GPUs only), or set it to false")
         if not torch.cuda.is_available():
             raise TuneError("train.use_liger_kernel: Liger's Triton kernels need a CUDA GPU; set it to false on this machine")
+
+
+def liger_kernel(train, method: str) -> bool:
+    """train.use_liger_kernel resolved. auto: on for SFT where it runs (a CUDA GPU, liger-kernel installed),
+    where an H100 measured +24% (1B) and +51% (8B) tokens/s with less memory (README, Performance);
+    off for DPO and classification, whose Liger paths were not measured."""
+    if train.use_liger_kernel != "auto":
+        return train.use_liger_kernel
+    import importlib.util
+
+    import torch
+
+    return method == "sft" and torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is not None

@@ -41,7 +41,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     from tune.models import load_tokenizer, lora_config, model_source
     from tune.plots import plot_losses
     from tune.train.callbacks import (MetricsLog, ProgressBar, check_installed, close_tensorboard,
-                                      keep_tensorboard_open)
+                                      keep_tensorboard_open, liger_kernel)
     from tune.train.checkpoints import CheckpointManifest, NonFiniteGuard, plan_run_dir
 
     data = recipe.data
@@ -134,7 +134,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         use_cpu=not on_gpu,  # also what makes several CPU processes run as DDP over gloo
         # Length-grouped batches cut the padding computed; lengths vary a lot in review-like data.
         train_sampling_strategy="group_by_length" if data.group_by_length else "random",
-        use_liger_kernel=recipe.train.use_liger_kernel,
+        use_liger_kernel=liger_kernel(recipe.train, "classify"),
         torch_compile=recipe.train.torch_compile,
         remove_unused_columns=False,  # rows hold only model inputs; PEFT's forward signature hides token_type_ids
         label_names=["labels"],

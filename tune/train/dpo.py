@@ -47,7 +47,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     from trl import DPOConfig, DPOTrainer
 
     from tune.train.callbacks import (MetricsLog, ProgressBar, check_installed, close_tensorboard,
-                                      keep_tensorboard_open)
+                                      keep_tensorboard_open, liger_kernel)
     from tune.train.checkpoints import CheckpointManifest, NonFiniteGuard, plan_run_dir
 
     class PretokenizedDPOTrainer(DPOTrainer):
@@ -131,7 +131,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         bf16=on_gpu and dtype == torch.bfloat16,  # TRL defaults to bf16 even on the CPU
         fp16=on_gpu and dtype == torch.float16,
         use_cpu=not on_gpu,  # also what makes several CPU processes run as DDP over gloo
-        use_liger_kernel=recipe.train.use_liger_kernel,
+        use_liger_kernel=liger_kernel(recipe.train, "dpo"),
         torch_compile=recipe.train.torch_compile,
         logging_steps=recipe.train.logging_steps,
         logging_first_step=True,

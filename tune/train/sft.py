@@ -46,7 +46,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     from trl import SFTConfig, SFTTrainer
 
     from tune.train.callbacks import (MetricsLog, ProgressBar, check_installed, close_tensorboard,
-                                      keep_tensorboard_open)
+                                      keep_tensorboard_open, liger_kernel)
     from tune.train.checkpoints import CheckpointManifest, NonFiniteGuard, plan_run_dir
 
     recipe_dir = Path(recipe_path).resolve().parent
@@ -139,7 +139,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         padding_free=recipe.data.packing,
         # Length-grouped batches cut the padding computed when rows are not packed.
         train_sampling_strategy="group_by_length" if recipe.data.group_by_length and not recipe.data.packing else "random",
-        use_liger_kernel=recipe.train.use_liger_kernel,
+        use_liger_kernel=liger_kernel(recipe.train, "sft"),
         torch_compile=recipe.train.torch_compile,
         logging_steps=recipe.train.logging_steps,
         logging_first_step=True,
