@@ -18,7 +18,7 @@ Trained tokens are labels that carry loss (not padding, not prompt); tokens/s di
 seconds of trainer.train() only. Wall time is the whole process (imports, tokenizing, loading).
 Runs alternate and repeat; the median is reported.
 
-    python bench/sft_throughput.py                 # ~15 minutes on 2 busy CPU cores
+    python bench/sft_throughput.py                 # ~10 minutes on 2 idle CPU cores
     python bench/sft_throughput.py --examples 32 --repeats 1 --only tune,trl-default
 """
 
@@ -117,8 +117,8 @@ def run(command: list[str], env: dict) -> tuple[str, float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--examples", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--examples", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", default="tune,tune-fp32,trl-default,trl-packed,trl-best")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tune-bench-"))
