@@ -9,8 +9,7 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import REPO, write_recipe
-from tune.errors import TuneError
+from tests.conftest import write_recipe
 
 
 @pytest.fixture(scope="module")

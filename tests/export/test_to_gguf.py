@@ -4,7 +4,6 @@ when llama-cpp-python is installed, llama.cpp's greedy tokens match the merged H
 
 import json
 
-import numpy as np
 import pytest
 import torch
 

@@ -2,7 +2,6 @@
 never used; a non-finite step stops the run before it can poison the adapter."""
 
 import json
-import os
 import pickle
 import signal
 import subprocess

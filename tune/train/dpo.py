@@ -226,7 +226,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     tokenizer.chat_template = template
     tokenizer.save_pretrained(staging)
     summary = _summary(recipe, metrics.records, out_dir, template_label, trainer, seconds, resume_from,
-                       trainable, total, reply_tokens, on_gpu, start)
+                       trainable, total, reply_tokens, on_gpu, start, peak_gpu)
     if summary["reward_accuracy"] is not None:
         echo(f"rewards: accuracy {summary['reward_accuracy']:.2f}, margin {summary['reward_margin']:.4f} "
              "(last logged training step)")
@@ -268,7 +268,7 @@ def _starting_adapter(recipe: Recipe, recipe_dir: Path) -> Path:
 
 
 def _summary(recipe, records, out_dir, template_label, trainer, seconds, resume_from, trainable, total,
-             reply_tokens, on_gpu, start) -> dict:
+             reply_tokens, on_gpu, start, peak_gpu) -> dict:
     losses = [r["loss"] for r in records if isinstance(r.get("loss"), float)]
     evals = [r["eval_loss"] for r in records if isinstance(r.get("eval_loss"), float)]
     rewarded = [r for r in records if isinstance(r.get("rewards/accuracies"), float)]
