@@ -229,6 +229,18 @@ def wait() -> None:
         dist.barrier()
 
 
+def finish() -> None:
+    """Every process leaves together with its process group torn down. Exiting with the group alive let
+    gloo's threads abort one process of a finished CI run ('terminate called without an active
+    exception', exit 1) while rank 0 was still writing."""
+    if world_size() > 1:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
+
 def agree(**facts) -> None:
     """Stop when the processes hold different recipes, data or seeds (a node with other files, say):
     each fact's sha256 is gathered and compared with rank 0's."""
