@@ -46,17 +46,28 @@ def test_domain_recipe_learns_the_facts_and_keeps_general_answers(domain_run):
     assert len(replay) >= 32 and all(json.loads(line)["answer"] for line in replay)
 
 
-def test_merged_folder_and_gguf_answer_like_base_plus_adapter(domain_run, tmp_path):
-    import gguf
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+@pytest.fixture(scope="module")
+def exported(domain_run, tmp_path_factory):
+    """The domain adapter merged into a float32 folder and exported as f16 and q8_0 GGUF files."""
     from tune.export import pipeline
-    from tune.generate import Sampling, generate, generate_ids, load_for_inference
 
+    folder = tmp_path_factory.mktemp("smollm2-export")
     adapter_dir = domain_run.summary["output_dir"]
-    merged = tmp_path / "merged"
-    report = pipeline.merge(adapter_dir, merged, dtype="float32", **QUIET)
-    assert all(check["ok"] for check in report["verification"])
+    reports = {"merged": pipeline.merge(adapter_dir, folder / "merged", dtype="float32", **QUIET)}
+    for quant in ("f16", "q8_0"):
+        reports[quant] = pipeline.export(adapter_dir, folder / f"gguf-{quant}", "gguf", quant, **QUIET)
+    return adapter_dir, folder, reports
+
+
+def test_merged_folder_and_gguf_answer_like_base_plus_adapter(exported):
+    import gguf
+    from transformers import AutoTokenizer
+
+    from tune.generate import Sampling, generate, load_for_inference
+
+    adapter_dir, folder, reports = exported
+    merged = folder / "merged"
+    assert all(check["ok"] for report in reports.values() for check in report["verification"])
     tuned, tokenizer = load_for_inference(adapter_dir)
     greedy = Sampling(max_new_tokens=24)
     expected = generate(tuned, tokenizer, HELD_OUT, greedy)
@@ -66,9 +77,7 @@ def test_merged_folder_and_gguf_answer_like_base_plus_adapter(domain_run, tmp_pa
     source = AutoTokenizer.from_pretrained(merged)
     config = json.loads((merged / "config.json").read_text())
     for quant in ("f16", "q8_0"):
-        out = tmp_path / f"gguf-{quant}"
-        report = pipeline.export(adapter_dir, out, "gguf", quant, **QUIET)
-        assert all(check["ok"] for check in report["verification"])
+        out = folder / f"gguf-{quant}"
         reader = gguf.GGUFReader(out / f"model-{quant}.gguf")
 
         def field(key):
@@ -83,13 +92,22 @@ def test_merged_folder_and_gguf_answer_like_base_plus_adapter(domain_run, tmp_pa
         assert field("tokenizer.ggml.eos_token_id") == source.eos_token_id
         assert "<|im_end|>" in (out / "Modelfile").read_text()
 
+
+def test_llama_cpp_greedy_tokens_equal_the_merged_models(exported):
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (pip install 'tune-peft[demo]')")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tune.generate import Sampling, generate_ids
+
+    _, folder, _ = exported
+    merged = folder / "merged"
+    source = AutoTokenizer.from_pretrained(merged)
     prompt = source.apply_chat_template([{"role": "user", "content": HELD_OUT}], tokenize=False,
                                         add_generation_prompt=True)
     ids = source(prompt, add_special_tokens=False)["input_ids"]
     model = AutoModelForCausalLM.from_pretrained(merged).eval()
     hf = generate_ids(model, source, [{"role": "user", "content": HELD_OUT}], Sampling(max_new_tokens=12))
-    llm = llama_cpp.Llama(model_path=str(tmp_path / "gguf-f16" / "model-f16.gguf"), n_ctx=256, verbose=False)
+    llm = llama_cpp.Llama(model_path=str(folder / "gguf-f16" / "model-f16.gguf"), n_ctx=256, verbose=False)
     assert llm.tokenize(prompt.encode(), add_bos=False, special=True) == ids
     cpp = []
     for token in llm.generate(ids, temp=0.0, top_k=1, reset=True):
