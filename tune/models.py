@@ -119,7 +119,8 @@ def load_arguments(model: ModelSection, sharded: bool = False) -> tuple[str, dic
 
 
 def prepare_quantized(base, model: ModelSection, gradient_checkpointing: bool, sharded: bool = False):
-    """A quantized base made trainable: the CPU 4-bit fix, then PEFT's k-bit preparation."""
+    """A quantized base made trainable: the CPU 4-bit fix, its weights frozen with input gradients for
+    checkpointing, and PEFT's full k-bit preparation (the float32 upcast) for float16 bases only."""
     import torch
 
     if model.quantization == "none":
