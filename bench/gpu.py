@@ -60,7 +60,7 @@ def build_model(shape: str, folder: Path) -> Path:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    from tune.tiny import build_tokenizer
+    from tune.models.tiny import build_tokenizer
 
     if (folder / "config.json").exists():
         return folder
@@ -117,7 +117,7 @@ def plan_part(shape: str, model: Path, work: Path, env: dict, quantizations: lis
 
 
 def planned(model: Path, data: Path, work: Path, quantization: str, batch: int, length: int, checkpointing: bool):
-    from tune import plan as planner
+    from tune.plan import memory as planner
     from tune import recipe as recipe_io
 
     recipe = {

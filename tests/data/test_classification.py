@@ -7,7 +7,7 @@ import pytest
 
 from tune.data import classification as cls
 from tune.errors import DataError
-from tune.metrics import classification_report, report_lines, write_report
+from tune.infer.metrics import classification_report, report_lines, write_report
 from tune.recipe import DataSection
 
 

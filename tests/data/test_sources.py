@@ -90,7 +90,7 @@ def test_saved_dataset_folder_with_split(tmp_path):
 
 
 def test_weights_repeat_and_subsample(tmp_path):
-    from tune.data.prepare import load_rows
+    from tune.data.rows import load_rows
     from tune.recipe import DataSection
 
     (tmp_path / "a.jsonl").write_text("".join(f'{{"text": "a{i}"}}\n' for i in range(4)))

@@ -5,7 +5,7 @@ import json
 import yaml
 
 from tune.export.card import write_card
-from tune.export.source import AdapterRun
+from tune.models.run_dir import AdapterRun
 
 
 def test_card_metadata_names_the_hub_base_and_datasets(tmp_path):

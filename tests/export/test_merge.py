@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from tune.errors import TuneError
 from tune.export import merge as merge_module
 from tune.export import pipeline
-from tune.export.source import read_adapter_dir
+from tune.models.run_dir import read_adapter_dir
 from tune.export.verify import VerificationError
 
 IDS = [1, 5, 9, 40, 41, 77, 3, 2, 120]

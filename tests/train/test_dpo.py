@@ -12,7 +12,7 @@ from tests.conftest import REPO, write_recipe
 from tune import recipe as recipe_io
 from tune.data.preference import prepare_pairs
 from tune.errors import TuneError
-from tune.models import load_model, load_tokenizer
+from tune.models.load import load_model, load_tokenizer
 from tune.recipe import ModelSection
 from tune.train.dpo import train as dpo_train
 from tune.train.sft import train as sft_train
@@ -29,7 +29,7 @@ def dpo_recipe(path, **sections):
 
 
 def training_pairs(tiny_model):
-    tokenizer = load_tokenizer(ModelSection(name=str(tiny_model)))
+    tokenizer = load_tokenizer(ModelSection(name=str(tiny_model)), str(tiny_model))
     data = recipe_io.DataSection(train=str(PAIRS), format="preference", max_length=96)
     return prepare_pairs(data, tokenizer, tokenizer.chat_template, None, 0).train
 
@@ -53,7 +53,7 @@ def margin(model, pairs) -> float:
 @pytest.mark.parametrize("quantization", ["none", "nf4"])
 def test_dpo_widens_the_margin_over_the_base(quantization, tiny_model, tmp_path):
     pairs = training_pairs(tiny_model)
-    base = margin(load_model(ModelSection(name=str(tiny_model), dtype="float32", quantization=quantization)), pairs)
+    base = margin(load_model(ModelSection(name=str(tiny_model), dtype="float32", quantization=quantization), str(tiny_model)), pairs)
     # Eval on the training pairs, in one batch, so the run's held-out margins are the means computed here.
     path = dpo_recipe(tmp_path / "r.yaml", model={"quantization": quantization},
                       data={"eval": str(PAIRS)}, train={"batch_size": len(pairs)})
@@ -100,7 +100,7 @@ def test_sft_then_dpo_uses_the_sft_model_as_reference(tiny_model, tmp_path):
                for key, value in sft_weights.items())  # DPO moved the trained one
 
     # The reference is the SFT model: base + SFT adapter, not the raw base.
-    sft_model = PeftModel.from_pretrained(load_model(ModelSection(name=str(tiny_model), dtype="float32")), sft_dir)
+    sft_model = PeftModel.from_pretrained(load_model(ModelSection(name=str(tiny_model), dtype="float32"), str(tiny_model)), sft_dir)
     sft_margin = margin(sft_model, pairs)
     with use_adapter(model, "ref"):  # what TRL's DPOTrainer runs for the reference log-probs
         assert margin(model, pairs) == pytest.approx(sft_margin, abs=1e-4)

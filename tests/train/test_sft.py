@@ -25,10 +25,10 @@ CASES = {
 
 
 def base_logits(model_dir, ids, quantization="none"):
-    from tune.models import load_model
+    from tune.models.load import load_model
     from tune.recipe import ModelSection
 
-    model = load_model(ModelSection(name=str(model_dir), dtype="float32", quantization=quantization))
+    model = load_model(ModelSection(name=str(model_dir), dtype="float32", quantization=quantization), str(model_dir))
     with torch.no_grad():
         return model(ids).logits, model
 

@@ -7,8 +7,10 @@ order of the rows."""
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
+from tune.data.rows import load_rows, sha256, split_off
 from tune.errors import DataError
 
 
@@ -65,8 +67,6 @@ def _is_int(text: str) -> bool:
 def read_labelled(data, spec, key: str, recipe_dir: Path | None, seed: int, fingerprint: dict | None = None,
                   need_label: bool = True) -> list[tuple[str, str, str | None, str | None]]:
     """(where, text, text_pair, label name) for every row of `spec` (a data.train/data.eval value)."""
-    from tune.data.prepare import load_rows
-
     rows = load_rows(data, spec, key, recipe_dir, seed, fingerprint)
     return [(where, *row_fields(row, data.columns, where, need_label)) for where, row in rows]
 
@@ -111,3 +111,32 @@ def class_weights(setting, names: list[str], train_ids: list[int]) -> list[float
     if any(weight <= 0 for weight in setting.values()):
         raise DataError("train.class_weights: every weight must be > 0")
     return [float(setting.get(name, 1.0)) for name in names]
+
+
+@dataclass
+class Labelled:
+    train: list[dict]  # token rows with their label id
+    eval: list[dict]
+    names: list[str]  # the label set in id order
+    fingerprint: dict
+    input_tokens: int  # train tokens per epoch
+
+
+def prepare_labelled(data, tokenizer, recipe_dir: Path | None, seed: int) -> Labelled:
+    """The classify twin of tune.data.prepare.prepare: the same sources, weights, split and fingerprint,
+    plus the label set (declared, or every train label) that fixes the head's ids."""
+    fingerprint = {"sources": []}
+    train_rows = read_labelled(data, data.train, "data.train", recipe_dir, seed, fingerprint)
+    if data.eval is not None:
+        eval_rows = read_labelled(data, data.eval, "data.eval", recipe_dir, seed, fingerprint)
+    else:
+        train_rows, eval_rows = split_off(train_rows, data.eval_fraction, seed)
+    names = label_names(data.labels, [label for *_, label in train_rows])
+    if len(names) < 2:
+        raise DataError(f"data.train: every row has the label '{names[0]}'; a classifier needs at least two labels")
+    label2id = {name: i for i, name in enumerate(names)}
+    train_set = encode(train_rows, tokenizer, data.max_length, label2id)
+    eval_set = encode(eval_rows, tokenizer, data.max_length, label2id)
+    fingerprint |= {"labels": names, "train_examples": len(train_set), "eval_examples": len(eval_set),
+                    "tokens_sha256": sha256(repr([(r["input_ids"], r["labels"]) for r in train_set + eval_set]).encode())}
+    return Labelled(train_set, eval_set, names, fingerprint, sum(len(row["input_ids"]) for row in train_set))

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from tune.data.conversation import tokenize
 from tune.data.preference import BadPair
-from tune.data.prepare import MESSAGE_FORMATS, load_rows, split_off
+from tune.data.formats import FORMATS
+from tune.data.rows import load_rows, split_off
 from tune.data.templates import resolve_template
 from tune.errors import TuneError
-from tune.models import load_tokenizer
 from tune.recipe import Recipe
 
 
@@ -28,9 +28,8 @@ class Example:
     trained: int
 
 
-def preview(recipe: Recipe, recipe_dir: Path, count: int) -> list[Example]:
+def preview(recipe: Recipe, recipe_dir: Path, count: int, tokenizer) -> list[Example]:
     data = recipe.data
-    tokenizer = load_tokenizer(recipe.model)
     template, _ = resolve_template(data.template, tokenizer, recipe_dir)
     rows = load_rows(data, data.train, "data.train", recipe_dir, recipe.train.seed)[:count]
     examples = []
@@ -50,7 +49,7 @@ def preview(recipe: Recipe, recipe_dir: Path, count: int) -> list[Example]:
             examples.append(Example(where, [(tokenizer.decode(ids), True)], len(ids), len(ids)))
         return examples
     for where, row in rows:
-        messages = MESSAGE_FORMATS[data.format](row, data.columns, data.system_prompt, where)
+        messages = FORMATS[data.format].messages(row, data.columns, data.system_prompt, where)
         example = tokenize(messages, tokenizer, template, data.train_on)
         spans, start = [], 0
         for i in range(1, len(example.labels) + 1):
@@ -69,9 +68,8 @@ class CheckReport:
     warnings: list[str] = field(default_factory=list)
 
 
-def check_all(recipe: Recipe, recipe_dir: Path) -> CheckReport:
+def check_all(recipe: Recipe, recipe_dir: Path, tokenizer) -> CheckReport:
     data, report = recipe.data, CheckReport()
-    tokenizer = load_tokenizer(recipe.model)
     template, label = resolve_template(data.template, tokenizer, recipe_dir)
     splits = {"train": load_rows(data, data.train, "data.train", recipe_dir, recipe.train.seed)}
     if data.eval is not None:
@@ -99,7 +97,7 @@ def check_all(recipe: Recipe, recipe_dir: Path) -> CheckReport:
                     roles[label_name] += 1  # for this format the summary counts labels instead of roles
                     length, key = len(tokenizer(text, pair)["input_ids"]), json.dumps([text, pair, label_name])
                 else:
-                    messages = MESSAGE_FORMATS[data.format](row, data.columns, data.system_prompt, where)
+                    messages = FORMATS[data.format].messages(row, data.columns, data.system_prompt, where)
                     roles.update(message["role"] for message in messages)
                     length = len(tokenize(messages, tokenizer, template, data.train_on).input_ids)
                     key = json.dumps(messages, sort_keys=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tune.data.chat import ROLE_NAMES
 from tune.data.conversation import LengthReport, tokenize
+from tune.data.rows import Prepared, load_rows, sha256, split_off
 from tune.errors import DataError, TuneError
 from tune.recipe import DataSection
 
@@ -128,11 +129,8 @@ def tokenize_pairs(data: DataSection, rows, tokenizer, template: str, report: Le
 
 def prepare_pairs(data: DataSection, tokenizer, template: str, recipe_dir: Path | None, seed: int):
     """The preference twin of tune.data.prepare.prepare: same sources, weights, split and fingerprint."""
-    # Imported here: tune.data.prepare imports this module for its row checks.
-    from tune.data.prepare import Prepared, _sha, load_rows, split_off
-
     report, dropped = LengthReport(), []
-    fingerprint = {"sources": [], "template_sha256": _sha(template.encode())}
+    fingerprint = {"sources": [], "template_sha256": sha256(template.encode())}
     train_rows = load_rows(data, data.train, "data.train", recipe_dir, seed, fingerprint)
     train = tokenize_pairs(data, train_rows, tokenizer, template, report, dropped)
     if data.eval is not None:
@@ -143,7 +141,7 @@ def prepare_pairs(data: DataSection, tokenizer, template: str, recipe_dir: Path 
     if not train:
         raise TuneError("data.train: no usable preference pairs" + (f" ({len(dropped)} bad pairs dropped)" if dropped else ""))
     fingerprint |= {"train_examples": len(train), "eval_examples": len(evaluation), "bad_pairs_dropped": len(dropped),
-                    "tokens_sha256": _sha(repr([[p["prompt_ids"], p["chosen_ids"], p["rejected_ids"]]
+                    "tokens_sha256": sha256(repr([[p["prompt_ids"], p["chosen_ids"], p["rejected_ids"]]
                                                 for p in train + evaluation]).encode())}
     notes = [f"dropped {len(dropped)} bad pairs (data.drop_bad_pairs), first: {dropped[0]}"] if dropped else []
     if report.truncated or report.dropped:

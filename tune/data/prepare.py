@@ -3,36 +3,23 @@ each row, apply the length policy, split off eval, and fingerprint what was read
 
 from __future__ import annotations
 
-import hashlib
-import random
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from tune.data import chat, classification, completion, instruction, preference
+from tune.data import completion
 from tune.data.conversation import LengthReport, fit_length, tokenize
-from tune.data.sources import Source, read_rows, resolve_sources
+from tune.data.formats import FORMATS
+from tune.data.rows import Prepared, load_rows, sha256, split_off
+from tune.data.sources import read_rows, resolve_sources
 from tune.data.templates import check_template_name
 from tune.errors import TuneError
 from tune.recipe import DataSection
 
 PEEK_ROWS = 5
-MESSAGE_FORMATS = {"instruction": instruction.row_to_messages, "chat": chat.row_to_messages,
-                   "preference": preference.row_to_messages}  # prompt + chosen, for preview and data check
 
 
 def check_row(data: DataSection, row: dict, where: str) -> None:
     """Raise DataError if the row cannot be used by data.format."""
-    if data.format == "completion":
-        completion.row_text(row, data.columns, where)
-    elif data.format == "classification":
-        classification.check_row(row, data.columns, data.labels, where)
-    elif data.format == "preference" and data.drop_bad_pairs:
-        try:  # the run drops bad pairs, so only a malformed row is a problem
-            preference.row_to_pair(row, data.columns, data.system_prompt, where)
-        except preference.BadPair:
-            pass
-    else:
-        MESSAGE_FORMATS[data.format](row, data.columns, data.system_prompt, where)
+    FORMATS[data.format].check(row, data, where)
 
 
 def check(data: DataSection, recipe_dir: Path | None) -> list[str]:
@@ -62,7 +49,7 @@ def check(data: DataSection, recipe_dir: Path | None) -> list[str]:
 
 def _check_probes_and_replay(data: DataSection, recipe_dir: Path | None) -> list[str]:
     from tune.data.replay import prompt_file, read_prompts
-    from tune.probes import load_probe_sets
+    from tune.data.probes import load_probe_sets
 
     problems = []
     try:
@@ -77,41 +64,13 @@ def _check_probes_and_replay(data: DataSection, recipe_dir: Path | None) -> list
     return problems
 
 
-@dataclass
-class Prepared:
-    train: list[dict]
-    eval: list[dict]
-    fingerprint: dict
-    report: LengthReport
-    notes: list[str] = field(default_factory=list)
-
-
-def load_rows(data: DataSection, spec, key: str, recipe_dir: Path | None, seed: int,
-              fingerprint: dict | None = None) -> list[tuple[str, dict]]:
-    """(where, row) for every row of every source, with source weights applied (seeded)."""
-    rows = []
-    for source in resolve_sources(spec, recipe_dir, key):
-        found = read_rows(source, data.split, revision=data.revision)
-        if fingerprint is not None:
-            fingerprint["sources"].append(_describe_source(source, len(found)))
-        numbered = [(f"{source}:row {n}", row) for n, row in enumerate(found, start=1)]
-        rows += _weighted(numbered, source.weight, seed)
-    return rows
-
-
-def _weighted(rows: list, weight: float, seed: int) -> list:
-    whole, part = int(weight), weight - int(weight)
-    extra = random.Random(seed).sample(rows, round(len(rows) * part)) if part else []
-    return rows * whole + extra
-
-
 def tokenize_rows(data: DataSection, rows, tokenizer, template: str, report: LengthReport) -> list[dict]:
-    if data.format == "completion":
+    if FORMATS[data.format].messages is None:  # raw text: chunked into blocks, every token trained
         texts = [completion.row_text(row, data.columns, where) for where, row in rows]
         return completion.chunk(texts, tokenizer, data.max_length)
     examples = []
     for where, row in rows:
-        messages = MESSAGE_FORMATS[data.format](row, data.columns, data.system_prompt, where)
+        messages = FORMATS[data.format].messages(row, data.columns, data.system_prompt, where)
         example = fit_length(tokenize(messages, tokenizer, template, data.train_on),
                              data.max_length, data.overlength, where, report)
         if example is not None:
@@ -121,7 +80,7 @@ def tokenize_rows(data: DataSection, rows, tokenizer, template: str, report: Len
 
 def prepare(data: DataSection, tokenizer, template: str, recipe_dir: Path | None, seed: int) -> Prepared:
     report = LengthReport()
-    fingerprint = {"sources": [], "template_sha256": _sha(template.encode())}
+    fingerprint = {"sources": [], "template_sha256": sha256(template.encode())}
     train_rows = load_rows(data, data.train, "data.train", recipe_dir, seed, fingerprint)
     train = tokenize_rows(data, train_rows, tokenizer, template, report)
     if data.eval is not None:
@@ -137,7 +96,7 @@ def prepare(data: DataSection, tokenizer, template: str, recipe_dir: Path | None
         raise TuneError("data.train: no training examples (is the text shorter than 16 tokens?)")
     fingerprint["train_examples"] = len(train)
     fingerprint["eval_examples"] = len(evaluation)
-    fingerprint["tokens_sha256"] = _sha(repr([row["input_ids"] for row in train + evaluation]).encode())
+    fingerprint["tokens_sha256"] = sha256(repr([row["input_ids"] for row in train + evaluation]).encode())
     notes = []
     if report.truncated or report.dropped:
         notes.append(f"{report.truncated} examples truncated and {report.dropped} dropped "
@@ -145,27 +104,3 @@ def prepare(data: DataSection, tokenizer, template: str, recipe_dir: Path | None
     return Prepared(train, evaluation, fingerprint, report, notes)
 
 
-def split_off(items: list, fraction: float, seed: int) -> tuple[list, list]:
-    """(kept, held out): a seeded share of the items, the rest in their original order."""
-    if fraction <= 0:
-        return items, []
-    order = list(range(len(items)))
-    random.Random(seed).shuffle(order)
-    cut = max(1, round(len(items) * fraction))
-    return [items[i] for i in sorted(order[cut:])], [items[i] for i in order[:cut]]
-
-
-def _describe_source(source: Source, rows: int) -> dict:
-    described = {"spec": source.spec, "rows": rows, "weight": source.weight}
-    if source.hub_id:
-        return described | {"hub_id": source.hub_id}
-    path = source.path or source.saved
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(file.read_bytes())
-    return described | {"path": str(path), "bytes": sum(f.stat().st_size for f in files), "sha256": digest.hexdigest()}
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from tune.paths import looks_local
+from tune.models.resolve import looks_local
 
 HOW_TO_LOAD = {
     "adapter": """```python

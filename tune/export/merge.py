@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from tune.errors import TuneError
-from tune.export.source import AdapterRun, base_config, checkpoint_files
+from tune.models.run_dir import AdapterRun, base_config, checkpoint_files
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",

@@ -15,7 +15,7 @@ from tune.errors import TuneError
 from tune.export import adapter as adapter_export
 from tune.export.card import write_card
 from tune.export.merge import DTYPES, merge as merge_weights, parse_size
-from tune.export.source import AdapterRun, base_config, read_adapter_dir
+from tune.models.run_dir import AdapterRun, base_config, read_adapter_dir
 from tune.export.verify import VerificationError
 
 FORMATS = ("adapter", "merged", "gguf")
@@ -80,9 +80,9 @@ def export(adapter_dir: Path, out: Path, fmt: str, quant: str = "f16", dtype: st
     return report
 
 
-def _checked_run(adapter_dir, base, dtype: str, shard_size: str) -> AdapterRun:
+def _checked_run(adapter_dir, base, dtype: str, shard_size: str, echo=print) -> AdapterRun:
     """All input problems at once, before any staging or loading."""
-    run = read_adapter_dir(Path(adapter_dir), base)
+    run = read_adapter_dir(Path(adapter_dir), base, echo)
     problems = [] if dtype in DTYPES else [f"--dtype: {dtype!r} is not one of {', '.join(DTYPES)}"]
     try:
         parse_size(shard_size)

@@ -79,7 +79,7 @@ def gguf_tensors(merged_dir: Path, config: dict):
     import torch
     from safetensors import safe_open
 
-    from tune.export.source import checkpoint_files
+    from tune.models.run_dir import checkpoint_files
 
     arch_name, permute_qk = ARCHITECTURES[config["architectures"][0]]
     arch = next(key for key, value in gguf.MODEL_ARCH_NAMES.items() if value == arch_name)

@@ -8,20 +8,17 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+# Logged by every method; each method adds its own (train/<method>.py's METRICS).
 KEPT = ("loss", "eval_loss", "learning_rate", "grad_norm", "mean_token_accuracy", "eval_mean_token_accuracy", "epoch")
-KEPT += ("eval_accuracy", "eval_macro_f1")  # classify runs
-# DPO: how often the policy prefers chosen over rejected, and by how much (beta x log-ratio vs the reference).
-KEPT += ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected",
-         "eval_rewards/accuracies", "eval_rewards/margins", "eval_rewards/chosen", "eval_rewards/rejected",
-         "eval_logps/chosen", "eval_logps/rejected")  # the held-out log-prob margin of the tuned model
 
 
 class MetricsLog(TrainerCallback):
     """Appends one JSON line per log event (step, loss, lr, eval loss...) and prints a short line."""
 
-    def __init__(self, path: Path, echo=print):
+    def __init__(self, path: Path, echo=print, extra_keys: tuple[str, ...] = ()):
         self.path = Path(path)
         self.echo = echo
+        self.keys = KEPT + tuple(extra_keys)
         self.records: list[dict] = []
 
     def truncate_after(self, step: int) -> None:
@@ -38,7 +35,7 @@ class MetricsLog(TrainerCallback):
         if not state.is_world_process_zero or not logs:
             return
         record = {"step": state.global_step}
-        record.update({key: _clean(logs[key]) for key in KEPT if key in logs})
+        record.update({key: _clean(logs[key]) for key in self.keys if key in logs})
         if not {"loss", "eval_loss", "learning_rate"} & record.keys():
             return  # end-of-training summaries carry none of the keys
         self.records.append(record)
@@ -129,7 +126,7 @@ def check_installed(train) -> None:
 
 def liger_kernel(train, method: str) -> bool:
     """train.use_liger_kernel resolved. auto: on for SFT where it runs (a CUDA GPU, liger-kernel installed),
-    where an H100 measured +24% (1B) and +51% (8B) tokens/s with less memory (README, Performance);
+    where an H100 measured +24% (1B) and +51% (8B) tokens/s with less memory (docs/performance.md);
     off for DPO and classification, whose Liger paths were not measured."""
     if train.use_liger_kernel != "auto":
         return train.use_liger_kernel

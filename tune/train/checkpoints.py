@@ -79,7 +79,7 @@ class CheckpointManifest(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         if args.world_size > 1:  # every process writes its own RNG state into the checkpoint: hash after all have
-            from tune.distributed import wait
+            from tune.train.distributed import wait
 
             wait()
         if not state.is_world_process_zero:

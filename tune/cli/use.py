@@ -1,0 +1,148 @@
+"""`tune generate`, `chat`, `eval` and `predict`: using what a run made. Each loads the model inside the
+command, so the CLI's other commands stay fast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from tune.cli.console import fail, out, say_err
+from tune.errors import TuneError
+
+
+def _sampling_options(max_new_tokens, temperature, top_k, top_p, seed):
+    from tune.infer.generate import Sampling
+
+    return Sampling(max_new_tokens, temperature, top_k, top_p, seed)
+
+
+MAX_NEW = typer.Option(128, min=1, help="Longest answer in tokens.")
+TEMPERATURE = typer.Option(0.0, min=0.0, help="0 = greedy; higher = more random.")
+TOP_K = typer.Option(50, min=0, help="Sample from the k most likely tokens.")
+TOP_P = typer.Option(1.0, min=0.0, max=1.0, help="Sample from the smallest set of tokens with this mass.")
+SEED = typer.Option(0, help="Seed for sampling: the same seed gives the same answer.")
+
+
+def _load(model_dir: Path):
+    from tune.infer.generate import load_for_inference
+    from tune.quiet import quiet_libraries
+
+    quiet_libraries()
+    try:
+        return load_for_inference(model_dir, echo=say_err)
+    except TuneError as exc:
+        fail(exc)
+
+
+def generate(model_dir: Path = typer.Argument(help="A `tune run` output dir (base + adapter) or a full model folder."),
+             prompt: str = typer.Option(None, "--prompt", "-p", help="The user message."),
+             data: Path = typer.Option(None, "--data", help="JSONL/JSON/CSV of prompts (prompt, instruction or messages)."),
+             out_file: Path = typer.Option(None, "--out", help="With --data: write JSONL here (default stdout)."),
+             system: str = typer.Option(None, "--system", help="Optional system message."),
+             max_new_tokens: int = MAX_NEW, temperature: float = TEMPERATURE, top_k: int = TOP_K,
+             top_p: float = TOP_P, seed: int = SEED) -> None:
+    """Answer a prompt (or every row of --data) with the chat template the model was trained with."""
+    import json
+
+    from tune.data.sources import read_rows, resolve_sources
+    from tune.infer.generate import generate as answer, messages_of
+    from tune.output import write_text
+
+    if (prompt is None) == (data is None):
+        fail(TuneError("give exactly one of --prompt TEXT or --data FILE"))
+    try:
+        rows = [row for source in resolve_sources(str(data), None, "--data") for row in read_rows(source)] if data else []
+    except TuneError as exc:
+        fail(exc)
+    model, tokenizer = _load(model_dir)
+    sampling = _sampling_options(max_new_tokens, temperature, top_k, top_p, seed)
+    if prompt is not None:
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        out.print(answer(model, tokenizer, messages, sampling), markup=False)
+        return
+    lines = []
+    try:
+        for number, row in enumerate(rows, start=1):
+            messages = messages_of(row, f"{data}:row {number}")
+            lines.append(json.dumps(row | {"response": answer(model, tokenizer, messages, sampling)}))
+    except TuneError as exc:
+        fail(exc)
+    if out_file:
+        write_text(out_file, "".join(line + "\n" for line in lines))
+        out.print(f"wrote {len(lines)} responses to {out_file}", markup=False)
+    else:
+        for line in lines:
+            out.print(line, markup=False)
+
+
+def chat(model_dir: Path = typer.Argument(help="A `tune run` output dir or a full model folder."),
+         system: str = typer.Option(None, "--system", help="Optional system message."),
+         max_new_tokens: int = MAX_NEW, temperature: float = TEMPERATURE, top_k: int = TOP_K,
+         top_p: float = TOP_P, seed: int = SEED) -> None:
+    """Talk to the model in the terminal, multi-turn. /reset starts over, /exit (or Ctrl-D) quits."""
+    from tune.infer.generate import generate as answer
+
+    model, tokenizer = _load(model_dir)
+    sampling = _sampling_options(max_new_tokens, temperature, top_k, top_p, seed)
+    start = [{"role": "system", "content": system}] if system else []
+    messages = list(start)
+    out.print("chat: /reset starts over, /exit quits", markup=False)
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            break
+        if line in ("/exit", "/quit"):
+            break
+        if line == "/reset":
+            messages = list(start)
+            continue
+        if not line:
+            continue
+        messages.append({"role": "user", "content": line})
+        reply = answer(model, tokenizer, messages, sampling)
+        messages.append({"role": "assistant", "content": reply})
+        out.print(f"model> {reply}", markup=False)
+
+
+def evaluate(model_dir: Path = typer.Argument(help="A `tune run` output dir or a full model folder."),
+             data: Path = typer.Option(..., "--data", help="Labelled rows in the run's data format."),
+             exact_match: bool = typer.Option(False, "--exact-match", help="Also generate greedy answers and "
+                                              "count those equal to the reference."),
+             max_new_tokens: int = MAX_NEW) -> None:
+    """Loss and perplexity on the trained-on tokens of --data (and exact match when asked); for a
+    classifier: accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix."""
+    from tune.infer.evaluate import evaluate as run_eval
+    from tune.quiet import quiet_libraries
+
+    quiet_libraries()
+    try:
+        result = run_eval(model_dir, data, exact_match, max_new_tokens, echo=say_err)
+    except TuneError as exc:
+        fail(exc)
+    if "accuracy" in result:
+        from tune.infer.metrics import report_lines
+
+        out.print(f"{data}: " + "\n".join(report_lines(result)), markup=False)
+        return
+    line = (f"{data}: {result['examples']} examples, {result['target_tokens']} target tokens, "
+            f"loss {result['loss']:.4f}, perplexity {result['perplexity']:.2f}")
+    if "exact_match" in result:
+        line += f", exact match {result['exact_match']:.1%}"
+    out.print(line, markup=False)
+
+
+def predict(model_dir: Path = typer.Argument(help="The output dir of a `train.method: classify` run."),
+            data: Path = typer.Option(..., "--data", help="Rows with the run's text (and text_pair) columns."),
+            out_file: Path = typer.Option(..., "--out", help="Where to write: .jsonl or .csv.")) -> None:
+    """Label every row of --data: its predicted label and the probability of each label."""
+    from tune.infer.classify import predict_file
+    from tune.quiet import quiet_libraries
+
+    quiet_libraries()
+    try:
+        count = predict_file(model_dir, data, out_file, echo=say_err)
+    except TuneError as exc:
+        fail(exc)
+    out.print(f"wrote {count} predictions to {out_file}", markup=False)

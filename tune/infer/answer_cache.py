@@ -1,0 +1,65 @@
+"""Greedy answers of a base model, kept in TUNE_HOME between runs. Probes and replay ask the base model the
+same questions on every run of a recipe; greedy decoding makes the answers a pure function of the weights,
+the prompts and the software, so the second run of a day reuses them instead of generating for minutes.
+A base whose weights cannot be identified (a hub id without a local snapshot) is never cached."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from tune.paths import tune_home
+
+
+def model_identity(source: str) -> str | None:
+    """What identifies a local model's weights: each weight file's name, size and modification time."""
+    folder = Path(source)
+    if not folder.is_dir():
+        return None
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".json") and p.is_file())
+    if not any(p.suffix == ".safetensors" for p in files):
+        return None
+    return json.dumps([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files])
+
+
+def cached_answers(source: str, what: dict, compute):
+    """compute() -> JSON-able answers, stored under a key of the model's identity, `what` (prompts, template,
+    token limit...) and the library versions that decide the numerics."""
+    import torch
+    import transformers
+
+    identity = model_identity(source)
+    if identity is None:
+        return compute()
+    key_text = json.dumps([identity, what, torch.__version__, transformers.__version__], sort_keys=True)
+    path = tune_home() / "cache" / "answers" / f"{hashlib.sha256(key_text.encode()).hexdigest()[:24]}.json"
+    if path.is_file():
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            pass  # a damaged entry is recomputed and rewritten
+    answers = compute()
+    from tune.output import write_json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, answers)
+    return answers
+
+
+def base_answerer(model, tokenizer, recipe, source: str, template: str):
+    """generate_batch on the base model, through the TUNE_HOME answer cache (greedy answers repeat exactly)."""
+    import torch
+
+    from tune.infer.generate import generate_batch
+
+    hardware = (torch.cuda.get_device_name() if model.device.type == "cuda"
+                else f"cpu bf16={torch.cpu._is_avx512_bf16_supported()}")
+    setting = {"model": recipe.model.model_dump(mode="json"), "template": template, "hardware": hardware}
+
+    def answer(conversations, max_new_tokens):
+        what = setting | {"conversations": conversations, "max_new_tokens": max_new_tokens}
+        found = cached_answers(source, what, lambda: generate_batch(model, tokenizer, conversations, max_new_tokens))
+        return [tuple(item) for item in found]
+
+    return answer

@@ -1,0 +1,135 @@
+"""Inference from a run's output dir (base model + adapter) or any full model folder, rendering the
+prompt with the chat template the run trained with: one prompt, a file of prompts, or a chat."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tune.errors import TuneError
+
+
+@dataclass
+class Sampling:
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 50
+    top_p: float = 1.0
+    seed: int = 0
+
+
+def load_for_inference(model_dir: Path, echo=None):
+    """(model, tokenizer) from an adapter dir written by `tune run`, or from a full model folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tune.models.load import load_model
+    from tune.models.resolve import model_source
+    from tune.models.run_dir import run_recipe
+
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise TuneError(f"{model_dir}: no such folder")
+    if not (model_dir / "adapter_config.json").is_file() and not (model_dir / "config.json").is_file():
+        raise TuneError(f"{model_dir}: neither an adapter dir (adapter_config.json) nor a model folder (config.json)")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if (model_dir / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        recipe = run_recipe(model_dir)
+        if recipe is None:
+            raise TuneError(f"{model_dir}: adapter without recipe.yaml, so its base model is unknown")
+        model = PeftModel.from_pretrained(load_model(recipe.model, model_source(recipe.model, echo)), model_dir)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True)
+    model.eval()
+    return model, tokenizer
+
+
+def prompt_ids(tokenizer, messages: list[dict]):
+    import torch
+
+    if tokenizer.chat_template:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    else:
+        ids = tokenizer("\n\n".join(m["content"] for m in messages))["input_ids"]
+    return torch.tensor([ids])
+
+
+def generate_ids(model, tokenizer, messages: list[dict] | str, sampling: Sampling) -> list[int]:
+    """The new token ids only (special tokens included), for callers that count or compare tokens."""
+    import torch
+
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    ids = prompt_ids(tokenizer, messages).to(model.device)
+    torch.manual_seed(sampling.seed)
+    greedy = sampling.temperature <= 0
+    with torch.no_grad():
+        output = model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=sampling.max_new_tokens,
+            do_sample=not greedy, temperature=None if greedy else sampling.temperature,
+            top_k=None if greedy else sampling.top_k, top_p=None if greedy else sampling.top_p,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        )
+    return output[0, ids.shape[1]:].tolist()
+
+
+def generate(model, tokenizer, messages: list[dict] | str, sampling: Sampling) -> str:
+    return tokenizer.decode(generate_ids(model, tokenizer, messages, sampling), skip_special_tokens=True).strip()
+
+
+def messages_of(row: dict, where: str) -> list[dict]:
+    """The prompt of a data row (instruction, prompt or chat messages), without its reference answer."""
+    turns = row.get("messages") or row.get("conversations")
+    if isinstance(turns, list):
+        from tune.data.chat import ROLE_NAMES
+
+        messages = [{"role": ROLE_NAMES.get(str(t.get("role", t.get("from"))).lower(), "user"),
+                     "content": t.get("content", t.get("value", ""))} for t in turns if isinstance(t, dict)]
+        while messages and messages[-1]["role"] == "assistant":
+            messages.pop()  # the reference answer is what we are about to generate
+        return messages
+    text = row.get("prompt") or row.get("instruction")
+    if not isinstance(text, str) or not text:
+        raise TuneError(f"{where}: needs a 'prompt', 'instruction' or 'messages' column")
+    if row.get("input"):
+        text = f"{text}\n\n{row['input']}"
+    return ([{"role": "system", "content": row["system"]}] if row.get("system") else []) + [
+        {"role": "user", "content": text}]
+
+
+def generate_batch(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int,
+                   batch_size: int = 32) -> list[tuple[str, bool]]:
+    """Greedy answers to many prompts, batched with left padding: (text, finished) per prompt, where
+    finished means the model ended its turn before max_new_tokens. On a CPU with native bfloat16
+    (AVX512-BF16) a float32 model generates under bf16 autocast, as it trains: ~1.4x faster."""
+    import torch
+
+    autocast = (model.device.type == "cpu" and model.dtype == torch.float32
+                and torch.cpu._is_avx512_bf16_supported())
+
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    model_was_training = model.training
+    model.eval()
+    answers = []
+    try:
+        for start in range(0, len(conversations), batch_size):
+            texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+                     for c in conversations[start:start + batch_size]]
+            batch = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(model.device)
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
+                                        top_k=None, top_p=None, pad_token_id=tokenizer.pad_token_id,
+                                        eos_token_id=tokenizer.eos_token_id)
+            for row in output[:, batch["input_ids"].shape[1]:].tolist():
+                finished = tokenizer.eos_token_id in row
+                text = tokenizer.decode(row[:row.index(tokenizer.eos_token_id)] if finished else row,
+                                        skip_special_tokens=True).strip()
+                answers.append((text, finished))
+    finally:
+        tokenizer.padding_side = side
+        model.train(model_was_training)
+    return answers

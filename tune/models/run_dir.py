@@ -1,0 +1,125 @@
+"""A `tune run` output dir read back: PEFT adapter config, resolved recipe and the base model it names
+(what DPO continues from, and what merge and export start from). Every problem is found here, before
+anything heavy is loaded."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from tune.errors import TuneError
+from tune.models.gguf import gguf_path, hf_folder
+from tune.models.resolve import PACKAGED_GGUF, looks_local, resolve_model
+
+SUPPORTED_PEFT = ("LORA",)  # LoRA, rsLoRA and DoRA all save as peft_type LORA
+
+
+@dataclass
+class AdapterRun:
+    path: Path
+    config: dict  # adapter_config.json
+    recipe: dict  # recipe.yaml as written by the run ({} when absent and --base was given)
+    base: str  # a local folder or a hub id
+    revision: str | None
+    trust_remote_code: bool
+
+    @property
+    def method(self) -> str:
+        if self.config.get("use_dora"):
+            return "dora"
+        return "rslora" if self.config.get("use_rslora") else "lora"
+
+    @property
+    def base_name(self) -> str:
+        """The base as the user named it (a hub id or short name), for model cards."""
+        return str(self.recipe.get("model", {}).get("name") or self.base)
+
+    @property
+    def quantized(self) -> bool:
+        return self.recipe.get("model", {}).get("quantization", "none") != "none"
+
+
+def read_adapter_dir(path: Path, base: str | None = None, echo=None) -> AdapterRun:
+    """The run dir at `path`; `base` overrides the base model its recipe names. `echo` hears about a GGUF
+    base being converted."""
+    path = Path(path)
+    if not path.is_dir():
+        raise TuneError(f"{path}: no such folder")
+    if not (path / "adapter_config.json").is_file():
+        raise TuneError(f"{path}: not an adapter dir: no adapter_config.json (give the output dir of `tune run`)")
+    problems = []
+    try:
+        config = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise TuneError(f"{path / 'adapter_config.json'}: not valid JSON: {exc}") from None
+    if config.get("peft_type") not in SUPPORTED_PEFT:
+        problems.append(f"{path / 'adapter_config.json'}: peft_type {config.get('peft_type')!r} is not supported "
+                        "(LoRA, rsLoRA and DoRA adapters are)")
+    if not (path / "adapter_model.safetensors").is_file():
+        pickle = (path / "adapter_model.bin").is_file()
+        # A .bin adapter is a pickle that can run code when loaded; tune reads safetensors only.
+        problems.append(f"{path}: no adapter_model.safetensors" + (
+            " (adapter_model.bin is a pickle, which tune never loads; re-save it with safe_serialization=True)"
+            if pickle else ""))
+    recipe = {}
+    if (path / "recipe.yaml").is_file():
+        try:
+            recipe = yaml.safe_load((path / "recipe.yaml").read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            problems.append(f"{path / 'recipe.yaml'}: not valid YAML: {str(exc).splitlines()[0]}")
+    elif base is None:
+        problems.append(f"{path}: no recipe.yaml, so the base model is unknown; name it with --base")
+    if problems:
+        raise TuneError(problems)
+
+    model = recipe.get("model", {}) if isinstance(recipe, dict) else {}
+    name = base or model.get("name")
+    if not name:
+        raise TuneError(f"{path / 'recipe.yaml'}: model.name is missing; name the base with --base")
+    source = resolve_model(str(name))
+    gguf = gguf_path(source, None if base else model.get("gguf_file"))
+    if gguf is not None:  # a GGUF base: the folder it was converted into (converting it if needed)
+        source = str(hf_folder(gguf, name if name in PACKAGED_GGUF else None,
+                               echo=echo))
+    if looks_local(source) and not Path(source).expanduser().exists():
+        raise TuneError(f"{'--base' if base else 'model.name'}: no such folder: {name}")
+    return AdapterRun(path=path, config=config, recipe=recipe if isinstance(recipe, dict) else {}, base=source,
+                      revision=None if base else model.get("revision"),
+                      trust_remote_code=bool(model.get("trust_remote_code", False)))
+
+
+def base_config(run: AdapterRun) -> dict:
+    """The base's config.json (local folder, or fetched from the hub into the HF cache)."""
+    local = Path(run.base) / "config.json"
+    if local.is_file():
+        return json.loads(local.read_text(encoding="utf-8"))
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(run.base, revision=run.revision,
+                                          trust_remote_code=run.trust_remote_code).to_dict()
+    except (OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise TuneError(f"model.name: cannot load the config of '{run.base}': {first[:300]}") from None
+
+
+def checkpoint_files(base: str) -> list[Path] | None:
+    """The safetensors shards of a local checkpoint, in index order; None when it is not one."""
+    folder = Path(base)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        return [folder / name for name in dict.fromkeys(weight_map.values())]
+    single = folder / "model.safetensors"
+    return [single] if single.is_file() else None
+
+
+def run_recipe(model_dir: Path):
+    """The resolved recipe an adapter dir was trained with, or None for a plain model folder."""
+    from tune.recipe import Recipe
+
+    path = Path(model_dir) / "recipe.yaml"
+    return Recipe.model_validate(yaml.safe_load(path.read_text())) if path.is_file() else None

@@ -1,0 +1,224 @@
+"""The recipe schema: pydantic models that map 1:1 to the YAML sections. Every field has a one-line
+description (it feeds `tune schema` and docs/recipes.md); unknown keys are errors.
+
+Nothing heavy is imported here: `tune validate` must stay fast.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tune.recipe.rules import method_problem
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True, protected_namespaces=())
+
+
+class ModelSection(Section):
+    name: str = Field(description="Hub id (org/name), local folder, .gguf file, or a short name: tiny-llama (`tune init-tiny`), smollm2-135m-instruct, minilm (`tune models list`).")
+    gguf_file: str | None = Field(None, description="A .gguf file inside the model.name folder or hub repo; GGUF bases are converted once into a Hugging Face folder in TUNE_HOME.")
+    revision: str | None = Field(None, description="Hub branch, tag or commit to pin; ignored for local folders.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weight and compute dtype; auto = bfloat16 on a GPU that supports it, else float32.")
+    quantization: Literal["none", "nf4", "fp4", "int8"] = Field(
+        "none", description="Quantize the frozen base: nf4/fp4 = 4-bit QLoRA, int8 = 8-bit (needs bitsandbytes).")
+    double_quant: bool = Field(True, description="4-bit only: also quantize the quantization constants (~0.4 bit/param saved).")
+    trust_remote_code: bool = Field(False, description="Run Python code shipped with a hub model; leave off unless you trust its authors.")
+    allow_pickle: bool = Field(False, description="Allow loading .bin (pickle) weights when a model has no safetensors; pickles can run code.")
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto", description="Attention kernel; auto = what transformers picks (SDPA where it can).")
+    adapter: str | None = Field(None, description="dpo: a `tune run` output dir (e.g. an SFT run) whose adapter training continues; that model is the reference.")
+
+
+FORMAT_FIELDS = {
+    # Field names a format reads from each row, before `data.columns` renames them.
+    "instruction": ("instruction", "input", "output", "prompt", "completion", "system"),
+    "chat": ("messages", "role", "content"),
+    "completion": ("text",),
+    "classification": ("text", "text_pair", "label"),
+    "preference": ("prompt", "chosen", "rejected", "system"),
+}
+
+
+class WeightedSource(Section):
+    path: str = Field(description="File, glob, folder, saved dataset folder, or hub dataset id.")
+    weight: float = Field(1.0, gt=0, le=100, description="Rows drawn per row of the source: 2 = every row twice, 0.5 = a seeded half.")
+
+
+SourceList = str | list[str | WeightedSource]
+
+
+class DataSection(Section):
+    train: SourceList = Field(description="Training data: files (JSONL, JSON, CSV, Parquet, TXT), globs, folders, saved datasets or hub ids; a list may give {path, weight}.")
+    eval: SourceList | None = Field(None, description="Held-out data in the same format as train; omit to use eval_fraction.")
+    eval_fraction: float = Field(0.0, ge=0.0, le=0.5, description="Share of train rows held out for eval when `eval` is not given (fixed seed).")
+    split: str = Field("train", description="Split to read from a hub dataset or a saved DatasetDict.")
+    revision: str | None = Field(None, description="Hub dataset branch, tag or commit to pin.")
+    format: Literal["instruction", "chat", "completion", "classification", "preference"] = Field(
+        "instruction", description="Row shape: instruction = {instruction, input?, output} or {prompt, completion}; chat = messages/conversations; completion = raw text; classification = {text, text_pair?, label}; preference = {prompt, chosen, rejected}.")
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="Map from the format's field names to your file's column names, e.g. {output: answer}.")
+    template: str = Field(
+        "auto", description="Prompt template: auto (the model's chat template, else alpaca), model, alpaca, chatml, or a .jinja file.")
+    system_prompt: str | None = Field(None, description="System message put before every example (a row's own system message wins).")
+    max_length: int = Field(1024, ge=16, le=1_048_576, description="Longest example in tokens, prompt plus response (block size for completion).")
+    overlength: Literal["truncate", "drop", "error"] = Field(
+        "truncate", description="What to do with an example longer than max_length; the count is reported either way.")
+    train_on: Literal["assistant", "last_assistant", "all"] = Field(
+        "assistant", description="Tokens that carry loss: assistant = every reply and its end token; last_assistant = the final reply only; all = every token.")
+    packing: bool = Field(
+        False, description="Pack several examples into each row of max_length (padding-free, own position ids, no attention across examples); batch_size then counts rows.")
+    group_by_length: bool = Field(
+        False, description="When packing is off: batch examples of similar length together so less padding is computed.")
+    labels: list[str | int] | None = Field(
+        None, min_length=2, description="classification: the label names in id order; default = every label in the train split, sorted (numbers numerically).")
+    drop_bad_pairs: bool = Field(False, description="preference: skip (and count) rows whose chosen equals rejected or has an empty side, instead of stopping.")
+    replay: float = Field(0.0, ge=0.0, le=4.0, description="sft: base-model answers mixed in per training row to keep general skills (0.5 = one per two rows); generated greedily from data.replay_prompts before training.")
+    replay_prompts: str = Field("general", description="sft: prompts the base model answers for replay: general (bundled everyday prompts) or a file of instruction/prompt rows.")
+    probes: list[str] = Field(default_factory=list, description="sft: files of {question, expected} answered greedily before and after training; the run prints and saves (probes.md) a before/after table and the share whose answer contains the expected text.")
+    probe_max_new_tokens: int = Field(48, ge=1, le=1024, description="sft: longest probe answer in tokens.")
+
+    @model_validator(mode="after")
+    def _check(self) -> DataSection:
+        if self.eval is not None and self.eval_fraction > 0:
+            raise ValueError("give either `eval` or `eval_fraction`, not both")
+        known = FORMAT_FIELDS[self.format]
+        for field in self.columns:
+            if field not in known:
+                hint = did_you_mean(field, known)
+                raise ValueError(f"columns: '{field}' is not a field of format '{self.format}'{hint} "
+                                 f"(fields: {', '.join(known)})")
+        return self
+
+
+class AdapterSection(Section):
+    method: Literal["lora", "dora", "rslora"] = Field(
+        "lora", description="lora; dora = weight-decomposed LoRA (better at low rank, slower); rslora = alpha/sqrt(r) scaling.")
+    r: int = Field(16, ge=1, le=4096, description="LoRA rank: higher learns more and costs more memory.")
+    alpha: float | None = Field(None, gt=0, description="LoRA scaling numerator; default 2 x r.")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input during training.")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="Layers that get adapters: all-linear (every linear layer but the output head) or a list of names.")
+    modules_to_save: list[str] = Field(default_factory=list, description="Layers trained fully and saved with the adapter (e.g. embed_tokens when adding tokens).")
+
+    @model_validator(mode="after")
+    def _default_alpha(self) -> AdapterSection:
+        if self.alpha is None:  # resolved here, once: the saved recipe.yaml and every method see the number
+            self.alpha = 2 * self.r
+        return self
+
+
+DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")  # TRL 1.16's DPOConfig
+
+
+class TrainSection(Section):
+    method: Literal["sft", "classify", "dpo", "orpo", "kto"] = Field(
+        "sft", description="sft = supervised fine-tuning; classify = sequence classification head + adapter; dpo/orpo/kto = preference alignment.")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps to run; overrides epochs when set.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the training data (used when max_steps is not set).")
+    learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate of the adapter weights.")
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="Learning-rate schedule after warmup.")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of the steps spent warming the learning rate up from 0.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay on the adapter weights.")
+    batch_size: int = Field(4, ge=1, description="Examples per device per forward pass.")
+    gradient_accumulation: int = Field(1, ge=1, description="Forward passes summed per optimizer step (effective batch = batch_size x this).")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward: much less memory, ~30% slower.")
+    optimizer: Literal["auto", "adamw_torch", "adamw_8bit", "paged_adamw_8bit", "adafactor"] = Field(
+        "auto", description="auto = paged 8-bit AdamW for a quantized base on a GPU, else torch AdamW.")
+    max_grad_norm: float = Field(1.0, ge=0, description="Clip gradients to this norm; 0 disables clipping.")
+    seed: int = Field(42, description="Seed for weight init, data order and dropout.")
+    logging_steps: int = Field(10, ge=1, description="Log loss and learning rate every this many steps.")
+    eval_steps: int | None = Field(None, ge=1, description="Evaluate every this many steps (default: at the end only).")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=list, description="Trackers to log to besides metrics.jsonl (each needs its package installed).")
+    save_steps: int = Field(250, ge=1, description="Write a resumable checkpoint every this many steps (and at the last step).")
+    keep_checkpoints: int = Field(2, ge=1, description="Complete checkpoints kept on disk; older ones are deleted.")
+    use_liger_kernel: bool | Literal["auto"] = Field("auto", description="GPU: Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused cross-entropy; `pip install liger-kernel`); auto = on for SFT on a CUDA GPU when installed.")
+    torch_compile: bool = Field(False, description="Compile the model with torch.compile: slow first steps, faster after (mostly on a GPU).")
+    class_weights: Literal["none", "balanced"] | dict[str, float] = Field(
+        "none", description="classify: loss weight per label; balanced = n_rows / (n_labels x rows of the label), or a {label: weight} mapping.")
+    beta: float = Field(0.1, gt=0, description="dpo: how far the policy may move from the reference; higher = stays closer (IPO's tau).")
+    loss_type: str | list[str] = Field("sigmoid", description="dpo: TRL preference loss (sigmoid = DPO, ipo, hinge, robust, ...); a list sums several with equal weights.")
+
+
+class OutputSection(Section):
+    dir: str | None = Field(None, description="Where the adapter and run records go; default runs/<recipe file name>.")
+    overwrite: bool = Field(False, description="Allow writing into a non-empty output dir (its old files are replaced).")
+
+
+class DistributedSection(Section):
+    strategy: Literal["ddp", "fsdp", "deepspeed"] = Field(
+        "ddp", description="Used when several processes run (`tune run --nproc N`, torchrun, accelerate launch): ddp = a full copy per device; fsdp = weights, gradients and optimizer state sharded; deepspeed = ZeRO.")
+    backend: Literal["auto", "nccl", "gloo"] = Field("auto", description="Collective backend; auto = nccl on GPUs, gloo on the CPU.")
+    find_unused_parameters: bool = Field(False, description="ddp: tolerate trainable weights that get no gradient in a step (slower; LoRA on all-linear never needs it).")
+    fsdp_sharding: Literal["full_shard", "shard_grad_op"] = Field(
+        "full_shard", description="fsdp: full_shard = weights re-sharded after forward (least memory, like ZeRO-3); shard_grad_op = kept whole until backward ends (faster, like ZeRO-2).")
+    fsdp_offload: bool = Field(False, description="fsdp: keep sharded weights, gradients and optimizer state in CPU RAM between uses (fits larger models, much slower).")
+    fsdp_cpu_ram_efficient_loading: bool = Field(True, description="fsdp: only the first process reads the checkpoint and the others receive its shards (one copy in CPU RAM, not N).")
+    fsdp_version: Literal[1, 2] = Field(2, description="fsdp: 2 = per-parameter sharding (fully_shard, the default of transformers 5); 1 = the legacy FlatParameter wrapper.")
+    zero_stage: Literal[1, 2, 3] = Field(3, description="deepspeed: ZeRO stage; 1 shards optimizer state, 2 also gradients, 3 also weights.")
+    zero_offload: Literal["none", "optimizer", "all"] = Field("none", description="deepspeed: move optimizer state (and with all, weights too; stage 3) to CPU RAM.")
+    deepspeed_config: str | None = Field(None, description="deepspeed: a DeepSpeed JSON config used instead of zero_stage/zero_offload; its \"auto\" values are filled from the recipe.")
+
+    @model_validator(mode="after")
+    def _check(self) -> DistributedSection:
+        # A changed key of another strategy is almost always a forgotten `strategy:` line; say so instead of
+        # ignoring it. Defaults pass, so a resolved recipe.yaml (every key written out) loads as it is.
+        changed = [name for name, field in type(self).model_fields.items() if getattr(self, name) != field.default]
+        for name in changed:
+            owner = "fsdp" if name.startswith("fsdp_") else "deepspeed" if name.startswith(("zero_", "deepspeed_")) else None
+            if owner and owner != self.strategy:
+                raise ValueError(f"distributed.{name}: applies to strategy: {owner}, not {self.strategy}")
+        if self.deepspeed_config is not None and {"zero_stage", "zero_offload"} & set(changed):
+            raise ValueError("distributed.deepspeed_config: give either a config file or zero_stage/zero_offload, not both")
+        if self.zero_offload == "all" and self.zero_stage != 3:
+            raise ValueError("distributed.zero_offload: all (weights too) needs zero_stage: 3")
+        return self
+
+
+class Recipe(Section):
+    model: ModelSection = Field(description="The foundation model and how it is loaded.")
+    data: DataSection = Field(description="Training data, its format and how it is rendered and tokenized.")
+    adapter: AdapterSection = Field(default_factory=AdapterSection, description="The parameter-efficient adapter.")
+    train: TrainSection = Field(default_factory=TrainSection, description="The optimization loop.")
+    output: OutputSection = Field(default_factory=OutputSection, description="Where results are written.")
+    distributed: DistributedSection = Field(default_factory=DistributedSection, description="Several processes (GPUs) on one recipe: how the work is split; see the Multi-GPU section.")
+
+    @model_validator(mode="after")
+    def _check_method(self) -> Recipe:
+        # Keys that only make sense together; each message leads with the key to fix (see load._describe).
+        losses = self.train.loss_type
+        for name in ([losses] if isinstance(losses, str) else losses) or ["(empty list)"]:
+            if name not in DPO_LOSSES:  # TRL itself only rejects a bad name when the loss is first computed
+                raise ValueError(f"train.loss_type: '{name}' is not a DPO loss{did_you_mean(name, DPO_LOSSES)} "
+                                 f"(one of {', '.join(DPO_LOSSES)})")
+        problem = method_problem(self)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    @model_validator(mode="after")
+    def _check_distributed(self) -> Recipe:
+        strategy = self.distributed.strategy
+        if strategy == "fsdp" and self.model.quantization == "int8":
+            raise ValueError("model.quantization: FSDP shards 4-bit bases (nf4/fp4, stored in the compute dtype), "
+                             "not int8; use nf4, or distributed.strategy: ddp")
+        if strategy == "fsdp" and self.train.optimizer in ("adamw_8bit", "paged_adamw_8bit"):
+            # PEFT's FSDP guide: bitsandbytes' 8-bit optimizer states fail when an FSDP checkpoint is saved.
+            raise ValueError(f"train.optimizer: {self.train.optimizer} cannot be checkpointed under FSDP; use adamw_torch "
+                             "(or auto): FSDP already shards its states across the devices")
+        if strategy != "ddp" and self.data.probes:
+            raise ValueError(f"data.probes: the tuned model answers probes on rank 0 alone, which {strategy}'s sharded "
+                             "weights cannot do; probe with ddp, or run `tune eval` on the adapter afterwards")
+        return self
+
+
+def did_you_mean(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else ""

@@ -1,0 +1,317 @@
+"""The skeleton every method runs on, once: a method module (sft.py, dpo.py, classify.py, ...) tells
+its own story and calls these steps in order:
+
+    run = start(...)                 output dir plan and resume decision, data checks, the model's folder
+    arguments(run, dtype, ...)       the TrainingArguments keys every method shares
+    callbacks(run)                   metrics.jsonl, checkpoint manifests, the NaN guard, the progress bar
+    attach(run, trainer)             the trainer checked: processes agree, the disk holds its checkpoints
+    write_records(run, fingerprint)  recipe.yaml, versions.json, data_fingerprint.json, before training
+    trained = fit(run, trainer)      train (resumable), refuse pickled checkpoints, final eval, loss curve
+    staging = save(run, trainer, tokenizer)   the adapter, staged
+    finish(run, staging, summary(...))        run.json, then everything renamed into place
+
+Only rank 0 prints and writes; the other processes of a multi-process run train and return early."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from tune.data.prepare import check
+from tune.errors import TrainingError, TuneError
+from tune.models.resolve import model_source
+from tune.output import check_writable, clear_dir, move_into, versions, write_json, write_text
+from tune.quiet import quiet_libraries
+from tune.recipe import Recipe, dump
+from tune.train import distributed
+
+
+@dataclass
+class RunResult:
+    summary: dict  # also written to run.json
+    model: object  # the trained PeftModel, for callers (tests, pipelines) that continue in-process
+
+
+@dataclass
+class Run:
+    """One `tune run` as every method sees it."""
+
+    recipe: Recipe
+    recipe_dir: Path
+    source: str  # the base model's local folder (or hub id), resolved once
+    out_dir: Path
+    resume_from: Path | None  # the complete checkpoint training continues from
+    main: bool  # rank 0: the process that prints and writes
+    echo: Callable[[str], None]
+    console: object | None  # a rich Console; a terminal gets a live progress bar
+    on_gpu: bool
+    sharded: bool  # FSDP or ZeRO-3 split the weights across processes
+    metrics: object  # MetricsLog: metrics.jsonl and the printed step lines
+    created: list[Path] = field(default_factory=list)  # folders this run made; removed if a check fails
+    precision: str = "float32"  # bf16 / fp16 / bf16-autocast / float32, as arguments() chose
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+
+@dataclass
+class Trained:
+    seconds: float
+    peak_gpu_bytes: int | None  # what `tune plan` estimates
+
+
+def start(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, console=None,
+          metric_keys: tuple[str, ...] = ()) -> Run:
+    """Everything checked before the first slow load: the output dir is writable and either fresh or an
+    unfinished run of this same recipe, the trackers asked for are installed, the data files read."""
+    quiet_libraries()
+    import torch
+
+    from tune.train.callbacks import MetricsLog, check_installed
+    from tune.train.checkpoints import plan_run_dir
+
+    recipe_dir = Path(recipe_path).resolve().parent
+    out_dir = Path(recipe.output.dir)
+    distributed.setup(recipe, recipe_dir)  # several processes: their checks and process group come first
+    main = distributed.is_main()
+    echo, console = (echo, console) if main else ((lambda line: None), None)
+    check_installed(recipe.train)
+    if "tensorboard" in recipe.train.report_to:  # transformers 5 reads the event-file folder from here only
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(out_dir.resolve() / "logs")
+    resume_from = None
+    if main:
+        check_writable(out_dir)
+        resume_from = plan_run_dir(out_dir, recipe.model_dump(mode="json"), resume, recipe.output.overwrite, echo)
+    resume_from = distributed.share(resume_from)  # every process resumes where rank 0 chose
+    distributed.check_resume(resume_from)
+    if recipe.model.trust_remote_code:
+        echo("warning: model.trust_remote_code is true: Python code from the model's repository will run")
+    problems = check(recipe.data, recipe_dir)  # missing files and bad first rows, before slow loads
+    if problems:
+        raise TuneError(problems)
+    return Run(recipe=recipe, recipe_dir=recipe_dir, source=model_source(recipe.model, echo), out_dir=out_dir,
+               resume_from=resume_from, main=main, echo=echo, console=console,
+               on_gpu=torch.cuda.is_available(), sharded=distributed.shards_weights(recipe, recipe_dir),
+               metrics=MetricsLog(out_dir / "metrics.jsonl", echo, metric_keys),
+               created=[p for p in (out_dir, out_dir / "checkpoints") if not p.exists()])
+
+
+def arguments(run: Run, dtype, evaluate_during: bool) -> dict:
+    """The TrainingArguments keys every method shares; a method adds its own and passes them all to its
+    config class (SFTConfig, DPOConfig, TrainingArguments, ...)."""
+    from tune.train.callbacks import liger_kernel
+
+    train = run.recipe.train
+    several = distributed.training_kwargs(run.recipe, run.recipe_dir, run.on_gpu)
+    precision = run.precision = mixed_precision(run.recipe, dtype, run.on_gpu)
+    return dict(
+        output_dir=str(run.checkpoints),
+        max_steps=train.max_steps or -1,
+        num_train_epochs=train.epochs,
+        learning_rate=train.learning_rate,
+        lr_scheduler_type=train.lr_scheduler,
+        warmup_steps=train.warmup_ratio,
+        weight_decay=train.weight_decay,
+        per_device_train_batch_size=train.batch_size,
+        per_device_eval_batch_size=train.batch_size,
+        gradient_accumulation_steps=train.gradient_accumulation,
+        **checkpointing(train.gradient_checkpointing and not several.get("fsdp")),  # FSDP checkpoints itself
+        optim=optimizer(run.recipe, run.on_gpu, run.sharded),
+        max_grad_norm=train.max_grad_norm,
+        seed=train.seed,
+        data_seed=train.seed,
+        bf16=precision.startswith("bf16"),
+        fp16=precision == "fp16",
+        use_cpu=not run.on_gpu,  # also what makes several CPU processes run as DDP over gloo
+        use_liger_kernel=liger_kernel(train, run.recipe.train.method),
+        torch_compile=train.torch_compile,
+        logging_steps=train.logging_steps,
+        logging_first_step=True,
+        logging_nan_inf_filter=False,  # the default hides a NaN loss behind the running average
+        eval_strategy="steps" if evaluate_during else "no",
+        eval_steps=train.eval_steps,
+        save_strategy="steps",
+        save_steps=train.save_steps,
+        save_total_limit=None,  # CheckpointManifest rotates, after the new checkpoint is complete
+        save_only_model=False,
+        report_to=train.report_to or "none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=run.on_gpu,
+        **several,
+    )
+
+
+def optimizer(recipe: Recipe, on_gpu: bool, sharded: bool) -> str:
+    """train.optimizer resolved. auto: paged 8-bit AdamW for a quantized base on a GPU, unless FSDP or
+    ZeRO-3 shard the optimizer states themselves (paged 8-bit states break their checkpoints)."""
+    if recipe.train.optimizer != "auto":
+        return recipe.train.optimizer
+    return "paged_adamw_8bit" if on_gpu and recipe.model.quantization != "none" and not sharded else "adamw_torch"
+
+
+def mixed_precision(recipe: Recipe, dtype, on_gpu: bool) -> str:
+    """bf16 / fp16 on a GPU as the weights are; on a CPU with AVX512-BF16 (and model.dtype auto), bf16
+    autocast, whose matmuls run much faster than float32; else float32. TRL defaults to bf16 even on a
+    CPU without it, so this is always explicit."""
+    import torch
+
+    if on_gpu:
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "float32")
+    if recipe.model.dtype == "auto" and cpu_has_bf16():
+        return "bf16-autocast"
+    return "float32"
+
+
+def cpu_has_bf16() -> bool:
+    import torch
+
+    return torch.cpu._is_avx512_bf16_supported()
+
+
+def checkpointing(enabled: bool) -> dict:
+    # Always explicit: TRL's configs turn checkpointing on by default, which slows every small run.
+    if not enabled:
+        return {"gradient_checkpointing": False}
+    return {"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False}}
+
+
+def callbacks(run: Run) -> list:
+    from tune.train.callbacks import ProgressBar
+    from tune.train.checkpoints import CheckpointManifest, NonFiniteGuard
+
+    found = [run.metrics, CheckpointManifest(run.checkpoints, run.recipe.train.keep_checkpoints),
+             NonFiniteGuard(run.checkpoints)]
+    return found + ([ProgressBar(run.console)] if run.console and run.console.is_terminal else [])
+
+
+def attach(run: Run, trainer) -> tuple[int, int]:
+    """The built trainer made ours: our lines instead of its printer, one TensorBoard writer, the
+    processes' agreement, and a disk that can hold its checkpoints. Returns (trainable, total) parameters."""
+    from transformers import PrinterCallback
+
+    from tune.train.callbacks import keep_tensorboard_open
+
+    trainer.remove_callback(PrinterCallback)  # MetricsLog prints the lines users read
+    keep_tensorboard_open(trainer)
+    distributed.check_trainer(trainer)
+    trainable, total = trainer.model.get_nb_trainable_parameters()
+    try:
+        if run.main:
+            disk = next(p for p in (run.out_dir.resolve(), *run.out_dir.resolve().parents) if p.exists())
+            check_disk(disk, trainable, run.recipe.train.keep_checkpoints)
+    except TuneError:
+        for path in run.created:  # the Trainer made its checkpoint folder; a refused run leaves nothing
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+    for line in distributed.describe(run.recipe, trainer.args):
+        run.echo(line)
+    return trainable, total
+
+
+def check_disk(folder: Path, trainable: int, keep: int) -> None:
+    """Checkpoints hold the adapter and two AdamW moments in float32; refuse a run that cannot fit them."""
+    needed = trainable * 4 * 3 * (keep + 1) + trainable * 4 + (64 << 20)
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise TuneError(f"output.dir: {folder} has {free / 2**20:.0f} MiB free but checkpoints need about "
+                        f"{needed / 2**20:.0f} MiB; free space, lower train.keep_checkpoints, or choose "
+                        "another output.dir")
+
+
+def write_records(run: Run, fingerprint: dict) -> None:
+    """The run records, written before training so a crashed run still says what it was."""
+    if run.main:
+        out_dir = run.out_dir
+        if run.recipe.output.overwrite and out_dir.is_dir():
+            clear_dir(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_text(out_dir / "recipe.yaml", dump(run.recipe))
+        write_json(out_dir / "versions.json", versions())
+        write_json(out_dir / "data_fingerprint.json", fingerprint)
+        if run.resume_from is None:
+            run.metrics.path.unlink(missing_ok=True)
+            shutil.rmtree(run.checkpoints, ignore_errors=True)
+        else:
+            run.metrics.truncate_after(int(run.resume_from.name.split("-")[-1]))
+            run.echo(f"resuming from {run.resume_from}")
+    distributed.wait()  # the dir is ready before any process saves into it
+
+
+def fit(run: Run, trainer, has_eval: bool, out_of_memory_hint: str = "") -> Trained:
+    """Train from the resume point, then evaluate once more unless the last step just did, so the last
+    eval describes the final weights; the loss curve is drawn from metrics.jsonl."""
+    import pickle
+
+    import torch
+
+    from tune.train.callbacks import close_tensorboard
+    from tune.train.records import plot_losses
+
+    if run.on_gpu:
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    try:
+        trainer.train(resume_from_checkpoint=str(run.resume_from) if run.resume_from else None)
+    except torch.OutOfMemoryError:
+        raise TrainingError("out of GPU memory: lower train.batch_size (raise train.gradient_accumulation "
+                            "to keep the effective batch), set train.gradient_checkpointing: true, lower "
+                            "data.max_length, or load the base in 4-bit (model.quantization: nf4)"
+                            f"{out_of_memory_hint}; the last complete checkpoint is kept and "
+                            "`tune run --resume` continues") from None
+    except pickle.UnpicklingError as exc:  # transformers loads checkpoint states with weights_only=True
+        raise TrainingError(f"{run.resume_from}: refused to load a checkpoint file that holds more than tensors "
+                            f"({str(exc).splitlines()[0][:160]}); delete that checkpoint, or rerun with "
+                            "--overwrite") from None
+    seconds = time.perf_counter() - started
+    peak = torch.cuda.max_memory_allocated() if run.on_gpu else None
+    eval_steps = run.recipe.train.eval_steps
+    if has_eval and (eval_steps is None or trainer.state.global_step % eval_steps):
+        trainer.evaluate()
+    close_tensorboard(trainer)
+    if run.main:
+        plot_losses(run.metrics.records, run.out_dir / "loss_curve.png")
+    return Trained(seconds, peak)
+
+
+def save(run: Run, trainer, tokenizer, **save_kwargs) -> Path | None:
+    """The adapter and tokenizer written into a staging folder (rank 0; under FSDP/ZeRO-3 every process
+    helps gather the weights first). Returns the folder, or None on the other processes."""
+    staging = run.out_dir / ".staging"
+    if run.main:
+        shutil.rmtree(staging, ignore_errors=True)
+    distributed.save_adapter(trainer, staging, **save_kwargs)
+    if not run.main:
+        return None
+    tokenizer.save_pretrained(staging)
+    return staging
+
+
+def summary(run: Run, trainer, trained: Trained, parameters: tuple[int, int], tokens_per_epoch: int, **own) -> dict:
+    """run.json: what every method reports, then the method's own keys."""
+    records = run.metrics.records
+    losses = [r["loss"] for r in records if isinstance(r.get("loss"), float)]
+    evals = [r["eval_loss"] for r in records if isinstance(r.get("eval_loss"), float)]
+    return {
+        "output_dir": str(run.out_dir.resolve()), "model": run.source, "method": run.recipe.train.method,
+        **own,
+        "steps": trainer.state.global_step, "train_seconds": round(trained.seconds, 2),
+        "peak_gpu_memory_bytes": trained.peak_gpu_bytes,
+        "resumed_from": str(run.resume_from) if run.resume_from else None,
+        "trainable_parameters": parameters[0], "total_parameters": parameters[1],
+        "trained_tokens_per_second": round(tokens_per_epoch * trainer.state.epoch / max(trained.seconds, 1e-9), 1),
+        "precision": run.precision,
+        "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+        "eval_loss": evals[-1] if evals else None, "device": "cuda" if run.on_gpu else "cpu",
+        "trust_remote_code": run.recipe.model.trust_remote_code, **distributed.summary(run.recipe),
+    }
+
+
+def finish(run: Run, staging: Path, summary: dict) -> None:
+    write_json(staging / "run.json", summary)
+    move_into(staging, run.out_dir)  # each file a rename: the dir never holds half an adapter
