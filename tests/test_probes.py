@@ -52,7 +52,7 @@ def test_a_run_writes_before_after_probes_and_replay_rows_and_reuses_base_answer
     import tune.infer.generate
     import tune.train.sft  # noqa: F401  (imported first: it keeps the real generate_batch for the tuned model)
 
-    real, calls = tune.generate.generate_batch, []
+    real, calls = tune.infer.generate.generate_batch, []
 
     def base_model(model, tokenizer, conversations, max_new_tokens):
         # The random tiny model never ends a turn, so its replay answers would all be left out; stand in

@@ -129,11 +129,23 @@ def test_unknown_eval_label_is_one_line_and_exit_2(tiny_run, tmp_path):
         f"{bad}:row 5: label 'neutral' is not in the label set (negative, positive)"]
 
 
-def test_classify_needs_the_classification_format(tiny_model, tmp_path):
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_classify_needs_the_classification_format(tiny_model, tmp_path, command):
+    # The recipe's rules refuse it (tune/recipe/rules.py), so validate says what run would: file, line, key.
     path = write_recipe(tmp_path / "r.yaml", train={"method": "classify"})
-    result = cli("run", path)
+    line = next(n for n, text in enumerate(path.read_text().splitlines(), 1) if text.strip().startswith("method:"))
+    result = cli(command, path)
     assert result.returncode == 2
-    assert result.stderr.strip() == "train.method: classify needs data.format: classification, not instruction"
+    assert result.stderr.strip() == f"{path}:{line}: train.method: classify needs data.format: classification, not instruction"
+    assert not (tmp_path / "out").exists()
+
+
+def test_validate_refuses_packing_for_a_classifier(tmp_path):
+    path = write_recipe(tmp_path / "r.yaml", data={"format": "classification", "packing": True}, train={"method": "classify"})
+    result = cli("validate", path)
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith(
+        "data.packing: train.method: classify takes one example per row; set data.packing: false")
 
 
 @pytest.mark.slow

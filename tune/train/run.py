@@ -203,7 +203,8 @@ def attach(run: Run, trainer) -> tuple[int, int]:
     trainable, total = trainer.model.get_nb_trainable_parameters()
     try:
         if run.main:
-            disk = next(p for p in (run.out_dir.resolve(), *run.out_dir.resolve().parents) if p.exists())
+            made = {p.resolve() for p in run.created}  # named by the folder that existed before the run
+            disk = next(p for p in (run.out_dir.resolve(), *run.out_dir.resolve().parents) if p.exists() and p not in made)
             check_disk(disk, trainable, run.recipe.train.keep_checkpoints)
     except TuneError:
         for path in run.created:  # the Trainer made its checkpoint folder; a refused run leaves nothing
