@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tune.data.conversation import LengthReport
 from tune.data.sources import Source, read_rows, resolve_sources
+from tune.recipe import DataSection
 
 
 @dataclass

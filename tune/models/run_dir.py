@@ -123,3 +123,14 @@ def run_recipe(model_dir: Path):
 
     path = Path(model_dir) / "recipe.yaml"
     return Recipe.model_validate(yaml.safe_load(path.read_text())) if path.is_file() else None
+
+
+def check_fits_base(adapter_dir: Path, model_name: str, source: str) -> None:
+    """`model.adapter`: a run dir whose adapter training continues must have been trained on this base."""
+    try:
+        run = read_adapter_dir(adapter_dir)
+    except TuneError as exc:
+        raise TuneError([f"model.adapter: {problem}" for problem in exc.problems]) from None
+    if run.base != source:
+        raise TuneError(f"model.adapter: {adapter_dir} was trained on {run.base_name}, but model.name is "
+                        f"{model_name}; an adapter only fits the base it was trained on")

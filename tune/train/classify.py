@@ -19,6 +19,7 @@ from tune.output import write_json
 from tune.recipe import Recipe
 from tune.train import distributed
 from tune.train import run as skeleton
+from tune.train.arguments import arguments
 from tune.train.run import RunResult
 
 METRICS = ("eval_accuracy", "eval_macro_f1")
@@ -49,7 +50,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     saved = sorted(set(recipe.adapter.modules_to_save) | set(new_modules)) or None
     model = get_peft_model(base, dataclasses.replace(lora_config(recipe.adapter), task_type="SEQ_CLS", modules_to_save=saved))
     evaluate_during = bool(data.eval) and recipe.train.eval_steps is not None
-    args = TrainingArguments(**skeleton.arguments(run, base.dtype, evaluate_during) | dict(
+    args = TrainingArguments(**arguments(run, base.dtype, evaluate_during) | dict(
         per_device_eval_batch_size=max(recipe.train.batch_size, 32),  # no backward pass: wider batches fit
         # Length-grouped batches cut the padding computed; lengths vary a lot in review-like data.
         train_sampling_strategy="group_by_length" if recipe.data.group_by_length else "random",

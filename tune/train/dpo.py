@@ -7,10 +7,8 @@ The reference model is never a second copy of the base:
 - fresh adapter: TRL gets `peft_config` and computes reference log-probs with the adapter switched off,
   i.e. the base model;
 - `model.adapter`: the SFT adapter is loaded trainable and TRL adds a frozen copy of it ("ref"), so the
-  reference is base + SFT adapter at its starting weights, exactly the SFT model. Merging the SFT adapter
-  into the base and training a fresh one would also give that reference, but a merge into a 4-bit base
-  re-rounds the weights (the reference would no longer be the SFT model) and the result would be an
-  adapter on a base that exists only in memory, which `tune merge`/`export` could not rebuild."""
+  reference is exactly the SFT model. (Merging it into the base and training a fresh adapter would re-round
+  a 4-bit base, and leave an adapter on a base that `tune merge`/`export` could not rebuild.)"""
 
 from __future__ import annotations
 
@@ -20,10 +18,12 @@ from tune.data.preference import prepare_pairs
 from tune.data.templates import resolve_template
 from tune.errors import TuneError
 from tune.models.load import load_model, load_tokenizer, lora_config
+from tune.models.run_dir import check_fits_base
 from tune.paths import find_file
 from tune.recipe import Recipe
 from tune.train import distributed
 from tune.train import run as skeleton
+from tune.train.arguments import arguments
 from tune.train.run import RunResult
 
 # How often the policy prefers chosen over rejected, and by how much (beta x log-ratio vs the reference),
@@ -38,7 +38,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     start = _starting_adapter(recipe, Path(recipe_path).resolve().parent) if recipe.model.adapter else None
     run = skeleton.start(recipe, recipe_path, echo, resume, console, metric_keys=METRICS)
     if start is not None:
-        _check_same_base(start, recipe, run.source)
+        check_fits_base(start, recipe.model.name, run.source)
     import transformers
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
@@ -71,7 +71,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         model = PeftModel.from_pretrained(model, str(start), is_trainable=True)  # TRL adds the frozen "ref" copy
     evaluate_during = bool(data.eval) and recipe.train.eval_steps is not None
     config = DPOConfig(
-        **skeleton.arguments(run, dtype, evaluate_during),
+        **arguments(run, dtype, evaluate_during),
         beta=recipe.train.beta,
         loss_type=[recipe.train.loss_type] if isinstance(recipe.train.loss_type, str) else recipe.train.loss_type,
         max_length=None,  # the pairs were already fitted to data.max_length (data.overlength)
@@ -138,15 +138,3 @@ def _starting_adapter(recipe: Recipe, recipe_dir: Path) -> Path:
         raise TuneError(f"model.adapter: no such folder: {name} (give the output dir of an SFT `tune run`)")
     recipe.model.adapter = str(found)
     return found
-
-
-def _check_same_base(start: Path, recipe: Recipe, source: str) -> None:
-    from tune.models.run_dir import read_adapter_dir
-
-    try:
-        adapter_run = read_adapter_dir(start)
-    except TuneError as exc:
-        raise TuneError([f"model.adapter: {problem}" for problem in exc.problems]) from None
-    if adapter_run.base != source:
-        raise TuneError(f"model.adapter: {start} was trained on {adapter_run.base_name}, but model.name is "
-                        f"{recipe.model.name}; an adapter only fits the base it was trained on")

@@ -21,6 +21,7 @@ from tune.output import write_json, write_text
 from tune.recipe import Recipe
 from tune.train import distributed
 from tune.train import run as skeleton
+from tune.train.arguments import arguments
 from tune.train.run import RunResult
 
 
@@ -59,7 +60,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     # ---- trainer
     evaluate_during = bool(data.eval) and recipe.train.eval_steps is not None
     config = SFTConfig(
-        **skeleton.arguments(run, model.dtype, evaluate_during),
+        **arguments(run, model.dtype, evaluate_during),
         max_length=recipe.data.max_length,
         # BFD packing is padding-free: rows are flattened with per-example position_ids, from which
         # transformers builds a block-diagonal mask (SDPA/eager) or cu_seq_lens (FlashAttention), and the
