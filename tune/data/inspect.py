@@ -6,12 +6,10 @@ distribution, and train/eval overlap."""
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tune.data.conversation import tokenize
 from tune.data.preference import BadPair
 from tune.data.formats import FORMATS
 from tune.data.rows import load_rows, split_off
@@ -32,33 +30,8 @@ def preview(recipe: Recipe, recipe_dir: Path, count: int, tokenizer) -> list[Exa
     data = recipe.data
     template, _ = resolve_template(data.template, tokenizer, recipe_dir)
     rows = load_rows(data, data.train, "data.train", recipe_dir, recipe.train.seed)[:count]
-    examples = []
-    if data.format == "classification":  # the model sees the text (pair) as tokenized; the label is shown after it
-        from tune.data.classification import row_fields
-
-        for where, row in rows:
-            text, pair, label_name = row_fields(row, data.columns, where)
-            ids = tokenizer(text, pair)["input_ids"]
-            examples.append(Example(where, [(tokenizer.decode(ids), False), (f" -> {label_name}", True)], len(ids), 0))
-        return examples
-    if data.format == "completion":
-        from tune.data.completion import chunk, row_text
-
-        for where, row in rows:
-            ids = chunk([row_text(row, data.columns, where)], tokenizer, 10**9)[0]["input_ids"]
-            examples.append(Example(where, [(tokenizer.decode(ids), True)], len(ids), len(ids)))
-        return examples
-    for where, row in rows:
-        messages = FORMATS[data.format].messages(row, data.columns, data.system_prompt, where)
-        example = tokenize(messages, tokenizer, template, data.train_on)
-        spans, start = [], 0
-        for i in range(1, len(example.labels) + 1):
-            if i == len(example.labels) or (example.labels[i] != -100) != (example.labels[start] != -100):
-                spans.append((tokenizer.decode(example.input_ids[start:i]), example.labels[start] != -100))
-                start = i
-        trained = sum(label != -100 for label in example.labels)
-        examples.append(Example(where, spans, len(example.input_ids), trained))
-    return examples
+    views = [(where, FORMATS[data.format].view(row, data, tokenizer, template, where)) for where, row in rows]
+    return [Example(where, view.spans, view.tokens, view.trained) for where, view in views]
 
 
 @dataclass
@@ -82,39 +55,22 @@ def check_all(recipe: Recipe, recipe_dir: Path, tokenizer) -> CheckReport:
         lengths, roles, seen, duplicates, over = [], Counter(), {}, 0, 0
         for where, row in rows:
             try:
-                if data.format == "completion":
-                    from tune.data.completion import row_text
-
-                    text = row_text(row, data.columns, where)
-                    if not text.strip():
-                        raise TuneError(f"{where}: empty text")
-                    length, key = len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1, text
-                elif data.format == "classification":
-                    from tune.data.classification import check_row, row_fields
-
-                    check_row(row, data.columns, data.labels, where)
-                    text, pair, label_name = row_fields(row, data.columns, where)
-                    roles[label_name] += 1  # for this format the summary counts labels instead of roles
-                    length, key = len(tokenizer(text, pair)["input_ids"]), json.dumps([text, pair, label_name])
-                else:
-                    messages = FORMATS[data.format].messages(row, data.columns, data.system_prompt, where)
-                    roles.update(message["role"] for message in messages)
-                    length = len(tokenize(messages, tokenizer, template, data.train_on).input_ids)
-                    key = json.dumps(messages, sort_keys=True)
+                view = FORMATS[data.format].view(row, data, tokenizer, template, where)
             except TuneError as exc:
                 skipped = data.drop_bad_pairs and isinstance(exc, BadPair)  # the run drops these pairs
                 (report.warnings if skipped else report.errors).extend(exc.problems)
                 continue
-            digest = hashlib.sha256(key.encode()).hexdigest()
+            roles.update(view.tally)  # roles of a conversation, or a row's label
+            digest = hashlib.sha256(view.key.encode()).hexdigest()
             if digest in seen and seen[digest] != where:  # a weighted source repeats rows on purpose
                 duplicates += 1
                 report.warnings.append(f"{where}: duplicate of {seen[digest]}")
             seen.setdefault(digest, where)
-            lengths.append(length)
-            over += length > data.max_length and data.format != "completion"  # completion text is chunked
+            lengths.append(view.tokens)
+            over += view.tokens > data.max_length and not view.chunked
         digests[name] = set(seen)
         report.lines.append(_summary(name, len(rows), lengths, over, duplicates, roles, data.format))
-        if lengths and over == len(lengths) and data.format != "completion":
+        if lengths and over == len(lengths):  # never for chunked text: over stays 0
             report.errors.append(f"data.max_length: all {over} {name} examples are longer than {data.max_length} "
                                  "tokens; raise data.max_length")
     if "eval" in digests:

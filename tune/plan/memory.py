@@ -13,10 +13,10 @@ libraries allocate, read from their code (peft 0.21, trl 1.16, bitsandbytes 0.50
   plus a float32 absmax per 256 values, but only for tensors of at least 4096 values (smaller ones get
   float32 moments); Adafactor keeps float32 row and column second moments.
 Activations are an estimate (a per-token sum of what a Llama-style layer saves for backward). Against
-peaks measured on an H100 (bench/gpu.py, table in bench/README.md) the whole plan lands within -1% to +4%
-for 8B-shaped runs and errs high (up to +40%) for small 1B runs, where the paged optimizer states that
-torch's peak does not count weigh most.
-With N processes (`--nproc`) the figures are per device: tune/plan_sharding.py splits them as the
+peaks measured on an H100 (bench/gpu.py, table in bench/README.md) the whole plan lands within -5.9% to
++2.4% for bf16 LoRA and -2.1% to +15.3% for nf4 QLoRA (1B and 8B shapes); it errs high where the paged
+optimizer states that torch's peak does not count weigh most.
+With N processes (`--nproc`) the figures are per device: tune/plan/sharding.py splits them as the
 recipe's `distributed` section says.
 """
 

@@ -1,5 +1,5 @@
 """The recipe reference, generated from the pydantic models: `tune schema` prints it and a test keeps
-the README's copy in sync."""
+the copy in docs/recipes.md in sync."""
 
 from __future__ import annotations
 
