@@ -19,6 +19,12 @@ class DataError(TuneError):
     """A data file is missing, unreadable or has rows the format cannot use."""
 
 
+class Interrupted(TuneError):
+    """Ctrl-C: the run stopped where the user asked; the line says how to continue."""
+
+    exit_code = 130
+
+
 class TrainingError(TuneError):
     """Training started and had to stop (non-finite loss, out of memory, unusable checkpoint)."""
 

@@ -1,5 +1,6 @@
-"""The output dir: refuse to clobber, write every file atomically (temp file, then rename), and record
-what is needed to reproduce the run: resolved recipe, package versions, data fingerprint."""
+"""The output dir: one writer at a time, never clobber what tune did not write, write every file
+atomically (temp file, then rename), and record what is needed to reproduce the run: resolved recipe,
+package versions, data fingerprint."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import platform
 import shutil
 import sys
 import tempfile
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -38,6 +40,82 @@ def check_writable(path: Path) -> None:
         for created in missing:  # deepest first
             if created.is_dir() and not any(created.iterdir()):
                 created.rmdir()
+
+
+RUN_RECORDS = ("recipe.yaml", "versions.json")  # the first files every `tune run` writes
+EXPORT_RECORD = "export.json"  # what `tune merge` and `tune export` write beside their result
+
+
+@contextmanager
+def exclusive(folder: Path, key: str = "output.dir"):
+    """One writer per output dir: an OS lock (flock) on a file beside it, held for the whole command. The
+    OS drops the lock when its process dies, so a killed run never blocks the next; the file holds the
+    holder's pid for the message the second writer gets."""
+    import fcntl
+
+    folder = Path(folder).absolute()
+    path = folder.parent / f".{folder.name}.tune-lock"
+    created = [p for p in (folder.parent, *folder.parent.parents) if not p.exists()]
+    while True:
+        try:
+            if not folder.parent.exists():
+                folder.parent.mkdir(parents=True)
+            handle = open(path, "a+", encoding="utf-8")
+        except OSError as exc:
+            again = "with --set output.dir=..." if key == "output.dir" else key
+            raise TuneError(f"{key}: cannot write to {folder}: {exc.strerror or exc}; choose another {again}") from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise TuneError(f"{key}: {folder} is being written by another tune process (pid {holder}); wait for "
+                            "it to finish, or choose another dir") from None
+        try:  # the holder may have removed the file between our open and lock: then lock the new one
+            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        handle.close()
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # removed while still locked, then released
+        handle.close()
+        for parent in created:  # deepest first: folders made only to hold the lock, if nothing else went in
+            if parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
+
+
+def written_by_tune(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in RUN_RECORDS) or (folder / EXPORT_RECORD).is_file()
+
+
+def check_replaceable(folder: Path, inputs: dict[str, Path], key: str, overwrite: bool) -> None:
+    """Refuse an output dir that is, holds or sits inside one of the command's inputs (the data, the base
+    model, the source run); with overwrite, also one that tune did not write, or that holds other runs.
+    --overwrite may only ever delete tune's own earlier output."""
+    folder = Path(folder).resolve()
+    for what, path in inputs.items():
+        path = Path(path).resolve()
+        if path == folder or folder in path.parents or path in folder.parents:
+            where = "is" if path == folder else "holds" if folder in path.parents else "is inside"
+            raise TuneError(f"{key}: {folder} {where} {what} ({path}); write the output somewhere else")
+    if not overwrite or not folder.is_dir() or not any(folder.iterdir()):
+        return
+    if not written_by_tune(folder):
+        raise TuneError(f"{key}: {folder} was not written by tune (it has neither {' and '.join(RUN_RECORDS)} nor "
+                        f"{EXPORT_RECORD}), so --overwrite will not delete it; choose another dir")
+    nested = sorted(p.parent for name in (*RUN_RECORDS[:1], EXPORT_RECORD) for p in folder.rglob(name)
+                    if p.parent != folder and written_by_tune(p.parent))
+    if nested:
+        raise TuneError(f"{key}: {folder} holds another tune output ({nested[0]}), which --overwrite would delete; "
+                        "choose another dir")
 
 
 def clear_dir(path: Path) -> None:

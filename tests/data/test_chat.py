@@ -65,6 +65,14 @@ def test_columns_rename_the_list_and_its_keys():
      "data.columns.content)"),
     ({"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "b"}]},
      "f:3: messages[1]: a system message may only come first"),
+    ({"messages": [{"role": "system", "content": "s"}, {"role": "assistant", "content": "a"},
+                   {"role": "user", "content": "b"}]},
+     "f:3: messages[1]: the conversation starts with the assistant; it must start with a user turn (after an "
+     "optional system message)"),
+    ({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
+                   {"role": "assistant", "content": "c"}]},
+     "f:3: messages[1]: two user turns in a row; user and assistant turns must alternate (merge the two messages "
+     "into one)"),
 ])
 def test_bad_conversations_name_row_and_message(row, message):
     with pytest.raises(DataError) as caught:
@@ -81,3 +89,56 @@ def test_completion_text_is_joined_with_eos_and_cut_into_blocks(tiny_tokenizer):
     expected = [block for block in expected if len(block) >= 16]
     assert [b["input_ids"] for b in blocks] == expected
     assert all(b["labels"] == b["input_ids"] for b in blocks)
+
+
+def test_a_template_that_refuses_a_conversation_is_one_line_naming_the_row(tiny_tokenizer):
+    from tune.data.conversation import tokenize
+
+    template = "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant') }}"
+    messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    with pytest.raises(DataError) as caught:
+        tokenize(messages, tiny_tokenizer, template, where="f:3")
+    assert caught.value.problems == ["f:3: the chat template refused this conversation (Conversation roles must "
+                                     "alternate user/assistant/user/assistant); fix the row's turns, or set "
+                                     "data.template: chatml"]
+
+
+class CountingTokenizer:
+    """The real tokenizer, recording the longest text it was asked to tokenize."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.longest = tokenizer, 0
+
+    def __call__(self, text, *args, **kwargs):
+        self.longest = max(self.longest, len(text))
+        return self.tokenizer(text, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def test_a_huge_message_is_cut_before_tokenizing_and_still_counts_as_over_length(tiny_tokenizer):
+    from tune.data.conversation import MAX_CHARS_PER_TOKEN, LengthReport, fit_length, tokenize
+    from tune.data.templates import resolve_template
+
+    template, _ = resolve_template("chatml", tiny_tokenizer, None)
+    counting = CountingTokenizer(tiny_tokenizer)
+    messages = [{"role": "user", "content": "why?"}, {"role": "assistant", "content": "because " * 2_000_000}]
+    example = tokenize(messages, counting, template, max_length=64, where="f:1")  # a 16 MB reply
+    assert counting.longest < 64 * MAX_CHARS_PER_TOKEN + 100
+    assert len(example.input_ids) > 64
+    report = LengthReport()
+    kept = fit_length(example, 64, "truncate", "f:1", report)
+    whole = tokenize(messages[:1] + [{"role": "assistant", "content": "because " * 600}], tiny_tokenizer, template)
+    assert kept.input_ids == whole.input_ids[:64] and report.truncated == 1  # the cut changed nothing kept
+
+
+def test_a_long_document_is_tokenized_in_pieces_to_the_same_ids(tiny_tokenizer, monkeypatch):
+    from tune.data import completion
+
+    text = " ".join(f"word{i % 97} and more text" for i in range(3000))
+    whole = tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
+    monkeypatch.setattr(completion, "PIECE_CHARS", 1000)
+    counting = CountingTokenizer(tiny_tokenizer)
+    assert completion.token_ids(text, counting) == whole
+    assert counting.longest <= 1000

@@ -37,3 +37,33 @@ def test_help_lists_the_commands_without_importing_torch():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout == "False False\n"
     result = tune("--help")
     assert result.returncode == 0 and " merge " in result.stdout and " export " in result.stdout
+
+
+def test_a_damaged_adapter_file_is_one_line_for_export_and_generate(trained, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained("lora"), run)
+    weights = run / "adapter_model.safetensors"
+    whole = weights.read_bytes()
+    weights.write_bytes(whole[: len(whole) // 2])  # a copy cut short
+    for command in (("export", run, tmp_path / "out", "--format", "adapter"), ("generate", run, "--prompt", "hi")):
+        result = tune(*command)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.endswith(f"{weights}: damaged adapter file (cut short: {len(whole) // 2} of {len(whole)} "
+                                      "bytes); train again, or copy the run dir again\n")
+    weights.write_bytes(b"")
+    result = tune("merge", run, tmp_path / "out")
+    assert result.returncode == 2
+    assert result.stderr == f"{weights}: damaged adapter file (the file is empty); train again, or copy the run dir again\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_leftovers_of_a_killed_export_are_removed_by_the_next_one(trained, tmp_path):
+    out = tmp_path / "exported"
+    for name in (".exported.partial-k1ll3d", ".exported.old-0123abcd"):  # what a kill mid-export leaves
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "adapter_model.safetensors").write_bytes(b"half")
+    result = tune("export", trained("lora"), out, "--format", "adapter")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exported"]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from tests.conftest import REPO, write_recipe
 from tune import recipe as recipe_io
@@ -120,7 +120,7 @@ def test_an_adapter_of_another_base_is_refused(tiny_model, tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     (other / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
-    (other / "adapter_model.safetensors").write_bytes(b"")
+    save_file({"base_model.model.lm_head.lora_A.weight": torch.zeros(1, 1)}, other / "adapter_model.safetensors")
     (other / "recipe.yaml").write_text("model:\n  name: some-org/another-model\n")
     path = dpo_recipe(tmp_path / "r.yaml", model={"adapter": str(other)})
     with pytest.raises(TuneError) as caught:

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import write_recipe
+from tests.conftest import SAMPLE_DATA, write_recipe
 from tune import recipe as recipe_io
 from tune.errors import TrainingError, TuneError
 from tune.train.checkpoints import write_manifest
@@ -170,3 +170,77 @@ def test_disk_shortfall_is_reported_before_anything_is_written(tiny_model, tmp_p
         train(recipe_io.load(recipe), recipe, echo=lambda line: None)
     assert caught.value.problems[0].startswith(f"output.dir: {tmp_path} has 1 MiB free but checkpoints need about")
     assert not (tmp_path / "out").exists()
+
+
+def test_resuming_onto_changed_data_is_refused_unless_asked(tiny_model, tmp_path):
+    data = tmp_path / "train.jsonl"
+    data.write_text(SAMPLE_DATA.read_text())
+    recipe = write_recipe(tmp_path / "r.yaml", data={"train": str(data)}, train={"max_steps": 4, "save_steps": 2})
+    train(recipe_io.load(recipe), recipe, echo=lambda line: None)
+    out = tmp_path / "out"
+    for name in ("adapter_model.safetensors", "adapter_config.json", "run.json"):
+        (out / name).unlink()  # as if it died after its last checkpoint
+    data.write_text(SAMPLE_DATA.read_text().replace("Paris", "Lyon"))
+    before = (out / "data_fingerprint.json").read_text()
+    with pytest.raises(TuneError) as caught:
+        train(recipe_io.load(recipe), recipe, echo=lambda line: None)
+    assert caught.value.problems == [
+        f"--resume: the data differs from what {out / 'checkpoints' / 'checkpoint-4'} was trained on (sources, "
+        f"tokens_sha256; files: {data}); resuming would train the remaining steps on other data. Restore it, start "
+        "over with --overwrite, or pass --allow-data-change to continue anyway"]
+    assert (out / "data_fingerprint.json").read_text() == before  # still describes what the checkpoints saw
+    result = train(recipe_io.load(recipe), recipe, echo=lambda line: None, allow_data_change=True)
+    assert result.summary["resumed_from"] == str(out / "checkpoints" / "checkpoint-4")
+
+
+def test_ctrl_c_says_where_the_run_stopped_and_how_to_continue(tiny_model, tmp_path, monkeypatch):
+    from trl import SFTTrainer
+
+    from tune.errors import Interrupted
+
+    original, calls = SFTTrainer.training_step, {"n": 0}
+
+    def interrupted_at_step_6(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SFTTrainer, "training_step", interrupted_at_step_6)
+    recipe = write_recipe(tmp_path / "r.yaml", train={"max_steps": 8, "save_steps": 2})
+    with pytest.raises(Interrupted) as caught:
+        train(recipe_io.load(recipe), recipe, echo=lambda line: None)
+    out = tmp_path / "out"
+    assert caught.value.exit_code == 130
+    assert caught.value.problems == [f"interrupted at step 5: the last complete checkpoint is "
+                                     f"{out / 'checkpoints' / 'checkpoint-4'}; continue with: tune run {recipe} "
+                                     f"--set output.dir={out} --resume"]
+    monkeypatch.setattr(SFTTrainer, "training_step", original)
+    result = train(recipe_io.load(recipe), recipe, echo=lambda line: None, resume=True)
+    assert result.summary["resumed_from"] == str(out / "checkpoints" / "checkpoint-4") and result.summary["steps"] == 8
+
+
+def test_a_full_disk_during_a_checkpoint_keeps_the_last_complete_one(tiny_model, tmp_path, monkeypatch):
+    import errno
+
+    from transformers import Trainer
+
+    original = Trainer._save_optimizer_and_scheduler
+
+    def disk_full_at_step_6(self, output_dir):
+        if self.state.global_step == 6:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, output_dir)
+
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", disk_full_at_step_6)
+    recipe = write_recipe(tmp_path / "r.yaml", train={"max_steps": 8, "save_steps": 2, "keep_checkpoints": 3})
+    with pytest.raises(TrainingError) as caught:
+        train(recipe_io.load(recipe), recipe, echo=lambda line: None)
+    out = tmp_path / "out"
+    assert caught.value.problems == [f"the disk is full at step 6: the checkpoint being written was removed; the "
+                                     f"last complete checkpoint is {out / 'checkpoints' / 'checkpoint-4'}; continue "
+                                     f"with: tune run {recipe} --set output.dir={out} --resume (free space first)"]
+    assert not (out / "checkpoints" / "checkpoint-6").exists()
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", original)
+    result = train(recipe_io.load(recipe), recipe, echo=lambda line: None, resume=True)
+    assert result.summary["resumed_from"] == str(out / "checkpoints" / "checkpoint-4")

@@ -18,7 +18,8 @@ def quickstart(dest: Path = typer.Option(Path("runs/quickstart"), "--dir", help=
     from tune.cli.use import generate
 
     init_tiny(None, hidden_size=256, layers=4, force=False)
-    run(None, bundled_recipes()["quickstart"], overrides=[f"output.dir={dest}"], overwrite=True, resume=False, nproc=None)
+    run(None, bundled_recipes()["quickstart"], overrides=[f"output.dir={dest}"], overwrite=True, resume=False,
+        allow_data_change=False, nproc=None)
     merged, gguf = Path(f"{dest}-merged"), Path(f"{dest}-gguf")
     for step in (f"\n$ tune merge {dest} {merged}", f"\n$ tune export {dest} {gguf} --format gguf --quant q8_0"):
         out.print(step, markup=False)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from tune.cli.console import fail, out
+from tune.cli.console import fail, out, say_err
 from tune.errors import TuneError
 from tune.paths import bundled_dir
 
@@ -58,18 +58,27 @@ def validate(recipe: Path = typer.Argument(help="Recipe YAML file."),
              overrides: list[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
     """Check a recipe and its data files without loading any model."""
     from tune import recipe as recipe_io
+    from tune.data.classification import label_warnings
     from tune.data.prepare import check
+    from tune.models.layers import adapter_findings
     from tune.models.resolve import model_problems
     from tune.train.distributed import check as distributed_check
 
     try:
         parsed = recipe_io.load(recipe, overrides)
-        problems = model_problems(parsed.model) + check(parsed.data, recipe.resolve().parent)
-        problems += distributed_check(parsed, recipe.resolve().parent)  # e.g. a DeepSpeed config file
+        recipe_dir = recipe.resolve().parent
+        problems = model_problems(parsed.model) + check(parsed.data, recipe_dir)
+        problems += distributed_check(parsed, recipe_dir)  # e.g. a DeepSpeed config file
+        layer_problems, warnings = adapter_findings(parsed)  # the base's config and weight names, not its weights
+        problems += layer_problems
+        if parsed.data.format == "classification" and not problems:
+            warnings += label_warnings(parsed.data, recipe_dir)
         if problems:
             raise TuneError([f"{recipe}: {problem}" for problem in problems])
     except TuneError as exc:
         fail(exc)
+    for line in warnings:
+        say_err(f"{recipe}: warning: {line}")
     out.print(f"{recipe}: OK ({parsed.train.method} of {parsed.model.name}, {parsed.adapter.method} "
               f"r={parsed.adapter.r}, data format {parsed.data.format}, output {parsed.output.dir})", markup=False)
 

@@ -18,6 +18,8 @@ def run(ctx: typer.Context,
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace whatever output.dir holds."),
         resume: bool = typer.Option(False, "--resume", help="Continue from the last complete checkpoint "
                                     "(re-running into an unfinished run's dir does so too)."),
+        allow_data_change: bool = typer.Option(False, "--allow-data-change", help="Resume even though the data "
+                                               "files, template or tokenization changed since the checkpoint."),
         nproc: int = typer.Option(None, "--nproc", min=1, help="Train in N processes on this host (one per GPU; "
                                   "gloo on the CPU) as distributed.strategy says; torchrun options for several "
                                   "nodes go after --, e.g. -- --nnodes 2 --node-rank 0 --rdzv-endpoint HOST:29500.")) -> None:
@@ -32,18 +34,19 @@ def run(ctx: typer.Context,
         from tune.train.launch import from_cli
 
         try:
-            code = from_cli(recipe, sets, resume, nproc, launcher_args, echo=lambda line: out.print(line, markup=False), err=err)
+            code = from_cli(recipe, sets, resume, nproc, launcher_args, echo=lambda line: out.print(line, markup=False),
+                            err=err, allow_data_change=allow_data_change)
         except TuneError as exc:
             fail(exc)
         if code is not None:
             raise typer.Exit(code)
     quiet_libraries()
-    from tune.train.methods import METHODS
+    from tune.train.methods import run_recipe
 
     try:
         parsed = recipe_io.load(recipe, sets)
-        summary = METHODS[parsed.train.method](parsed, recipe, echo=lambda line: out.print(line, markup=False),
-                                                resume=resume, console=out).summary
+        summary = run_recipe(parsed, recipe, echo=lambda line: out.print(line, markup=False), resume=resume,
+                             console=out, allow_data_change=allow_data_change).summary
         distributed.finish()
     except TuneError as exc:
         fail(exc)

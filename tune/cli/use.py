@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from tune.cli.console import fail, out, say_err
+from tune.cli.console import err, fail, out, say_err
 from tune.errors import TuneError
 
 
@@ -46,7 +46,7 @@ def generate(model_dir: Path = typer.Argument(help="A `tune run` output dir (bas
     import json
 
     from tune.data.sources import read_rows, resolve_sources
-    from tune.infer.generate import generate as answer, messages_of
+    from tune.infer.generate import PromptTooLong, generate as answer, messages_of
     from tune.output import write_text
 
     if (prompt is None) == (data is None):
@@ -59,13 +59,21 @@ def generate(model_dir: Path = typer.Argument(help="A `tune run` output dir (bas
     sampling = _sampling_options(max_new_tokens, temperature, top_k, top_p, seed)
     if prompt is not None:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        out.print(answer(model, tokenizer, messages, sampling), markup=False)
+        try:
+            out.print(answer(model, tokenizer, messages, sampling), markup=False)
+        except TuneError as exc:
+            fail(TuneError(f"--prompt: {exc.problems[0]}"))
         return
     lines = []
     try:
         for number, row in enumerate(rows, start=1):
-            messages = messages_of(row, f"{data}:row {number}")
-            lines.append(json.dumps(row | {"response": answer(model, tokenizer, messages, sampling)}))
+            where = f"{data}:row {number}"
+            messages = messages_of(row, where)
+            try:
+                response = answer(model, tokenizer, messages, sampling)
+            except PromptTooLong as exc:
+                raise TuneError(f"{where}: {exc.problems[0]}") from None
+            lines.append(json.dumps(row | {"response": response}))
     except TuneError as exc:
         fail(exc)
     if out_file:
@@ -81,8 +89,6 @@ def chat(model_dir: Path = typer.Argument(help="A `tune run` output dir or a ful
          max_new_tokens: int = MAX_NEW, temperature: float = TEMPERATURE, top_k: int = TOP_K,
          top_p: float = TOP_P, seed: int = SEED) -> None:
     """Talk to the model in the terminal, multi-turn. /reset starts over, /exit (or Ctrl-D) quits."""
-    from tune.infer.generate import generate as answer
-
     model, tokenizer = _load(model_dir)
     sampling = _sampling_options(max_new_tokens, temperature, top_k, top_p, seed)
     start = [{"role": "system", "content": system}] if system else []
@@ -101,9 +107,34 @@ def chat(model_dir: Path = typer.Argument(help="A `tune run` output dir or a ful
         if not line:
             continue
         messages.append({"role": "user", "content": line})
-        reply = answer(model, tokenizer, messages, sampling)
+        reply = _answer_within_context(model, tokenizer, messages, sampling, len(start))
+        if reply is None:
+            messages.pop()
+            continue
         messages.append({"role": "assistant", "content": reply})
         out.print(f"model> {reply}", markup=False)
+
+
+def _answer_within_context(model, tokenizer, messages: list[dict], sampling, kept: int) -> str | None:
+    """A long chat outgrows the model's context: the oldest turns (after the system message) are dropped,
+    with a note saying how many tokens; a single message too long for it is refused. Edits `messages`."""
+    from tune.infer.generate import PromptTooLong, generate as answer, prompt_ids
+
+    before = prompt_ids(tokenizer, messages).shape[1]
+    while True:
+        try:
+            reply = answer(model, tokenizer, messages, sampling)
+        except PromptTooLong as exc:
+            if len(messages) - kept <= 1:
+                err.print(f"error: {exc.problems[0]}", markup=False)
+                return None
+            del messages[kept:kept + 2]  # the oldest user turn and its answer
+            continue
+        dropped = before - prompt_ids(tokenizer, messages).shape[1]
+        if dropped:
+            err.print(f"note: the conversation outgrew the model's context; dropped its oldest turns ({dropped} "
+                      "tokens)", markup=False)
+        return reply
 
 
 def evaluate(model_dir: Path = typer.Argument(help="A `tune run` output dir or a full model folder."),

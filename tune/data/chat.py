@@ -36,6 +36,14 @@ def row_to_messages(row: dict, columns: dict[str, str], system_prompt: str | Non
         if role == "system" and index != 0:
             raise DataError(f"{at}: a system message may only come first")
         messages.append({"role": role, "content": turn[content_key]})
+    turns_only = [(i, m["role"]) for i, m in enumerate(messages) if m["role"] != "system"]
+    if turns_only and turns_only[0][1] != "user":
+        raise DataError(f"{where}: {column}[{turns_only[0][0]}]: the conversation starts with the assistant; it must "
+                        "start with a user turn (after an optional system message)")
+    for (_, before), (index, role) in zip(turns_only, turns_only[1:]):
+        if role == before:
+            raise DataError(f"{where}: {column}[{index}]: two {role} turns in a row; user and assistant turns "
+                            "must alternate (merge the two messages into one)")
     if system_prompt and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": system_prompt})
     if not any(message["role"] == "assistant" for message in messages):

@@ -10,6 +10,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from tune.data.conversation import MAX_CHARS_PER_TOKEN
 from tune.data.rows import load_rows, sha256, split_off
 from tune.errors import DataError
 
@@ -87,11 +88,17 @@ def encode(rows: list[tuple], tokenizer, max_length: int, label2id: dict[str, in
     ids = label_ids(rows, label2id) if label2id is not None else [None] * len(rows)
     encoded = []
     for (where, text, pair, _), label in zip(rows, ids):
-        features = dict(tokenizer(text, pair, truncation=True, max_length=max_length))
+        features = dict(tokenizer(*cut_texts(text, pair, max_length), truncation=True, max_length=max_length))
         if label is not None:
             features["labels"] = label
         encoded.append(features)
     return encoded
+
+
+def cut_texts(text: str, pair: str | None, max_length: int) -> tuple[str, str | None]:
+    """The text (pair) cut where no tokenizer could fit more of it in max_length tokens, before tokenizing."""
+    limit = max_length * MAX_CHARS_PER_TOKEN
+    return text[:limit], pair[:limit] if pair else pair
 
 
 def class_weights(setting, names: list[str], train_ids: list[int]) -> list[float] | None:
@@ -140,3 +147,23 @@ def prepare_labelled(data, tokenizer, recipe_dir: Path | None, seed: int) -> Lab
     fingerprint |= {"labels": names, "train_examples": len(train_set), "eval_examples": len(eval_set),
                     "tokens_sha256": sha256(repr([(r["input_ids"], r["labels"]) for r in train_set + eval_set]).encode())}
     return Labelled(train_set, eval_set, names, fingerprint, sum(len(row["input_ids"]) for row in train_set))
+
+
+def label_warnings(data, recipe_dir: Path | None) -> list[str]:
+    """For `tune validate`: a label column that gives nearly every row its own label is almost always the
+    wrong column (an id or the text), and a classifier cannot learn a label from one example."""
+    from tune.data.sources import resolve_sources
+    from tune.errors import TuneError
+
+    try:
+        if any(source.hub_id for source in resolve_sources(data.train, recipe_dir, "data.train")):
+            return []  # validate does not download
+        rows = read_labelled(data, data.train, "data.train", recipe_dir, seed=0)
+    except TuneError:
+        return []  # the row checks report it
+    counts = Counter(label for *_, label in rows)
+    singles = sum(1 for count in counts.values() if count == 1)
+    if len(counts) < 20 or singles <= len(counts) / 2:
+        return []
+    return [f"data.train: {len(counts)} labels over {len(rows)} rows, {singles} of them on a single row; a "
+            "classifier cannot learn a label from one example (is data.columns.label the label column?)"]

@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 
 from tune.errors import DataError
 
+# No tokenizer's token is this long: text past max_length x this many characters can never be inside the
+# first max_length tokens, so it is cut before tokenizing (a 50 MB line would otherwise take gigabytes).
+MAX_CHARS_PER_TOKEN = 64
+
 
 @dataclass
 class Tokenized:
@@ -19,10 +23,23 @@ class Tokenized:
     prompt_tokens: int  # tokens before the first trained one
 
 
-def tokenize(messages: list[dict], tokenizer, template: str, train_on: str = "assistant") -> Tokenized:
-    """train_on: assistant = every assistant turn; last_assistant = only the final one; all = every token."""
-    render = lambda upto, gen: tokenizer.apply_chat_template(  # noqa: E731
-        messages[:upto], chat_template=template, tokenize=False, add_generation_prompt=gen)
+def tokenize(messages: list[dict], tokenizer, template: str, train_on: str = "assistant",
+             max_length: int | None = None, where: str = "data") -> Tokenized:
+    """train_on: assistant = every assistant turn; last_assistant = only the final one; all = every token.
+    max_length: cut each message's text first where no tokenizer could fit more of it in that many tokens
+    (the example is still over max_length, so data.overlength decides as before)."""
+    if max_length is not None:
+        limit = max_length * MAX_CHARS_PER_TOKEN
+        messages = [m | {"content": m["content"][:limit]} if len(m["content"]) > limit else m for m in messages]
+
+    def render(upto: int, gen: bool) -> str:
+        try:
+            return tokenizer.apply_chat_template(messages[:upto], chat_template=template, tokenize=False,
+                                                 add_generation_prompt=gen)
+        except Exception as exc:  # noqa: BLE001  (jinja raises its own types; a template's raise_exception too)
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise DataError(f"{where}: the chat template refused this conversation ({first[:200]}); fix the row's "
+                            "turns, or set data.template: chatml") from None
     turns = [i for i, message in enumerate(messages) if message["role"] == "assistant"]
     eos = tokenizer.eos_token
     segments: list[tuple[str, bool]] = []  # (text, trained?)

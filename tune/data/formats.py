@@ -36,7 +36,7 @@ class View:
 def _conversation_view(to_messages):
     def view(row, data, tokenizer, template, where) -> View:
         messages = to_messages(row, data.columns, data.system_prompt, where)
-        example = tokenize(messages, tokenizer, template, data.train_on)
+        example = tokenize(messages, tokenizer, template, data.train_on, data.max_length, where)
         spans, start, labels = [], 0, example.labels
         for i in range(1, len(labels) + 1):
             if i == len(labels) or (labels[i] != -100) != (labels[start] != -100):
@@ -51,7 +51,7 @@ def _labelled_view(row, data, tokenizer, template, where) -> View:
     # the model sees the text (pair) as tokenized; the label is shown after it
     classification.check_row(row, data.columns, data.labels, where)
     text, pair, label = classification.row_fields(row, data.columns, where)
-    ids = tokenizer(text, pair)["input_ids"]
+    ids = tokenizer(*classification.cut_texts(text, pair, data.max_length))["input_ids"]
     return View([(tokenizer.decode(ids), False), (f" -> {label}", True)], len(ids), 0,
                 json.dumps([text, pair, label]), [label])
 
@@ -60,7 +60,7 @@ def _text_view(row, data, tokenizer, template, where) -> View:
     text = completion.row_text(row, data.columns, where)
     if not text.strip():
         raise DataError(f"{where}: empty text")
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]  # as chunk() ends it
+    ids = completion.token_ids(text, tokenizer) + [tokenizer.eos_token_id]  # as chunk() ends it
     return View([(tokenizer.decode(ids), True)], len(ids), len(ids), text, [], chunked=True)
 
 

@@ -72,12 +72,13 @@ def _messages(value, default_role: str, where: str) -> list[dict]:
     return messages
 
 
-def tokenize_pair(prompt: list[dict], chosen: dict, rejected: dict, tokenizer, template: str) -> dict:
+def tokenize_pair(prompt: list[dict], chosen: dict, rejected: dict, tokenizer, template: str,
+                  max_length: int | None = None, where: str = "data") -> dict:
     """{prompt_ids, chosen_ids, rejected_ids}: the columns TRL's preference collator reads."""
     # last_assistant: only the final reply carries loss, so `prompt_tokens` is where the reply starts even
     # when the prompt itself holds earlier assistant turns.
-    good = tokenize(prompt + [chosen], tokenizer, template, "last_assistant")
-    bad = tokenize(prompt + [rejected], tokenizer, template, "last_assistant")
+    good = tokenize(prompt + [chosen], tokenizer, template, "last_assistant", max_length, where)
+    bad = tokenize(prompt + [rejected], tokenizer, template, "last_assistant", max_length, where)
     cut = good.prompt_tokens
     if bad.input_ids[: bad.prompt_tokens] != good.input_ids[:cut]:
         raise DataError("data.template: the prompt renders differently before chosen and rejected replies; "
@@ -117,7 +118,7 @@ def tokenize_pairs(data: DataSection, rows, tokenizer, template: str, report: Le
         except BadPair as exc:
             bad += exc.problems
             continue
-        pair = fit_pair(tokenize_pair(prompt, chosen, rejected, tokenizer, template),
+        pair = fit_pair(tokenize_pair(prompt, chosen, rejected, tokenizer, template, data.max_length, where),
                         data.max_length, data.overlength, where, report)
         if pair is not None:
             pairs.append(pair)

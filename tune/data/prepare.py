@@ -71,7 +71,7 @@ def tokenize_rows(data: DataSection, rows, tokenizer, template: str, report: Len
     examples = []
     for where, row in rows:
         messages = FORMATS[data.format].messages(row, data.columns, data.system_prompt, where)
-        example = fit_length(tokenize(messages, tokenizer, template, data.train_on),
+        example = fit_length(tokenize(messages, tokenizer, template, data.train_on, data.max_length, where),
                              data.max_length, data.overlength, where, report)
         if example is not None:
             examples.append({"input_ids": example.input_ids, "labels": example.labels})

@@ -76,7 +76,7 @@ def make_replay(answer, tokenizer, template: str, data: DataSection, train: list
     examples = []
     for number, row in enumerate(rows, start=1):
         messages = system + [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["answer"]}]
-        example = fit_length(tokenize(messages, tokenizer, template, data.train_on), data.max_length, "drop",
+        example = fit_length(tokenize(messages, tokenizer, template, data.train_on, data.max_length), data.max_length, "drop",
                              f"replay row {number}", report)
         if example is not None:
             examples.append({"input_ids": example.input_ids, "labels": example.labels})

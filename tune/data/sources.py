@@ -5,6 +5,7 @@ the file and line."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,7 +89,7 @@ def read_rows(source: Source, split: str = "train", limit: int | None = None, re
     elif suffix == ".parquet":
         rows = _read_parquet(path, limit)
     elif suffix == ".txt":
-        text = path.read_text(encoding="utf-8")
+        text = _decoded(path.read_bytes(), path)
         rows = [{"text": text}] if text.strip() else []
     else:
         rows = _read_csv(path, limit)
@@ -99,12 +100,15 @@ def read_rows(source: Source, split: str = "train", limit: int | None = None, re
 
 def _read_jsonl(path: Path, limit: int | None) -> list[dict]:
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with open(path, "rb") as handle:  # decoded line by line: a bad byte is reported with its line
+        for number, raw in enumerate(handle, start=1):
+            line = _decoded(raw, path, number)
             if not line.strip():
                 continue
             try:
-                row = json.loads(line.strip())
+                row = json.loads(line.strip(), object_pairs_hook=_unique_keys)
+            except DuplicateKey as exc:
+                raise DataError(f"{path}:{number}: {exc}") from None
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno}); "
                                 "each line must be one JSON object") from None
@@ -117,8 +121,11 @@ def _read_jsonl(path: Path, limit: int | None) -> list[dict]:
 
 
 def _read_json(path: Path) -> list[dict]:
+    text = _decoded(path.read_bytes(), path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8") or "[]")
+        data = json.loads(text or "[]", object_pairs_hook=_unique_keys)
+    except DuplicateKey as exc:
+        raise DataError(f"{path}: {exc}") from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
@@ -130,18 +137,45 @@ def _read_json(path: Path) -> list[dict]:
 
 def _read_csv(path: Path, limit: int | None) -> list[dict]:
     rows = []
-    with open(path, encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        try:
-            for row in reader:
-                if None in row:
-                    raise DataError(f"{path}:{reader.line_num}: more fields than the header has columns")
-                rows.append(row)
-                if limit and len(rows) >= limit:
-                    break
-        except csv.Error as exc:
-            raise DataError(f"{path}:{reader.line_num}: not valid CSV ({exc})") from None
+    reader = csv.DictReader(io.StringIO(_decoded(path.read_bytes(), path), newline=""))
+    try:
+        repeated = sorted({name for name in reader.fieldnames or [] if reader.fieldnames.count(name) > 1})
+        if repeated:
+            raise DataError(f"{path}:1: column '{repeated[0]}' appears twice in the header (the last would "
+                            "silently win); rename one")
+        for row in reader:
+            if None in row:
+                raise DataError(f"{path}:{reader.line_num}: more fields than the header has columns")
+            rows.append(row)
+            if limit and len(rows) >= limit:
+                break
+    except csv.Error as exc:
+        raise DataError(f"{path}:{reader.line_num}: not valid CSV ({exc})") from None
     return rows
+
+
+class DuplicateKey(ValueError):
+    """A JSON object that names one key twice: json would silently keep the last value."""
+
+
+def _unique_keys(pairs: list[tuple]) -> dict:
+    found = {}
+    for key, value in pairs:
+        if key in found:
+            raise DuplicateKey(f"key '{key}' appears twice in one object (the last value would silently win); "
+                               "remove one")
+        found[key] = value
+    return found
+
+
+def _decoded(data: bytes, path: Path, line: int | None = None) -> str:
+    """UTF-8 text; a byte-order mark (Excel's CSV export writes one) is dropped, not read as part of the
+    first column's name. A byte that is not UTF-8 is one line naming the file and line."""
+    try:
+        return data.decode("utf-8-sig" if line in (None, 1) else "utf-8")
+    except UnicodeDecodeError as exc:
+        at = line if line is not None else data[:exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{at}: not valid UTF-8 (byte 0x{data[exc.start]:02x}); save the file as UTF-8") from None
 
 
 def _read_parquet(path: Path, limit: int | None) -> list[dict]:

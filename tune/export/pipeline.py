@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tune.errors import TuneError
+from tune.output import EXPORT_RECORD, check_replaceable, exclusive
 from tune.export import adapter as adapter_export
 from tune.export.card import write_card
 from tune.export.merge import DTYPES, merge as merge_weights, parse_size
@@ -22,16 +23,25 @@ FORMATS = ("adapter", "merged", "gguf")
 
 
 @contextmanager
-def staged(out: Path, overwrite: bool, source: Path):
-    """A fresh temp dir beside OUT; renamed to OUT when the block finishes, deleted when it raises."""
+def staged(out: Path, overwrite: bool, run: AdapterRun):
+    """A fresh temp dir beside OUT; renamed to OUT when the block finishes, deleted when it raises. Only
+    one command writes OUT at a time, and OUT is never the run, the base, or anything tune did not write."""
     out = Path(out).absolute()
-    if out == source.resolve() or source.resolve() in out.parents:
-        raise TuneError(f"{out}: OUT must be outside the adapter dir {source}")
     if out.exists() and not out.is_dir():
         raise TuneError(f"{out}: is a file, not a folder")
+    inputs = {"the adapter run": run.path} | ({"the base model": Path(run.base)} if Path(run.base).is_dir() else {})
+    check_replaceable(out, inputs, "OUT", overwrite)
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise TuneError(f"{out}: is not empty; choose another OUT or pass --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(out, "OUT"):
+        for stale in [*out.parent.glob(f".{out.name}.partial-*"), *out.parent.glob(f".{out.name}.old-*")]:
+            shutil.rmtree(stale, ignore_errors=True)  # left by a killed merge/export of this OUT (we hold its lock)
+        with _swapped_in(out) as temp:
+            yield temp
+
+
+@contextmanager
+def _swapped_in(out: Path):
     temp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         yield temp
@@ -51,7 +61,7 @@ def staged(out: Path, overwrite: bool, source: Path):
 def merge(adapter_dir: Path, out: Path, dtype: str = "auto", shard_size: str = "2GB", base: str | None = None,
           verify: bool = True, in_memory: bool = False, overwrite: bool = False, echo=print) -> dict:
     run = _checked_run(adapter_dir, base, dtype, shard_size)
-    with staged(out, overwrite, run.path) as temp:
+    with staged(out, overwrite, run) as temp:
         report = _merge_verified(run, temp, dtype, shard_size, verify, in_memory, echo)
         write_card(temp, run, "merged", report, Path(out))
         _write_record(temp, report)
@@ -72,7 +82,7 @@ def export(adapter_dir: Path, out: Path, fmt: str, quant: str = "f16", dtype: st
         return merge(adapter_dir, out, dtype, shard_size, base, verify, False, overwrite, echo)
     if fmt == "gguf":
         to_gguf.check_supported(base_config(run), run.path)
-    with staged(out, overwrite, run.path) as temp:
+    with staged(out, overwrite, run) as temp:
         report = _export_adapter(run, temp, verify, echo) if fmt == "adapter" else \
             _export_gguf(run, temp, quant, shard_size, verify, echo)
         write_card(temp, run, fmt, report, Path(out))
@@ -179,7 +189,7 @@ def _export_gguf(run: AdapterRun, temp: Path, quant: str, shard_size: str, verif
 
 def _write_record(temp: Path, report: dict) -> None:
     record = {key: value for key, value in report.items() if not key.startswith("_")}
-    (temp / "export.json").write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+    (temp / EXPORT_RECORD).write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
 
 
 def _umask() -> int:

@@ -24,7 +24,7 @@ def load_for_inference(model_dir: Path, echo=None):
 
     from tune.models.load import load_model
     from tune.models.resolve import model_source
-    from tune.models.run_dir import run_recipe
+    from tune.models.run_dir import check_safetensors, run_recipe
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
@@ -37,6 +37,7 @@ def load_for_inference(model_dir: Path, echo=None):
     if (model_dir / "adapter_config.json").is_file():
         from peft import PeftModel
 
+        check_safetensors(model_dir / "adapter_model.safetensors")
         recipe = run_recipe(model_dir)
         if recipe is None:
             raise TuneError(f"{model_dir}: adapter without recipe.yaml, so its base model is unknown")
@@ -65,6 +66,7 @@ def generate_ids(model, tokenizer, messages: list[dict] | str, sampling: Samplin
     if isinstance(messages, str):
         messages = [{"role": "user", "content": messages}]
     ids = prompt_ids(tokenizer, messages).to(model.device)
+    check_fits(model, ids.shape[1], sampling.max_new_tokens)
     torch.manual_seed(sampling.seed)
     greedy = sampling.temperature <= 0
     with torch.no_grad():
@@ -75,6 +77,27 @@ def generate_ids(model, tokenizer, messages: list[dict] | str, sampling: Samplin
             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         )
     return output[0, ids.shape[1]:].tolist()
+
+
+class PromptTooLong(TuneError):
+    """The prompt plus the answer's token budget exceed what the model can read."""
+
+
+def context_length(model) -> int | None:
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_fits(model, prompt_tokens: int, max_new_tokens: int) -> None:
+    """Refuse a prompt the model cannot read whole: past its context it answers garbage, silently."""
+    context = context_length(model)
+    if context and prompt_tokens + max_new_tokens > context:
+        raise PromptTooLong(f"the prompt is {prompt_tokens} tokens and the answer may add {max_new_tokens}, but the "
+                            f"model reads at most {context}; shorten the prompt or lower --max-new-tokens")
 
 
 def generate(model, tokenizer, messages: list[dict] | str, sampling: Sampling) -> str:

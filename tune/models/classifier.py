@@ -48,7 +48,7 @@ def load_run(model_dir: Path, echo=None):
     from transformers import AutoTokenizer
 
     from tune.models.resolve import model_source
-    from tune.models.run_dir import run_recipe
+    from tune.models.run_dir import check_safetensors, run_recipe
 
     model_dir = Path(model_dir)
     if not (model_dir / "adapter_config.json").is_file():
@@ -56,6 +56,7 @@ def load_run(model_dir: Path, echo=None):
     recipe = run_recipe(model_dir)
     if recipe is None:
         raise TuneError(f"{model_dir}: adapter without recipe.yaml, so its base model is unknown")
+    check_safetensors(model_dir / "adapter_model.safetensors")
     names = read_labels(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     base, _ = load_base(recipe.model, model_source(recipe.model, echo), names, tokenizer)

@@ -64,6 +64,8 @@ def read_adapter_dir(path: Path, base: str | None = None, echo=None) -> AdapterR
         problems.append(f"{path}: no adapter_model.safetensors" + (
             " (adapter_model.bin is a pickle, which tune never loads; re-save it with safe_serialization=True)"
             if pickle else ""))
+    else:
+        check_safetensors(path / "adapter_model.safetensors")
     recipe = {}
     if (path / "recipe.yaml").is_file():
         try:
@@ -134,3 +136,26 @@ def check_fits_base(adapter_dir: Path, model_name: str, source: str) -> None:
     if run.base != source:
         raise TuneError(f"model.adapter: {adapter_dir} was trained on {run.base_name}, but model.name is "
                         f"{model_name}; an adapter only fits the base it was trained on")
+
+
+def check_safetensors(path: Path, what: str = "adapter file") -> None:
+    """One line unless `path` is a whole safetensors file: its header parses and every tensor it lists lies
+    inside the file (a copy cut short, or an empty file, fails here, not as a SafetensorError traceback)."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        head = handle.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        problem = "the file is empty" if size == 0 else None
+        if problem is None and not 0 < length <= min(size - 8, 100 << 20):
+            problem = "no valid safetensors header"
+        if problem is None:
+            try:
+                header = json.loads(handle.read(length))
+                end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+            except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+                header, problem = None, "its header is not valid safetensors JSON"
+            else:
+                if 8 + length + end > size:
+                    problem = f"cut short: {size} of {8 + length + end} bytes"
+    if problem:
+        raise TuneError(f"{path}: damaged {what} ({problem}); train again, or copy the run dir again")

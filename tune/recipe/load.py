@@ -80,6 +80,15 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict[t
             problems.append(f"--set {item}: expected key.path=value, e.g. --set train.learning_rate=1e-4")
             continue
         keys = tuple(key.strip().split("."))
+        if not all(part.strip() for part in keys):
+            problems.append(f"--set {item}: '{key}' has an empty part; write section.key=value")
+            continue
+        scalar = next((depth for depth in range(1, len(keys))
+                       if not isinstance(_get(raw, keys[:depth]), (dict, type(None)))), None)
+        if scalar is not None:
+            section = ".".join(keys[:scalar])
+            problems.append(f"--set {item}: {section} is a value, not a section; set it with --set {section}=...")
+            continue
         try:
             parsed = yaml.safe_load(value) if value.strip() else ""
         except yaml.YAMLError:
@@ -96,6 +105,15 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict[t
     if problems:
         raise RecipeError(problems)
     return set_paths
+
+
+def _get(raw: dict, keys: tuple):
+    node = raw
+    for part in keys:
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
 
 
 def _number_or_str(text: str) -> Any:

@@ -25,7 +25,7 @@ class MetricsLog(TrainerCallback):
         """On resume: forget records past the checkpoint, so metrics.jsonl reads like one clean run."""
         if not self.path.is_file():
             return
-        kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        kept = [line for line in self.path.read_text().splitlines() if (_record(line) or {}).get("step", step + 1) <= step]
         self.records = [json.loads(line) for line in kept]
         from tune.output import write_text
 
@@ -49,6 +49,15 @@ class MetricsLog(TrainerCallback):
         if "learning_rate" in record:
             parts.append(f"lr {record['learning_rate']:.2e}")
         self.echo("  ".join(parts))
+
+
+def _record(line: str) -> dict | None:
+    """One metrics.jsonl line, or None for a line cut short (the disk filled, or the process died mid-write)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def _clean(value):

@@ -156,3 +156,71 @@ def _flatten(data: dict, prefix: str = "") -> dict:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def stopped(run, step: int, why: str) -> TuneError:
+    """Ctrl-C or a full disk during training: the checkpoint being written (no manifest yet) is removed, and
+    the one line says where the run stopped, what is kept and the command that continues it."""
+    from tune.errors import Interrupted
+
+    for checkpoint in all_checkpoints(run.checkpoints):
+        if not (checkpoint / MANIFEST).is_file():
+            shutil.rmtree(checkpoint, ignore_errors=True)
+    last = latest_complete(run.checkpoints, warn=lambda line: None)
+    again = f"tune run {run.recipe_path} --set output.dir={run.out_dir} --resume"
+    kept = (f"the last complete checkpoint is {last}; continue with: {again}" if last else
+            "no checkpoint was complete yet, so the next run starts from step 0")
+    if why == "interrupted":
+        return Interrupted(f"interrupted at step {step}: {kept}")
+    return TrainingError(f"{why} at step {step}: the checkpoint being written was removed; {kept} "
+                         "(free space first)")
+
+
+def input_paths(recipe, recipe_path: Path) -> dict[str, Path]:
+    """What a run reads, which its output dir must never be, hold or sit inside: the recipe, its data,
+    probe, prompt and template files, the base model's folder and a continued adapter run."""
+    from tune.data.sources import resolve_sources
+    from tune.models.resolve import resolve_model
+    from tune.paths import find_file
+
+    recipe_dir = recipe_path.resolve().parent
+    found = {"the recipe": recipe_path}
+    for key, spec in (("data.train", recipe.data.train), ("data.eval", recipe.data.eval)):
+        try:
+            sources = resolve_sources(spec, recipe_dir, key) if spec is not None else []
+        except TuneError:
+            sources = []  # the data check reports it
+        for number, source in enumerate(sources, start=1):
+            if source.path or source.saved:
+                found[f"{key} data (source {number})"] = source.path or source.saved
+    named = {"data.probes": recipe.data.probes, "data.replay_prompts": [recipe.data.replay_prompts],
+             "data.template": [recipe.data.template], "model.adapter": [recipe.model.adapter or ""]}
+    for key, names in named.items():
+        for name in names:
+            path = find_file(name, recipe_dir) if name else None
+            if path is not None and (key != "data.template" or path.is_file()):
+                found[f"{key} ({name})"] = path
+    try:
+        base = Path(resolve_model(recipe.model.name))
+    except TuneError:
+        base = None
+    if base is not None and base.exists():
+        found["the base model"] = base
+    return found
+
+
+def check_same_data(saved_path: Path, fingerprint: dict, resume_from: Path) -> None:
+    """A resumed run trains its remaining steps on the data its checkpoint saw, or is refused."""
+    if not saved_path.is_file():
+        return
+    saved = json.loads(saved_path.read_text(encoding="utf-8"))
+    changed = [key for key in sorted(saved.keys() | fingerprint.keys()) if saved.get(key) != fingerprint.get(key)]
+    if not changed:
+        return
+    before = {s.get("spec"): s.get("sha256") for s in saved.get("sources", [])}
+    now = {s.get("spec"): s.get("sha256") for s in fingerprint.get("sources", [])}
+    files = [spec for spec in sorted(before.keys() | now.keys(), key=str) if before.get(spec) != now.get(spec)]
+    what = ", ".join(changed) + (f"; files: {', '.join(map(str, files))}" if files else "")
+    raise TuneError(f"--resume: the data differs from what {resume_from} was trained on ({what}); resuming would "
+                    "train the remaining steps on other data. Restore it, start over with --overwrite, or pass "
+                    "--allow-data-change to continue anyway")

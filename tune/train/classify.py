@@ -25,8 +25,10 @@ from tune.train.run import RunResult
 METRICS = ("eval_accuracy", "eval_macro_f1")
 
 
-def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, console=None) -> RunResult:
-    run = skeleton.start(recipe, recipe_path, echo, resume, console, metric_keys=METRICS)
+def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, console=None,
+          allow_data_change: bool = False) -> RunResult:
+    run = skeleton.start(recipe, recipe_path, echo, resume, console, metric_keys=METRICS,
+                         allow_data_change=allow_data_change)
     import transformers
     from datasets import Dataset
     from peft import get_peft_model

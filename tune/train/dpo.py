@@ -33,10 +33,12 @@ METRICS = ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/r
            "eval_logps/chosen", "eval_logps/rejected")
 
 
-def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, console=None) -> RunResult:
+def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, console=None,
+          allow_data_change: bool = False) -> RunResult:
     # model.adapter resolved first: the resume check compares the recipe as it will be recorded
     start = _starting_adapter(recipe, Path(recipe_path).resolve().parent) if recipe.model.adapter else None
-    run = skeleton.start(recipe, recipe_path, echo, resume, console, metric_keys=METRICS)
+    run = skeleton.start(recipe, recipe_path, echo, resume, console, metric_keys=METRICS,
+                         allow_data_change=allow_data_change)
     if start is not None:
         check_fits_base(start, recipe.model.name, run.source)
     import transformers

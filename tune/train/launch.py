@@ -19,7 +19,7 @@ from tune.errors import TuneError
 
 
 def from_cli(recipe_path: Path, sets: list[str], resume: bool, nproc: int | None, launcher_args: list[str],
-             echo, err) -> int | None:
+             echo, err, allow_data_change: bool = False) -> int | None:
     """`tune run --nproc N [-- torchrun options]`: the run's exit code, or None to train in this process."""
     import os
 
@@ -36,6 +36,7 @@ def from_cli(recipe_path: Path, sets: list[str], resume: bool, nproc: int | None
     quiet_libraries()
     check_before_launch(recipe_io.load(recipe_path, sets), recipe_path, nproc, resume, not launcher_args, echo)
     child = ["run", str(recipe_path)] + [arg for item in sets for arg in ("--set", item)] + (["--resume"] if resume else [])
+    child += ["--allow-data-change"] if allow_data_change else []
     return launch(nproc, child, launcher_args, err)
 
 
@@ -46,8 +47,8 @@ def check_before_launch(recipe, recipe_path: Path, nproc: int, resume: bool, sin
 
     from tune.train import distributed
     from tune.data.prepare import check
-    from tune.output import check_writable
-    from tune.train.checkpoints import plan_run_dir
+    from tune.output import check_replaceable, check_writable
+    from tune.train.checkpoints import input_paths, plan_run_dir
 
     recipe_dir = Path(recipe_path).resolve().parent
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -56,6 +57,7 @@ def check_before_launch(recipe, recipe_path: Path, nproc: int, resume: bool, sin
     if problems:
         raise TuneError(problems)
     out_dir = Path(recipe.output.dir)
+    check_replaceable(out_dir, input_paths(recipe, Path(recipe_path)), "output.dir", recipe.output.overwrite)
     check_writable(out_dir)
     # Rank 0 plans the dir again and finds the same; incomplete checkpoints are reported (and removed) here.
     resume_from = plan_run_dir(out_dir, recipe.model_dump(mode="json"), resume, recipe.output.overwrite, echo)

@@ -14,6 +14,7 @@ Only rank 0 prints and writes; the other processes of a multi-process run train 
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import time
@@ -24,7 +25,7 @@ from typing import Callable
 from tune.data.prepare import check
 from tune.errors import TrainingError, TuneError
 from tune.models.resolve import model_source
-from tune.output import check_writable, clear_dir, move_into, versions, write_json, write_text
+from tune.output import check_replaceable, check_writable, clear_dir, move_into, versions, write_json, write_text
 from tune.quiet import quiet_libraries
 from tune.recipe import Recipe, dump
 from tune.train import distributed
@@ -53,6 +54,8 @@ class Run:
     metrics: object  # MetricsLog: metrics.jsonl and the printed step lines
     created: list[Path] = field(default_factory=list)  # folders this run made; removed if a check fails
     precision: str = "float32"  # bf16 / fp16 / bf16-autocast / float32, as arguments() chose
+    recipe_path: Path = Path("recipe.yaml")  # for the resume command a stopped run prints
+    allow_data_change: bool = False  # resume even though the data's fingerprint changed
 
     @property
     def checkpoints(self) -> Path:
@@ -66,14 +69,15 @@ class Trained:
 
 
 def start(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, console=None,
-          metric_keys: tuple[str, ...] = ()) -> Run:
-    """Everything checked before the first slow load: the output dir is writable and either fresh or an
-    unfinished run of this same recipe, the trackers asked for are installed, the data files read."""
+          metric_keys: tuple[str, ...] = (), allow_data_change: bool = False) -> Run:
+    """Everything checked before the first slow load: the output dir is writable, none of the run's inputs,
+    and either fresh or an unfinished run of this same recipe; the trackers asked for are installed; the
+    data files read."""
     quiet_libraries()
     import torch
 
     from tune.train.callbacks import MetricsLog, check_installed
-    from tune.train.checkpoints import plan_run_dir
+    from tune.train.checkpoints import input_paths, plan_run_dir
 
     recipe_dir = Path(recipe_path).resolve().parent
     out_dir = Path(recipe.output.dir)
@@ -85,6 +89,7 @@ def start(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(out_dir.resolve() / "logs")
     resume_from = None
     if main:
+        check_replaceable(out_dir, input_paths(recipe, Path(recipe_path)), "output.dir", recipe.output.overwrite)
         check_writable(out_dir)
         resume_from = plan_run_dir(out_dir, recipe.model_dump(mode="json"), resume, recipe.output.overwrite, echo)
     resume_from = distributed.share(resume_from)  # every process resumes where rank 0 chose
@@ -98,7 +103,8 @@ def start(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
                resume_from=resume_from, main=main, echo=echo, console=console,
                on_gpu=torch.cuda.is_available(), sharded=distributed.shards_weights(recipe, recipe_dir),
                metrics=MetricsLog(out_dir / "metrics.jsonl", echo, metric_keys),
-               created=[p for p in (out_dir, out_dir / "checkpoints") if not p.exists()])
+               created=[p for p in (out_dir, out_dir / "checkpoints") if not p.exists()],
+               recipe_path=Path(recipe_path), allow_data_change=allow_data_change)
 
 
 def callbacks(run: Run) -> list:
@@ -146,9 +152,14 @@ def check_disk(folder: Path, trainable: int, keep: int) -> None:
 
 
 def write_records(run: Run, fingerprint: dict) -> None:
-    """The run records, written before training so a crashed run still says what it was."""
+    """The run records, written before training so a crashed run still says what it was. A resumed run
+    must continue on the data its checkpoints were trained on."""
     if run.main:
         out_dir = run.out_dir
+        if run.resume_from is not None and not run.allow_data_change:
+            from tune.train.checkpoints import check_same_data
+
+            check_same_data(out_dir / "data_fingerprint.json", fingerprint, run.resume_from)
         if run.recipe.output.overwrite and out_dir.is_dir():
             clear_dir(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -172,6 +183,7 @@ def fit(run: Run, trainer, has_eval: bool, out_of_memory_hint: str = "") -> Trai
     import torch
 
     from tune.train.callbacks import close_tensorboard
+    from tune.train.checkpoints import stopped
     from tune.train.records import plot_losses
 
     if run.on_gpu:
@@ -185,10 +197,16 @@ def fit(run: Run, trainer, has_eval: bool, out_of_memory_hint: str = "") -> Trai
                             "data.max_length, or load the base in 4-bit (model.quantization: nf4)"
                             f"{out_of_memory_hint}; the last complete checkpoint is kept and "
                             "`tune run --resume` continues") from None
+    except KeyboardInterrupt:
+        raise stopped(run, trainer.state.global_step, "interrupted") from None
     except pickle.UnpicklingError as exc:  # transformers loads checkpoint states with weights_only=True
         raise TrainingError(f"{run.resume_from}: refused to load a checkpoint file that holds more than tensors "
                             f"({str(exc).splitlines()[0][:160]}); delete that checkpoint, or rerun with "
                             "--overwrite") from None
+    except Exception as exc:
+        if not disk_full(exc, run.out_dir):
+            raise
+        raise stopped(run, trainer.state.global_step, "the disk is full") from None
     seconds = time.perf_counter() - started
     peak = torch.cuda.max_memory_allocated() if run.on_gpu else None
     eval_steps = run.recipe.train.eval_steps
@@ -198,6 +216,17 @@ def fit(run: Run, trainer, has_eval: bool, out_of_memory_hint: str = "") -> Trai
     if run.main:
         plot_losses(run.metrics.records, run.out_dir / "loss_curve.png")
     return Trained(seconds, peak)
+
+
+def disk_full(exc: Exception, folder: Path) -> bool:
+    """A full disk, as each writer reports it: OSError ENOSPC (Python), "file write failed" (torch.save),
+    StorageFull (safetensors)."""
+    text = str(exc)
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    if "No space left on device" in text or "StorageFull" in text:
+        return True
+    return "file write failed" in text and shutil.disk_usage(folder.resolve()).free < (64 << 20)
 
 
 def save(run: Run, trainer, tokenizer, **save_kwargs) -> Path | None:

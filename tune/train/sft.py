@@ -25,9 +25,11 @@ from tune.train.arguments import arguments
 from tune.train.run import RunResult
 
 
-def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, console=None) -> RunResult:
+def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, console=None,
+          allow_data_change: bool = False) -> RunResult:
     """`console`: a rich Console that is a terminal gets a live progress bar with ETA."""
-    run = skeleton.start(recipe, recipe_path, echo, resume, console)
+    run = skeleton.start(recipe, recipe_path, echo, resume, console,
+                         allow_data_change=allow_data_change)
     import transformers
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
