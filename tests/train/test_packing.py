@@ -54,11 +54,14 @@ def token_nll(logits, labels):
     return nll * mask, mask
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["auto", "sdpa", "eager"])
 def test_packed_loss_is_the_token_weighted_mean_of_one_by_one_losses(attn, tiny_model, tmp_path, monkeypatch):
     trainer, rows = build_trainer(tmp_path, monkeypatch, model={"attn_implementation": attn})
     batch = next(iter(trainer.get_train_dataloader()))
     model = trainer.model
+    # auto on a CPU: each document of a packed row gets its own causal SDPA call (tune/models/attention.py)
+    expected = "tune_packed_sdpa" if attn == "auto" else attn
+    assert model.get_base_model().config._attn_implementation == expected
 
     # Padding-free: one flattened row with position ids, no attention mask and not a single pad token.
     assert "attention_mask" not in batch and batch["input_ids"].shape[0] == 1

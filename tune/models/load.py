@@ -54,17 +54,29 @@ def quantization_config(model: ModelSection, dtype, sharded: bool = False):
                               **({"bnb_4bit_quant_storage": dtype} if sharded else {}))
 
 
-def load_model(model: ModelSection, source: str, gradient_checkpointing: bool = False, sharded: bool = False):
+def load_model(model: ModelSection, source: str, gradient_checkpointing: bool = False, sharded: bool = False,
+               packed: bool = False):
     """The base causal LM, quantized and prepared for k-bit training when the recipe asks. `sharded`: FSDP
-    or ZeRO-3 will split it across processes (see quantization_config)."""
+    or ZeRO-3 will split it across processes (see quantization_config). `packed`: it trains on packed rows,
+    which on a CPU get per-document attention (tune/models/attention.py) unless the recipe names a kernel."""
     from transformers import AutoModelForCausalLM
 
     kwargs = load_arguments(model, source, sharded)
+    if packed and model.attn_implementation == "auto" and not _on_gpu():
+        from tune.models.attention import packed_attention_name
+
+        kwargs["attn_implementation"] = packed_attention_name()
     try:
         base = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
         raise TuneError(not_found(model.name, exc)) from None
     return prepare_quantized(base, model, gradient_checkpointing, sharded)
+
+
+def _on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def load_arguments(model: ModelSection, source: str, sharded: bool = False) -> dict:

@@ -141,6 +141,15 @@ def attach(run: Run, trainer) -> tuple[int, int]:
     return trainable, total
 
 
+def device_line(run: Run, model) -> str:
+    """What the run chose for this machine: device, threads, precision and the attention kernel."""
+    import torch
+
+    device = f"cuda ({torch.cuda.get_device_name()})" if run.on_gpu else f"cpu, {torch.get_num_threads()} threads"
+    attention = getattr(getattr(model, "config", None), "_attn_implementation", None) or "default"
+    return f"device: {device}, precision {run.precision}, attention {attention}"
+
+
 def check_disk(folder: Path, trainable: int, keep: int) -> None:
     """Checkpoints hold the adapter and two AdamW moments in float32; refuse a run that cannot fit them."""
     needed = trainable * 4 * 3 * (keep + 1) + trainable * 4 + (64 << 20)
@@ -186,6 +195,7 @@ def fit(run: Run, trainer, has_eval: bool, out_of_memory_hint: str = "") -> Trai
     from tune.train.checkpoints import stopped
     from tune.train.records import plot_losses
 
+    run.echo(device_line(run, trainer.model))
     if run.on_gpu:
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()

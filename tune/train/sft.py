@@ -43,7 +43,8 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
 
     # ---- the model, and what the base says before training: probe answers, replay rows (joining the data)
     transformers.set_seed(recipe.train.seed)
-    model = load_model(recipe.model, run.source, recipe.train.gradient_checkpointing, sharded=run.sharded)
+    model = load_model(recipe.model, run.source, recipe.train.gradient_checkpointing, sharded=run.sharded,
+                       packed=recipe.data.packing)
     base_answer = base_answerer(model, tokenizer, recipe, run.source, template)
     base_answers = _probe(base_answer, probe_sets, recipe, run.echo, "base model") if probe_sets else []
     if recipe.data.replay:
