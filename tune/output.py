@@ -53,7 +53,7 @@ def exclusive(folder: Path, key: str = "output.dir"):
     holder's pid for the message the second writer gets."""
     import fcntl
 
-    folder = Path(folder).absolute()
+    folder = Path(folder).resolve()  # one lock per real folder, whatever path or link names it
     path = folder.parent / f".{folder.name}.tune-lock"
     created = [p for p in (folder.parent, *folder.parent.parents) if not p.exists()]
     while True:

@@ -146,3 +146,8 @@ def test_a_csv_header_naming_a_column_twice_is_refused(tmp_path):
         read_rows(source)
     assert caught.value.problems == [f"{source.path}:1: column 'prompt' appears twice in the header (the last would "
                                      "silently win); rename one"]
+
+
+def test_empty_trailing_header_columns_are_not_duplicates(tmp_path):
+    source = one(tmp_path, "d.csv", "prompt,completion,,\na,b,,\n")  # what Excel leaves after the last column
+    assert [{k: v for k, v in row.items() if k} for row in read_rows(source)] == [{"prompt": "a", "completion": "b"}]

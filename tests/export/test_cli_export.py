@@ -57,6 +57,11 @@ def test_a_damaged_adapter_file_is_one_line_for_export_and_generate(trained, tmp
     assert result.returncode == 2
     assert result.stderr == f"{weights}: damaged adapter file (the file is empty); train again, or copy the run dir again\n"
     assert not (tmp_path / "out").exists()
+    weights.unlink()
+    result = tune("generate", run, "--prompt", "hi")
+    assert result.returncode == 2
+    assert result.stderr == (f"{run}: no adapter_model.safetensors (an interrupted copy? an adapter_model.bin is a "
+                             "pickle, which tune never loads)\n")
 
 
 def test_leftovers_of_a_killed_export_are_removed_by_the_next_one(trained, tmp_path):

@@ -42,3 +42,17 @@ def test_packed_rows_match_the_masked_path_and_generation_is_unchanged(tiny_mode
         generated = [m.generate(input_ids=prompt, attention_mask=mask, max_new_tokens=6, do_sample=False,
                                 pad_token_id=0) for m in (masked, packed)]
     assert torch.equal(generated[0], generated[1])
+
+
+def test_layers_with_a_sliding_window_keep_the_masked_path(monkeypatch):
+    from tune.models import attention
+
+    seen = []
+    monkeypatch.setattr("transformers.integrations.sdpa_attention.sdpa_attention_forward",
+                        lambda *args, **kwargs: seen.append(kwargs) or ("masked", None))
+    query = torch.zeros(1, 2, 6, 4)
+    positions = torch.tensor([[0, 1, 2, 0, 1, 2]])
+    module = torch.nn.Module()
+    assert attention.packed_sdpa(module, query, query, query, None, position_ids=positions,
+                                 sliding_window=4)[0] == "masked"
+    assert seen and seen[0]["sliding_window"] == 4  # a local layer's window lives in the mask it was given

@@ -213,8 +213,8 @@ def test_ctrl_c_says_where_the_run_stopped_and_how_to_continue(tiny_model, tmp_p
     out = tmp_path / "out"
     assert caught.value.exit_code == 130
     assert caught.value.problems == [f"interrupted at step 5: the last complete checkpoint is "
-                                     f"{out / 'checkpoints' / 'checkpoint-4'}; continue with: tune run {recipe} "
-                                     f"--set output.dir={out} --resume"]
+                                     f"{out / 'checkpoints' / 'checkpoint-4'}; continue by running the same "
+                                     f"`tune run {recipe} ...` command (and --set options) with --resume"]
     monkeypatch.setattr(SFTTrainer, "training_step", original)
     result = train(recipe_io.load(recipe), recipe, echo=lambda line: None, resume=True)
     assert result.summary["resumed_from"] == str(out / "checkpoints" / "checkpoint-4") and result.summary["steps"] == 8
@@ -239,7 +239,8 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_last_complete_one(tiny_model,
     out = tmp_path / "out"
     assert caught.value.problems == [f"the disk is full at step 6: the checkpoint being written was removed; the "
                                      f"last complete checkpoint is {out / 'checkpoints' / 'checkpoint-4'}; continue "
-                                     f"with: tune run {recipe} --set output.dir={out} --resume (free space first)"]
+                                     f"by running the same `tune run {recipe} ...` command (and --set options) with "
+                                     "--resume (free space first)"]
     assert not (out / "checkpoints" / "checkpoint-6").exists()
     monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", original)
     result = train(recipe_io.load(recipe), recipe, echo=lambda line: None, resume=True)

@@ -120,16 +120,17 @@ def _answer_within_context(model, tokenizer, messages: list[dict], sampling, kep
     with a note saying how many tokens; a single message too long for it is refused. Edits `messages`."""
     from tune.infer.generate import PromptTooLong, generate as answer, prompt_ids
 
-    before = prompt_ids(tokenizer, messages).shape[1]
+    before, trial = prompt_ids(tokenizer, messages).shape[1], list(messages)
     while True:
         try:
-            reply = answer(model, tokenizer, messages, sampling)
+            reply = answer(model, tokenizer, trial, sampling)
         except PromptTooLong as exc:
-            if len(messages) - kept <= 1:
+            if len(trial) - kept <= 1:  # the new message alone is too long: the history stays as it was
                 err.print(f"error: {exc.problems[0]}", markup=False)
                 return None
-            del messages[kept:kept + 2]  # the oldest user turn and its answer
+            del trial[kept:kept + 2]  # the oldest user turn and its answer
             continue
+        messages[:] = trial
         dropped = before - prompt_ids(tokenizer, messages).shape[1]
         if dropped:
             err.print(f"note: the conversation outgrew the model's context; dropped its oldest turns ({dropped} "

@@ -5,7 +5,6 @@ the file and line."""
 from __future__ import annotations
 
 import csv
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,10 +135,19 @@ def _read_json(path: Path) -> list[dict]:
 
 
 def _read_csv(path: Path, limit: int | None) -> list[dict]:
-    rows = []
-    reader = csv.DictReader(io.StringIO(_decoded(path.read_bytes(), path), newline=""))
     try:
-        repeated = sorted({name for name in reader.fieldnames or [] if reader.fieldnames.count(name) > 1})
+        with open(path, encoding="utf-8-sig", newline="") as handle:  # streamed: a preview reads only its rows
+            return _csv_rows(path, csv.DictReader(handle), limit)
+    except UnicodeDecodeError:
+        _decoded(path.read_bytes(), path)  # names the line of the first byte that is not UTF-8
+        raise
+
+
+def _csv_rows(path: Path, reader, limit: int | None) -> list[dict]:
+    rows = []
+    try:
+        named = [name for name in reader.fieldnames or [] if name]  # Excel leaves empty trailing columns
+        repeated = sorted({name for name in named if named.count(name) > 1})
         if repeated:
             raise DataError(f"{path}:1: column '{repeated[0]}' appears twice in the header (the last would "
                             "silently win); rename one")

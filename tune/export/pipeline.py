@@ -3,6 +3,7 @@ place only after the result has been verified, so OUT is either absent (or as it
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -31,10 +32,11 @@ def staged(out: Path, overwrite: bool, run: AdapterRun):
         raise TuneError(f"{out}: is a file, not a folder")
     inputs = {"the adapter run": run.path} | ({"the base model": Path(run.base)} if Path(run.base).is_dir() else {})
     check_replaceable(out, inputs, "OUT", overwrite)
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise TuneError(f"{out}: is not empty; choose another OUT or pass --overwrite")
-    with exclusive(out, "OUT"):
-        for stale in [*out.parent.glob(f".{out.name}.partial-*"), *out.parent.glob(f".{out.name}.old-*")]:
+    with exclusive(out, "OUT"):  # checked again under the lock: another export may have just finished
+        if out.is_dir() and any(out.iterdir()) and not overwrite:
+            raise TuneError(f"{out}: is not empty; choose another OUT or pass --overwrite")
+        name = glob.escape(out.name)
+        for stale in [*out.parent.glob(f".{name}.partial-*"), *out.parent.glob(f".{name}.old-*")]:
             shutil.rmtree(stale, ignore_errors=True)  # left by a killed merge/export of this OUT (we hold its lock)
         with _swapped_in(out) as temp:
             yield temp

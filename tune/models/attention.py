@@ -39,7 +39,8 @@ def packed_sdpa(module, query, key, value, attention_mask, scaling=None, dropout
 
     position_ids = kwargs.get("position_ids")
     bounds = None
-    if position_ids is not None and query.shape[0] == 1 and query.shape[2] == key.shape[2] == position_ids.shape[-1]:
+    local = kwargs.get("sliding_window") is not None or kwargs.get("softcap") is not None  # masks it must keep
+    if position_ids is not None and not local and query.shape[0] == 1 and query.shape[2] == key.shape[2] == position_ids.shape[-1]:
         bounds = document_bounds(position_ids)
     if bounds is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,

@@ -26,7 +26,8 @@ def weight_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
             length = int.from_bytes(handle.read(8), "little")
             header = json.loads(handle.read(length)) if 0 < length < (100 << 20) else {}
         for key, entry in header.items():
-            if key.endswith(".weight") and isinstance(entry, dict) and len(entry.get("shape", ())) == 2:
+            floating = isinstance(entry, dict) and entry.get("dtype") in ("F64", "F32", "F16", "BF16")
+            if key.endswith(".weight") and floating and len(entry.get("shape", ())) == 2:
                 shapes[key.removesuffix(".weight")] = tuple(entry["shape"])
     return shapes
 
@@ -40,6 +41,9 @@ def adapter_findings(recipe) -> tuple[list[str], list[str]]:
         return [], []  # model_problems says why
     if not folder.is_dir():
         return [], []
+    config = folder / "config.json"
+    if config.is_file() and "quantization_config" in json.loads(config.read_text(encoding="utf-8")):
+        return [], []  # packed integer weights (bnb, GPTQ, AWQ) do not show the layers' shapes or names
     try:
         shapes = weight_shapes(folder)
     except (OSError, ValueError, KeyError):

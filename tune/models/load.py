@@ -62,14 +62,17 @@ def load_model(model: ModelSection, source: str, gradient_checkpointing: bool = 
     from transformers import AutoModelForCausalLM
 
     kwargs = load_arguments(model, source, sharded)
-    if packed and model.attn_implementation == "auto" and not _on_gpu():
-        from tune.models.attention import packed_attention_name
-
-        kwargs["attn_implementation"] = packed_attention_name()
     try:
         base = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
         raise TuneError(not_found(model.name, exc)) from None
+    if packed and model.attn_implementation == "auto" and not _on_gpu():
+        from tune.models.attention import packed_attention_name
+
+        try:
+            base.set_attn_implementation(packed_attention_name())
+        except (ValueError, AttributeError):
+            pass  # an architecture without pluggable attention keeps what transformers chose
     return prepare_quantized(base, model, gradient_checkpointing, sharded)
 
 

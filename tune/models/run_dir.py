@@ -141,6 +141,9 @@ def check_fits_base(adapter_dir: Path, model_name: str, source: str) -> None:
 def check_safetensors(path: Path, what: str = "adapter file") -> None:
     """One line unless `path` is a whole safetensors file: its header parses and every tensor it lists lies
     inside the file (a copy cut short, or an empty file, fails here, not as a SafetensorError traceback)."""
+    if not path.is_file():
+        raise TuneError(f"{path.parent}: no {path.name} (an interrupted copy? an adapter_model.bin is a pickle, which "
+                        "tune never loads)")
     size = path.stat().st_size
     with path.open("rb") as handle:
         head = handle.read(8)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import shutil
 from pathlib import Path
 
@@ -167,8 +168,8 @@ def stopped(run, step: int, why: str) -> TuneError:
         if not (checkpoint / MANIFEST).is_file():
             shutil.rmtree(checkpoint, ignore_errors=True)
     last = latest_complete(run.checkpoints, warn=lambda line: None)
-    again = f"tune run {run.recipe_path} --set output.dir={run.out_dir} --resume"
-    kept = (f"the last complete checkpoint is {last}; continue with: {again}" if last else
+    again = f"the same `tune run {shlex.quote(str(run.recipe_path))} ...` command (and --set options) with --resume"
+    kept = (f"the last complete checkpoint is {last}; continue by running {again}" if last else
             "no checkpoint was complete yet, so the next run starts from step 0")
     if why == "interrupted":
         return Interrupted(f"interrupted at step {step}: {kept}")

@@ -34,7 +34,11 @@ def from_cli(recipe_path: Path, sets: list[str], resume: bool, nproc: int | None
     if nproc == 1 and not launcher_args:
         return None
     quiet_libraries()
-    check_before_launch(recipe_io.load(recipe_path, sets), recipe_path, nproc, resume, not launcher_args, echo)
+    from tune.output import exclusive
+
+    recipe = recipe_io.load(recipe_path, sets)
+    with exclusive(Path(recipe.output.dir)):  # never plans (and tidies) a dir another run is writing
+        check_before_launch(recipe, recipe_path, nproc, resume, not launcher_args, echo)
     child = ["run", str(recipe_path)] + [arg for item in sets for arg in ("--set", item)] + (["--resume"] if resume else [])
     child += ["--allow-data-change"] if allow_data_change else []
     return launch(nproc, child, launcher_args, err)
