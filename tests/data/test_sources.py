@@ -10,6 +10,13 @@ def one(tmp_path, name, text):
     return resolve_sources(str(path), None, "data.train")[0]
 
 
+def refused(source) -> list[str]:
+    """The problem lines reading `source` raises."""
+    with pytest.raises(DataError) as caught:
+        read_rows(source)
+    return caught.value.problems
+
+
 def test_jsonl_json_and_csv_give_the_same_rows(tmp_path):
     rows = [{"prompt": "a", "completion": "b"}, {"prompt": "c", "completion": "d"}]
     assert read_rows(one(tmp_path, "d.jsonl", '{"prompt": "a", "completion": "b"}\n\n'
@@ -106,29 +113,22 @@ def test_weights_repeat_and_subsample(tmp_path):
 def test_a_json_object_with_a_repeated_key_is_refused(tmp_path):
     # json keeps the last value silently: {"output": "draft", "output": "final"} would train on "final" unseen
     source = one(tmp_path, "d.jsonl", '{"prompt": "a", "completion": "b"}\n{"prompt": "a", "prompt": "c", "completion": "d"}\n')
-    with pytest.raises(DataError) as caught:
-        read_rows(source)
-    assert caught.value.problems == [f"{source.path}:2: key 'prompt' appears twice in one object (the last value "
-                                     "would silently win); remove one"]
+    assert refused(source) == [f"{source.path}:2: key 'prompt' appears twice in one object (the last value "
+                               "would silently win); remove one"]
     listed = one(tmp_path, "d.json", '[{"prompt": "a", "completion": "b", "completion": "c"}]')
-    with pytest.raises(DataError) as caught:
-        read_rows(listed)
-    assert caught.value.problems == [f"{listed.path}: key 'completion' appears twice in one object (the last value "
-                                     "would silently win); remove one"]
+    assert refused(listed) == [f"{listed.path}: key 'completion' appears twice in one object (the last value "
+                               "would silently win); remove one"]
 
 
 def test_bytes_that_are_not_utf8_name_the_file_and_line(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_bytes(b'{"prompt": "a", "completion": "b"}\n{"prompt": "caf\xe9", "completion": "d"}\n')
-    source = resolve_sources(str(path), None, "data.train")[0]
-    with pytest.raises(DataError) as caught:
-        read_rows(source)
-    assert caught.value.problems == [f"{path}:2: not valid UTF-8 (byte 0xe9); save the file as UTF-8"]
+    assert refused(resolve_sources(str(path), None, "data.train")[0]) == [
+        f"{path}:2: not valid UTF-8 (byte 0xe9); save the file as UTF-8"]
     csv_path = tmp_path / "d.csv"
     csv_path.write_bytes(b"prompt,completion\na,b\nc,\xff\n")
-    with pytest.raises(DataError) as caught:
-        read_rows(resolve_sources(str(csv_path), None, "data.train")[0])
-    assert caught.value.problems == [f"{csv_path}:3: not valid UTF-8 (byte 0xff); save the file as UTF-8"]
+    assert refused(resolve_sources(str(csv_path), None, "data.train")[0]) == [
+        f"{csv_path}:3: not valid UTF-8 (byte 0xff); save the file as UTF-8"]
 
 
 def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
@@ -142,10 +142,8 @@ def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
 
 def test_a_csv_header_naming_a_column_twice_is_refused(tmp_path):
     source = one(tmp_path, "d.csv", "prompt,completion,prompt\na,b,c\n")
-    with pytest.raises(DataError) as caught:
-        read_rows(source)
-    assert caught.value.problems == [f"{source.path}:1: column 'prompt' appears twice in the header (the last would "
-                                     "silently win); rename one"]
+    assert refused(source) == [f"{source.path}:1: column 'prompt' appears twice in the header (the last would "
+                               "silently win); rename one"]
 
 
 def test_empty_trailing_header_columns_are_not_duplicates(tmp_path):

@@ -62,7 +62,7 @@ def _swapped_in(out: Path):
 
 def merge(adapter_dir: Path, out: Path, dtype: str = "auto", shard_size: str = "2GB", base: str | None = None,
           verify: bool = True, in_memory: bool = False, overwrite: bool = False, echo=print) -> dict:
-    run = _checked_run(adapter_dir, base, dtype, shard_size)
+    run = _checked_run(adapter_dir, base, dtype, shard_size, echo)
     with staged(out, overwrite, run) as temp:
         report = _merge_verified(run, temp, dtype, shard_size, verify, in_memory, echo)
         write_card(temp, run, "merged", report, Path(out))
@@ -79,7 +79,7 @@ def export(adapter_dir: Path, out: Path, fmt: str, quant: str = "f16", dtype: st
         raise TuneError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
     if quant not in to_gguf.QUANTS:
         raise TuneError(f"--quant: {quant!r} is not one of {', '.join(to_gguf.QUANTS)}")
-    run = _checked_run(adapter_dir, base, dtype, shard_size)
+    run = _checked_run(adapter_dir, base, dtype, shard_size, echo)
     if fmt == "merged":
         return merge(adapter_dir, out, dtype, shard_size, base, verify, False, overwrite, echo)
     if fmt == "gguf":
@@ -92,7 +92,7 @@ def export(adapter_dir: Path, out: Path, fmt: str, quant: str = "f16", dtype: st
     return report
 
 
-def _checked_run(adapter_dir, base, dtype: str, shard_size: str, echo=print) -> AdapterRun:
+def _checked_run(adapter_dir, base, dtype: str, shard_size: str, echo) -> AdapterRun:
     """All input problems at once, before any staging or loading."""
     run = read_adapter_dir(Path(adapter_dir), base, echo)
     problems = [] if dtype in DTYPES else [f"--dtype: {dtype!r} is not one of {', '.join(DTYPES)}"]

@@ -117,6 +117,17 @@ class NonFiniteGuard(TrainerCallback):
                 "Lower train.learning_rate, keep train.max_grad_norm > 0, or check the data near this step")
 
 
+def plan_output_dir(recipe, recipe_path: Path, resume: bool, warn=print) -> Path | None:
+    """The output dir checked as every run (and the --nproc launcher) must: none of the run's inputs, writable,
+    and either fresh or an unfinished run of this recipe. Returns the checkpoint to resume from, if any."""
+    from tune.output import check_replaceable, check_writable
+
+    out_dir = Path(recipe.output.dir)
+    check_replaceable(out_dir, input_paths(recipe, Path(recipe_path)), "output.dir", recipe.output.overwrite)
+    check_writable(out_dir)
+    return plan_run_dir(out_dir, recipe.model_dump(mode="json"), resume, recipe.output.overwrite, warn)
+
+
 def plan_run_dir(out_dir: Path, resolved: dict, resume: bool, overwrite: bool, warn=print) -> Path | None:
     """Decide what a run does with its output dir; returns the checkpoint to resume from, if any.
     Empty or missing -> fresh run. Same recipe, unfinished -> resume from its latest complete checkpoint

@@ -51,8 +51,7 @@ def check_before_launch(recipe, recipe_path: Path, nproc: int, resume: bool, sin
 
     from tune.train import distributed
     from tune.data.prepare import check
-    from tune.output import check_replaceable, check_writable
-    from tune.train.checkpoints import input_paths, plan_run_dir
+    from tune.train.checkpoints import plan_output_dir
 
     recipe_dir = Path(recipe_path).resolve().parent
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -60,11 +59,8 @@ def check_before_launch(recipe, recipe_path: Path, nproc: int, resume: bool, sin
     problems = problems or check(recipe.data, recipe_dir) + distributed.check(recipe, recipe_dir)
     if problems:
         raise TuneError(problems)
-    out_dir = Path(recipe.output.dir)
-    check_replaceable(out_dir, input_paths(recipe, Path(recipe_path)), "output.dir", recipe.output.overwrite)
-    check_writable(out_dir)
     # Rank 0 plans the dir again and finds the same; incomplete checkpoints are reported (and removed) here.
-    resume_from = plan_run_dir(out_dir, recipe.model_dump(mode="json"), resume, recipe.output.overwrite, echo)
+    resume_from = plan_output_dir(recipe, recipe_path, resume, echo)
     if single_node:
         distributed.check_resume(resume_from, nproc)
 

@@ -25,7 +25,7 @@ from typing import Callable
 from tune.data.prepare import check
 from tune.errors import TrainingError, TuneError
 from tune.models.resolve import model_source
-from tune.output import check_replaceable, check_writable, clear_dir, move_into, versions, write_json, write_text
+from tune.output import clear_dir, move_into, versions, write_json, write_text
 from tune.quiet import quiet_libraries
 from tune.recipe import Recipe, dump
 from tune.train import distributed
@@ -42,7 +42,7 @@ class Run:
     """One `tune run` as every method sees it."""
 
     recipe: Recipe
-    recipe_dir: Path
+    recipe_path: Path  # for the resume command a stopped run prints; relative files are found beside it
     source: str  # the base model's local folder (or hub id), resolved once
     out_dir: Path
     resume_from: Path | None  # the complete checkpoint training continues from
@@ -54,8 +54,11 @@ class Run:
     metrics: object  # MetricsLog: metrics.jsonl and the printed step lines
     created: list[Path] = field(default_factory=list)  # folders this run made; removed if a check fails
     precision: str = "float32"  # bf16 / fp16 / bf16-autocast / float32, as arguments() chose
-    recipe_path: Path = Path("recipe.yaml")  # for the resume command a stopped run prints
     allow_data_change: bool = False  # resume even though the data's fingerprint changed
+
+    @property
+    def recipe_dir(self) -> Path:
+        return self.recipe_path.resolve().parent
 
     @property
     def checkpoints(self) -> Path:
@@ -77,7 +80,7 @@ def start(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     import torch
 
     from tune.train.callbacks import MetricsLog, check_installed
-    from tune.train.checkpoints import input_paths, plan_run_dir
+    from tune.train.checkpoints import plan_output_dir
 
     recipe_dir = Path(recipe_path).resolve().parent
     out_dir = Path(recipe.output.dir)
@@ -89,9 +92,7 @@ def start(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(out_dir.resolve() / "logs")
     resume_from = None
     if main:
-        check_replaceable(out_dir, input_paths(recipe, Path(recipe_path)), "output.dir", recipe.output.overwrite)
-        check_writable(out_dir)
-        resume_from = plan_run_dir(out_dir, recipe.model_dump(mode="json"), resume, recipe.output.overwrite, echo)
+        resume_from = plan_output_dir(recipe, recipe_path, resume, echo)
     resume_from = distributed.share(resume_from)  # every process resumes where rank 0 chose
     distributed.check_resume(resume_from)
     if recipe.model.trust_remote_code:
@@ -99,12 +100,12 @@ def start(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     problems = check(recipe.data, recipe_dir)  # missing files and bad first rows, before slow loads
     if problems:
         raise TuneError(problems)
-    return Run(recipe=recipe, recipe_dir=recipe_dir, source=model_source(recipe.model, echo), out_dir=out_dir,
+    return Run(recipe=recipe, recipe_path=Path(recipe_path), source=model_source(recipe.model, echo), out_dir=out_dir,
                resume_from=resume_from, main=main, echo=echo, console=console,
                on_gpu=torch.cuda.is_available(), sharded=distributed.shards_weights(recipe, recipe_dir),
                metrics=MetricsLog(out_dir / "metrics.jsonl", echo, metric_keys),
                created=[p for p in (out_dir, out_dir / "checkpoints") if not p.exists()],
-               recipe_path=Path(recipe_path), allow_data_change=allow_data_change)
+               allow_data_change=allow_data_change)
 
 
 def callbacks(run: Run) -> list:
