@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import Callable
 
-from tune.data import chat, classification, completion, instruction, preference
+from tune.data import chat, classification, completion, instruction, preference, prompts
 from tune.data.conversation import tokenize
 from tune.errors import DataError
 
@@ -64,6 +64,16 @@ def _text_view(row, data, tokenizer, template, where) -> View:
     return View([(tokenizer.decode(ids), True)], len(ids), len(ids), text, [], chunked=True)
 
 
+def _prompt_view(row, data, tokenizer, template, where) -> View:
+    # what the model is asked; the reply is sampled during training, and the other columns go to the rewards
+    prompt, extra = prompts.row_to_prompt(row, data.columns, data.system_prompt, where)
+    text = tokenizer.apply_chat_template(prompt, chat_template=template, tokenize=False, add_generation_prompt=True)
+    columns = "".join(f"\n  {key}: {json.dumps(value, ensure_ascii=False)[:200]}" for key, value in extra.items())
+    return View([(text, False), (columns, True)] if columns else [(text, False)],
+                len(tokenizer(text, add_special_tokens=False)["input_ids"]), 0,
+                json.dumps(prompt, sort_keys=True), [message["role"] for message in prompt])
+
+
 def _as_messages(to_messages):
     return lambda row, data, where: to_messages(row, data.columns, data.system_prompt, where)
 
@@ -82,6 +92,7 @@ FORMATS = {
     "chat": Format(_as_messages(chat.row_to_messages), chat.row_to_messages, _conversation_view(chat.row_to_messages)),
     # prompt + chosen as one conversation: what `tune data preview` and `tune data check` show
     "preference": Format(_preference_check, preference.row_to_messages, _conversation_view(preference.row_to_messages)),
+    "prompt": Format(_as_messages(prompts.row_to_messages), prompts.row_to_messages, _prompt_view),
     "completion": Format(lambda row, data, where: completion.row_text(row, data.columns, where), None, _text_view),
     "classification": Format(lambda row, data, where: classification.check_row(row, data.columns, data.labels, where),
                              None, _labelled_view),

@@ -26,7 +26,7 @@ def row_to_pair(row: dict, columns: dict[str, str], system_prompt: str | None,
     if missing:
         raise DataError(f"{where}: missing column{'s' * (len(missing) > 1)} {', '.join(missing)}; row has "
                         f"{sorted(row)} (map yours with data.columns.prompt / chosen / rejected)")
-    prompt = _messages(row[columns.get("prompt", "prompt")], "user", f"{where}: prompt")
+    prompt = as_messages(row[columns.get("prompt", "prompt")], "user", f"{where}: prompt")
     if not prompt:
         raise DataError(f"{where}: prompt is empty")
     if prompt[-1]["role"] != "user":
@@ -36,7 +36,7 @@ def row_to_pair(row: dict, columns: dict[str, str], system_prompt: str | None,
         prompt.insert(0, {"role": "system", "content": str(system)})
     sides = {}
     for side in ("chosen", "rejected"):
-        replies = _messages(row[columns.get(side, side)], "assistant", f"{where}: {side}")
+        replies = as_messages(row[columns.get(side, side)], "assistant", f"{where}: {side}")
         if len(replies) > 1 or (replies and replies[0]["role"] != "assistant"):
             raise DataError(f"{where}: {side} must be one assistant reply (text, or a list holding one assistant message)")
         if not replies or not replies[0]["content"].strip():
@@ -55,7 +55,7 @@ def row_to_messages(row: dict, columns: dict[str, str], system_prompt: str | Non
     return prompt + [chosen]
 
 
-def _messages(value, default_role: str, where: str) -> list[dict]:
+def as_messages(value, default_role: str, where: str) -> list[dict]:
     """Text becomes one message of `default_role`; a list must hold {role, content} messages."""
     if value is None or isinstance(value, str):
         return [{"role": default_role, "content": value or ""}] if (value or "").strip() else []

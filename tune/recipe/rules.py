@@ -12,24 +12,26 @@ from dataclasses import dataclass
 class Accepts:
     formats: tuple[str, ...]  # data.format values the method trains on
     packing: bool = False  # data.packing: several examples per row
-    probes: tuple[str, ...] = ()  # formats whose rows are chats the model can answer: data.probes, data.replay
+    probes: tuple[str, ...] = ()  # formats whose rows are chats the model can answer: data.probes
+    replay: bool = False  # data.replay: base-model answers mixed into the training rows
     continues_adapter: bool = False  # model.adapter: continue a trained adapter instead of a fresh one
 
 
 METHODS = {
-    "sft": Accepts(formats=("instruction", "chat", "completion"), packing=True, probes=("instruction", "chat")),
+    "sft": Accepts(formats=("instruction", "chat", "completion"), packing=True, probes=("instruction", "chat"),
+                   replay=True),
     "dpo": Accepts(formats=("preference",), continues_adapter=True),
+    "orpo": Accepts(formats=("preference",)),
+    "kto": Accepts(formats=("unpaired",)),
+    "reward": Accepts(formats=("preference",)),
     "classify": Accepts(formats=("classification",)),
+    "grpo": Accepts(formats=("prompt",), probes=("prompt",), continues_adapter=True),
 }
-PLANNED = ("orpo", "kto")  # named in the schema so a recipe that asks for them gets a clear answer
 
 
 def method_problem(recipe) -> str | None:
     """The first rule the recipe breaks, as `key: problem` (the key is what to change), or None."""
     method, data = recipe.train.method, recipe.data
-    if method in PLANNED:
-        return (f"train.method: {method} is not available yet; preference alignment runs with dpo "
-                "(train.loss_type picks IPO, hinge, robust and the other DPO-family losses)")
     accepts = METHODS[method]
     if data.format not in accepts.formats:
         if len(accepts.formats) == 1:
@@ -38,11 +40,58 @@ def method_problem(recipe) -> str | None:
         return f"data.format: {data.format} rows are for train.method: {' or '.join(owners)}, not {method}"
     if data.packing and not accepts.packing:
         return f"data.packing: train.method: {method} takes one example per row; set data.packing: false"
-    if (data.replay or data.probes) and data.format not in accepts.probes:
-        key = "data.replay" if data.replay else "data.probes"
-        return f"{key}: needs train.method: sft on instruction or chat data, not {method} on {data.format} data"
+    if data.replay and not accepts.replay:
+        return f"data.replay: needs train.method: sft on instruction or chat data, not {method}"
+    if data.probes and data.format not in accepts.probes:
+        return (f"data.probes: needs train.method: sft on instruction or chat data, or grpo, not {method} on "
+                f"{data.format} data")
     if recipe.model.adapter is not None and not accepts.continues_adapter:
         able = [name for name, other in METHODS.items() if other.continues_adapter]
         return (f"model.adapter: continuing a trained adapter is supported for train.method: "
                 f"{' or '.join(able)}, not {method}")
+    return _section_problem(recipe)
+
+
+def _section_problem(recipe) -> str | None:
+    """Sections only one method reads: changed for another, they are a mistake worth naming. (Defaults pass,
+    so a resolved recipe.yaml, which writes every key out, loads as it is.)"""
+    method = recipe.train.method
+    if method == "grpo" and recipe.reward is None:
+        return "reward: train.method: grpo needs a reward section (reward.functions and/or reward.model)"
+    if method != "grpo" and recipe.reward is not None:
+        return f"reward: only train.method: grpo optimizes rewards, not {method}"
+    if method != "grpo":
+        changed = [name for name, field in type(recipe.grpo).model_fields.items()
+                   if getattr(recipe.grpo, name) != field.default]
+        if changed:
+            return f"grpo.{changed[0]}: applies to train.method: grpo, not {method}"
+    if method != "dpo" and recipe.train.loss_type != "sigmoid":
+        instead = "; the GRPO loss is grpo.loss_type" if method == "grpo" else ""
+        return f"train.loss_type: picks the DPO loss and applies to train.method: dpo only{instead}"
+    if method == "grpo":
+        problem = _generation_batch_problem(recipe.train, recipe.grpo)
+        if problem:
+            return problem
+    if method == "grpo" and recipe.model.adapter is not None and recipe.grpo.beta > 0:
+        return ("grpo.beta: with model.adapter the KL reference would be the base model, not the adapter you "
+                "continue; use beta: 0 (the probes guard against forgetting), or start a fresh adapter")
+    return None
+
+
+def _generation_batch_problem(train, grpo, processes: int = 1) -> str | None:
+    """What TRL's GRPOConfig would refuse at launch: completions are generated in batches that hold whole
+    groups, and training consumes them batch_size at a time. (train.batch_size counts completions.)"""
+    per_step = train.batch_size * processes
+    if grpo.generation_batch_size is None:
+        batch = per_step * train.gradient_accumulation
+        if batch % grpo.num_generations:
+            return (f"grpo.num_generations: a generation batch of {batch} completions (train.batch_size "
+                    f"{train.batch_size} x gradient_accumulation {train.gradient_accumulation}"
+                    f"{f' x {processes} processes' if processes > 1 else ''}) does not hold whole groups of "
+                    f"{grpo.num_generations}; make it a multiple of {grpo.num_generations}, or set "
+                    "grpo.generation_batch_size")
+    elif grpo.generation_batch_size % per_step:
+        return (f"grpo.generation_batch_size: {grpo.generation_batch_size} completions do not split into training "
+                f"batches of {per_step} (train.batch_size{' x processes' if processes > 1 else ''}); use a multiple "
+                f"of {per_step}")
     return None

@@ -6,16 +6,13 @@ Nothing heavy is imported here: `tune validate` must stay fast.
 
 from __future__ import annotations
 
-import difflib
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from tune.recipe.rewards import GRPOSection, RewardSection
 from tune.recipe.rules import method_problem
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True, protected_namespaces=())
+from tune.recipe.section import Section, did_you_mean
 
 
 class ModelSection(Section):
@@ -41,6 +38,8 @@ FORMAT_FIELDS = {
     "completion": ("text",),
     "classification": ("text", "text_pair", "label"),
     "preference": ("prompt", "chosen", "rejected", "system"),
+    "prompt": ("prompt", "system"),  # every other column goes to the reward functions by name
+    "unpaired": ("prompt", "completion", "label", "system"),
 }
 
 
@@ -58,8 +57,8 @@ class DataSection(Section):
     eval_fraction: float = Field(0.0, ge=0.0, le=0.5, description="Share of train rows held out for eval when `eval` is not given (fixed seed).")
     split: str = Field("train", description="Split to read from a hub dataset or a saved DatasetDict.")
     revision: str | None = Field(None, description="Hub dataset branch, tag or commit to pin.")
-    format: Literal["instruction", "chat", "completion", "classification", "preference"] = Field(
-        "instruction", description="Row shape: instruction = {instruction, input?, output} or {prompt, completion}; chat = messages/conversations; completion = raw text; classification = {text, text_pair?, label}; preference = {prompt, chosen, rejected}.")
+    format: Literal["instruction", "chat", "completion", "classification", "preference", "prompt", "unpaired"] = Field(
+        "instruction", description="Row shape: instruction = {instruction, input?, output} or {prompt, completion}; chat = messages/conversations; completion = raw text; classification = {text, text_pair?, label}; preference = {prompt, chosen, rejected}; prompt = {prompt, system?, ...columns for the rewards}; unpaired = {prompt, completion, label: true|false}.")
     columns: dict[str, str] = Field(
         default_factory=dict, description="Map from the format's field names to your file's column names, e.g. {output: answer}.")
     template: str = Field(
@@ -79,8 +78,8 @@ class DataSection(Section):
     drop_bad_pairs: bool = Field(False, description="preference: skip (and count) rows whose chosen equals rejected or has an empty side, instead of stopping.")
     replay: float = Field(0.0, ge=0.0, le=4.0, description="sft: base-model answers mixed in per training row to keep general skills (0.5 = one per two rows); generated greedily from data.replay_prompts before training.")
     replay_prompts: str = Field("general", description="sft: prompts the base model answers for replay: general (bundled everyday prompts) or a file of instruction/prompt rows.")
-    probes: list[str] = Field(default_factory=list, description="sft: files of {question, expected} answered greedily before and after training; the run prints and saves (probes.md) a before/after table and the share whose answer contains the expected text.")
-    probe_max_new_tokens: int = Field(48, ge=1, le=1024, description="sft: longest probe answer in tokens.")
+    probes: list[str] = Field(default_factory=list, description="sft/grpo: files of {question, expected} answered greedily before and after training; the run prints and saves (probes.md) a before/after table and the share whose answer contains the expected text.")
+    probe_max_new_tokens: int = Field(48, ge=1, le=1024, description="sft/grpo: longest probe answer in tokens.")
 
     @model_validator(mode="after")
     def _check(self) -> DataSection:
@@ -117,8 +116,8 @@ DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_
 
 
 class TrainSection(Section):
-    method: Literal["sft", "classify", "dpo", "orpo", "kto"] = Field(
-        "sft", description="sft = supervised fine-tuning; classify = sequence classification head + adapter; dpo/orpo/kto = preference alignment.")
+    method: Literal["sft", "classify", "dpo", "orpo", "kto", "reward", "grpo"] = Field(
+        "sft", description="sft = supervised fine-tuning; classify = sequence classification head + adapter; dpo/orpo (pairs) and kto (unpaired rows) = preference alignment; reward = a reward model from pairs; grpo = optimize reward functions on sampled completions.")
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps to run; overrides epochs when set.")
     epochs: float = Field(1.0, gt=0, description="Passes over the training data (used when max_steps is not set).")
     learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate of the adapter weights.")
@@ -143,7 +142,7 @@ class TrainSection(Section):
     torch_compile: bool = Field(False, description="Compile the model with torch.compile: slow first steps, faster after (mostly on a GPU).")
     class_weights: Literal["none", "balanced"] | dict[str, float] = Field(
         "none", description="classify: loss weight per label; balanced = n_rows / (n_labels x rows of the label), or a {label: weight} mapping.")
-    beta: float = Field(0.1, gt=0, description="dpo: how far the policy may move from the reference; higher = stays closer (IPO's tau).")
+    beta: float = Field(0.1, gt=0, description="dpo/kto/orpo: how far the policy may move from the reference; higher = stays closer (IPO's tau).")
     loss_type: str | list[str] = Field("sigmoid", description="dpo: TRL preference loss (sigmoid = DPO, ipo, hinge, robust, ...); a list sums several with equal weights.")
 
 
@@ -189,6 +188,8 @@ class Recipe(Section):
     train: TrainSection = Field(default_factory=TrainSection, description="The optimization loop.")
     output: OutputSection = Field(default_factory=OutputSection, description="Where results are written.")
     distributed: DistributedSection = Field(default_factory=DistributedSection, description="Several processes (GPUs) on one recipe: how the work is split; see the Multi-GPU section.")
+    reward: RewardSection | None = Field(None, description="grpo: what is optimized: reward functions and/or a reward model.")
+    grpo: GRPOSection = Field(default_factory=GRPOSection, description="grpo: group size, sampling, loss, and the guard that keeps the best checkpoint before the model forgets.")
 
     @model_validator(mode="after")
     def _check_method(self) -> Recipe:
@@ -218,7 +219,3 @@ class Recipe(Section):
                              "weights cannot do; probe with ddp, or run `tune eval` on the adapter afterwards")
         return self
 
-
-def did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
-    return f"; did you mean '{close[0]}'?" if close else ""

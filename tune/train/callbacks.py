@@ -38,17 +38,23 @@ class MetricsLog(TrainerCallback):
         record.update({key: _clean(logs[key]) for key in self.keys if key in logs})
         if not {"loss", "eval_loss", "learning_rate"} & record.keys():
             return  # end-of-training summaries carry none of the keys
+        self.add(record, state.max_steps)
+
+    def add(self, record: dict, max_steps: int) -> None:
+        """One record into metrics.jsonl and one printed line: the trainer's logs, and tune's own evaluations
+        (GRPO's held-out reward and probes)."""
         self.records.append(record)
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
-        parts = [f"step {state.global_step:>5}/{state.max_steps}"]
-        if "loss" in record:
-            parts.append(f"loss {record['loss']:.4f}")
-        if "eval_loss" in record:
-            parts.append(f"eval_loss {record['eval_loss']:.4f}")
-        if "learning_rate" in record:
-            parts.append(f"lr {record['learning_rate']:.2e}")
+        parts = [f"step {record['step']:>5}/{max_steps}"]
+        parts += [shown.format(record[key]) for key, shown in SHOWN.items() if isinstance(record.get(key), float)]
         self.echo("  ".join(parts))
+
+
+# What a step line shows, when logged. GRPO's loss sits near 0 by construction: its reward is what moves.
+SHOWN = {"loss": "loss {:.4f}", "reward": "reward {:.3f}", "reward_std": "± {:.3f}",
+         "frac_reward_zero_std": "zero-spread {:.0%}", "kl": "kl {:.4f}", "eval_loss": "eval_loss {:.4f}",
+         "eval_reward": "held-out reward {:.3f}", "probes_kept": "probes kept {:.0%}", "learning_rate": "lr {:.2e}"}
 
 
 def _record(line: str) -> dict | None:

@@ -16,10 +16,8 @@ from pathlib import Path
 
 from tune.data.preference import prepare_pairs
 from tune.data.templates import resolve_template
-from tune.errors import TuneError
 from tune.models.load import load_model, load_tokenizer, lora_config
 from tune.models.run_dir import check_fits_base
-from tune.paths import find_file
 from tune.recipe import Recipe
 from tune.train import distributed
 from tune.train import run as skeleton
@@ -36,7 +34,7 @@ METRICS = ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/r
 def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, console=None,
           allow_data_change: bool = False) -> RunResult:
     # model.adapter resolved first: the resume check compares the recipe as it will be recorded
-    start = _starting_adapter(recipe, Path(recipe_path).resolve().parent) if recipe.model.adapter else None
+    start = skeleton.starting_adapter(recipe, Path(recipe_path).resolve().parent) if recipe.model.adapter else None
     run = skeleton.start(recipe, recipe_path, echo, resume, console, metric_keys=METRICS,
                          allow_data_change=allow_data_change)
     if start is not None:
@@ -131,12 +129,3 @@ def _held_out_margins(record: dict | None, beta: float) -> dict:
     tuned = record["eval_logps/chosen"] - record["eval_logps/rejected"]
     return {"eval_margin_reference": tuned - record["eval_rewards/margins"] / beta, "eval_margin_tuned": tuned}
 
-
-def _starting_adapter(recipe: Recipe, recipe_dir: Path) -> Path:
-    """The `model.adapter` run dir; its resolved path is what the run records."""
-    name = recipe.model.adapter
-    found = find_file(name, recipe_dir)
-    if found is None or not found.is_dir():
-        raise TuneError(f"model.adapter: no such folder: {name} (give the output dir of an SFT `tune run`)")
-    recipe.model.adapter = str(found)
-    return found

@@ -108,6 +108,19 @@ def start(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
                allow_data_change=allow_data_change)
 
 
+def starting_adapter(recipe: Recipe, recipe_dir: Path) -> Path:
+    """The `model.adapter` run dir (an SFT run whose adapter training continues); its resolved path is what
+    the run records, so it is resolved before the resume check compares recipes."""
+    from tune.paths import find_file
+
+    name = recipe.model.adapter
+    found = find_file(name, recipe_dir)
+    if found is None or not found.is_dir():
+        raise TuneError(f"model.adapter: no such folder: {name} (give the output dir of an SFT `tune run`)")
+    recipe.model.adapter = str(found)
+    return found
+
+
 def callbacks(run: Run) -> list:
     from tune.train.callbacks import ProgressBar
     from tune.train.checkpoints import CheckpointManifest, NonFiniteGuard

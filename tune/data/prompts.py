@@ -1,0 +1,77 @@
+"""The `prompt` format, for reward optimization (GRPO): {prompt, system?, ...} per row. The prompt is text
+(one user turn) or a list of chat messages ending with a user turn; the model writes the reply. Every
+other column travels with the prompt to the reward functions, by name (e.g. `answer`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tune.data.preference import as_messages
+from tune.data.rows import load_rows, sha256, split_off
+from tune.errors import DataError, TuneError
+from tune.recipe import DataSection
+
+# Hidden columns riding with each prompt row: where it came from (for error lines), and its text when the row
+# gave the prompt as text (a user's reward function then sees text). Reward functions never get them.
+WHERE, PROMPT_TEXT = "_tune_where", "_tune_prompt_text"
+
+
+def row_to_prompt(row: dict, columns: dict[str, str], system_prompt: str | None, where: str) -> tuple[list[dict], dict]:
+    """(prompt messages, the row's other columns)."""
+    name = columns.get("prompt", "prompt")
+    if name not in row:
+        raise DataError(f"{where}: missing column {name}; row has {sorted(row)} (map yours with data.columns.prompt)")
+    prompt = as_messages(row[name], "user", f"{where}: {name}")
+    if not prompt:
+        raise DataError(f"{where}: {name} is empty")
+    if prompt[-1]["role"] != "user":
+        raise DataError(f"{where}: {name} must end with a user message (the model writes the reply)")
+    system_column = columns.get("system", "system")
+    system = row.get(system_column) or system_prompt
+    if system and prompt[0]["role"] != "system":
+        prompt.insert(0, {"role": "system", "content": str(system)})
+    extra = {key: value for key, value in row.items() if key not in (name, system_column)}
+    return prompt, extra
+
+
+def row_to_messages(row: dict, columns: dict[str, str], system_prompt: str | None, where: str) -> list[dict]:
+    return row_to_prompt(row, columns, system_prompt, where)[0]
+
+
+def prepare_prompts(data: DataSection, recipe_dir: Path | None, seed: int) -> tuple[list[dict], list[dict], dict]:
+    """(train rows, eval rows, fingerprint): each row {"prompt": messages, **other columns}, the shape TRL's
+    GRPOTrainer reads (its reward functions get the other columns as keyword lists)."""
+    fingerprint: dict = {"sources": []}
+
+    def read(spec, key):
+        rows = []
+        for where, row in load_rows(data, spec, key, recipe_dir, seed, fingerprint):
+            prompt, extra = row_to_prompt(row, data.columns, data.system_prompt, where)
+            _check_same_columns(rows[0] if rows else (where, extra), where, extra)
+            text = row[data.columns.get("prompt", "prompt")]
+            rows.append((where, {"prompt": prompt, **extra, WHERE: where,
+                                 PROMPT_TEXT: text if isinstance(text, str) else None}))
+        return rows
+
+    train = read(data.train, "data.train")
+    evaluation = read(data.eval, "data.eval") if data.eval is not None else []
+    if data.eval is None:
+        train, evaluation = split_off(train, data.eval_fraction, seed)
+    if not train:
+        raise TuneError("data.train: no prompts")
+    if evaluation:
+        _check_same_columns(train[0], *evaluation[0])
+    train, evaluation = [row for _, row in train], [row for _, row in evaluation]
+    fingerprint.update(train_examples=len(train), eval_examples=len(evaluation),
+                       rows_sha256=sha256(repr([{k: v for k, v in row.items() if k != WHERE} for row in train + evaluation]).encode()))
+    return train, evaluation, fingerprint
+
+
+def _check_same_columns(first: tuple[str, dict], where: str, row: dict) -> None:
+    # TRL hands reward functions one list per column: a column some rows lack would arrive half-missing
+    own = {"prompt", WHERE, PROMPT_TEXT}
+    expected = set(first[1]) - own
+    if set(row) - own != expected:
+        missing, extra = sorted(expected - set(row)), sorted(set(row) - expected - own)
+        raise DataError(f"{where}: columns differ from {first[0]} (missing {missing or 'none'}, extra "
+                        f"{extra or 'none'}); every row needs the same columns: the reward functions get them by name")

@@ -1,0 +1,198 @@
+"""Reward optimization: GRPO (and its DAPO / Dr. GRPO / ... losses) through TRL's GRPOTrainer, with LoRA,
+DoRA, rsLoRA or QLoRA. Each step samples `grpo.num_generations` completions per prompt in one batched
+`generate` call, scores them with the recipe's rewards (tune/train/rewards.py), and moves the policy toward
+the completions that beat their group. The loss sits near 0 by construction; the reward is what moves.
+
+What is GRPO's own here: the rewards checked on one real completion before anything is written, the
+held-out prompts and probes answered greedily by the base and at every evaluation (tune/train/guard.py),
+and the adapter kept at the end by the recipe's rule, not simply the last one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tune.data import probes
+from tune.data.prompts import prepare_prompts
+from tune.data.rows import sha256
+from tune.data.templates import resolve_template
+from tune.infer.answer_cache import base_answerer
+from tune.infer.generate import generate_batch
+from tune.models.load import load_model, load_tokenizer, lora_config
+from tune.models.run_dir import check_fits_base
+from tune.output import write_json, write_text
+from tune.recipe import Recipe
+from tune.train import distributed, rewards
+from tune.train import run as skeleton
+from tune.train.arguments import arguments
+from tune.train.guard import Evaluation, RewardGuard, ZeroSpreadWarning
+from tune.train.run import RunResult
+
+METRICS = ("reward", "reward_std", "frac_reward_zero_std", "kl", "entropy", "completions/mean_length",
+           "completions/clipped_ratio")
+
+
+def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, console=None,
+          allow_data_change: bool = False) -> RunResult:
+    start = skeleton.starting_adapter(recipe, Path(recipe_path).resolve().parent) if recipe.model.adapter else None
+    grpo, section = recipe.grpo, recipe.reward
+    run = skeleton.start(recipe, recipe_path, echo, resume, console, metric_keys=METRICS,
+                         allow_data_change=allow_data_change)
+    if start is not None:
+        check_fits_base(start, recipe.model.name, run.source)
+    import transformers
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    # ---- rewards, tokenizer, prompts: every problem surfaces before anything is written
+    built = [rewards.build(spec, run.recipe_dir, run.echo) for spec in section.functions]
+    reward_funcs, reward_records = _unique_names([r for r, _ in built]), [record for _, record in built]
+    weights = section.weights or [1.0] * len(reward_funcs)
+    run.metrics.keys += tuple(f"rewards/{r.__name__}/mean" for r in reward_funcs)
+    probe_sets = probes.load_probe_sets(recipe.data.probes, run.recipe_dir)
+    tokenizer = load_tokenizer(recipe.model, run.source)
+    template, template_label = resolve_template(recipe.data.template, tokenizer, run.recipe_dir)
+    tokenizer.chat_template = template
+    train_rows, eval_rows, fingerprint = prepare_prompts(recipe.data, run.recipe_dir, recipe.train.seed)
+    fingerprint["template_sha256"] = sha256(template.encode())
+    fingerprint["rewards"] = reward_records
+    run.echo(f"data: {len(train_rows)} train / {len(eval_rows)} held-out prompts, template {template_label}; "
+             f"rewards {', '.join(r.__name__ for r in reward_funcs)} (weights {', '.join(f'{w:g}' for w in weights)})")
+    distributed.agree(recipe=recipe.model_dump(mode="json"), data=fingerprint)
+
+    # ---- the model, and the base's greedy answers: they check every reward once, and are the "before"
+    transformers.set_seed(recipe.train.seed)
+    model = load_model(recipe.model, run.source, recipe.train.gradient_checkpointing, sharded=run.sharded)
+    if start is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(start), is_trainable=True)
+    limit = grpo.eval_max_new_tokens or grpo.max_completion_length
+    evaluate = _evaluator(reward_funcs, weights, eval_rows, probe_sets, recipe, tokenizer, limit)
+    base_answer = base_answerer(model, tokenizer, recipe, run.source, template)
+    first, _ = rewards.score_answers(reward_funcs, weights, train_rows[:1],
+                                     [text for text, _ in base_answer([train_rows[0]["prompt"]], limit)], tokenizer)
+    before = evaluate(base_answer, 0)
+    run.echo(f"base model: held-out reward {_shown(before.reward)}"
+             + (f", probes right {_base_right(probe_sets, before)}" if probe_sets else "") + f"; every reward checked on its answer to {train_rows[0][rewards.WHERE]} ({_shown(first[0])})")
+
+    # ---- trainer
+    config = GRPOConfig(
+        **arguments(run, model.dtype, evaluate_during=False),  # tune's guard evaluates, greedily
+        num_generations=grpo.num_generations, generation_batch_size=grpo.generation_batch_size,
+        max_completion_length=grpo.max_completion_length, temperature=grpo.temperature, top_p=grpo.top_p,
+        beta=grpo.beta, loss_type=grpo.loss_type, scale_rewards=grpo.scale_rewards,
+        num_iterations=grpo.num_iterations, mask_truncated_completions=grpo.mask_truncated_completions,
+        reward_weights=weights, remove_unused_columns=False, log_completions=False,
+    )
+    guard = RewardGuard(lambda policy, step: evaluate(_answerer(policy, tokenizer), step, before),
+                        recipe.train.eval_steps, grpo.min_kept_share, grpo.stop_after, run.metrics, run.echo)
+    trainer = GRPOTrainer(
+        model=model, reward_funcs=reward_funcs, args=config, processing_class=tokenizer,
+        train_dataset=Dataset.from_list(train_rows), peft_config=None if start else lora_config(recipe.adapter),
+        callbacks=skeleton.callbacks(run) + [ZeroSpreadWarning(grpo.zero_spread_warning, run.echo)]
+        + ([guard] if eval_rows or probe_sets else []),
+    )
+    parameters = skeleton.attach(run, trainer)
+    run.echo(f"model: {run.source} ({model.dtype}, quantization {recipe.model.quantization}), "
+             + (f"continuing the adapter of {start}" if start else f"{recipe.adapter.method} r={recipe.adapter.r}")
+             + f": {parameters[0]:,} trainable of {parameters[1]:,} parameters; {grpo.loss_type} loss, "
+             f"{grpo.num_generations} completions per prompt, beta {grpo.beta}"
+             + (" (reference: the base, adapter off)" if grpo.beta else ""))
+
+    # ---- train, keep the adapter the rule picks, and report before/after
+    skeleton.write_records(run, fingerprint)
+    trained = skeleton.fit(run, trainer, has_eval=False)
+    kept = guard.restore_best(trainer.model) if grpo.keep == "best" and guard.history else "kept the final weights"
+    after = evaluate(_answerer(trainer.model, tokenizer), trainer.state.global_step, before) if (
+        eval_rows or probe_sets) else None
+    staging = skeleton.save(run, trainer, tokenizer)
+    if staging is None:
+        return RunResult({}, trainer.model)
+    own = _report(before, after, eval_rows, probe_sets, staging, run.echo) | _training_rewards(run.metrics.records)
+    run.echo(f"guard: {kept}")
+    if guard.stopped_early:
+        run.echo(f"guard: stopped early: {guard.stopped_early}")
+    summary = skeleton.summary(run, trainer, trained, parameters, 0, template=template_label, rewards=reward_records,
+                               reward_weights=weights, kept=kept, stopped_early=guard.stopped_early, **own)
+    # prompt and completion tokens through the policy (TRL's count), not a per-epoch token count
+    summary["trained_tokens_per_second"] = round(trainer.state.num_input_tokens_seen / max(trained.seconds, 1e-9), 1)
+    skeleton.finish(run, staging, summary)
+    return RunResult(summary, trainer.model)
+
+
+def _unique_names(funcs: list) -> list:
+    """Two entries of one built-in (two regexes) would log under one name: number the repeats."""
+    seen: dict[str, int] = {}
+    for func in funcs:
+        seen[func.__name__] = seen.get(func.__name__, 0) + 1
+        if seen[func.__name__] > 1:
+            func.__name__ = f"{func.__name__}_{seen[func.__name__]}"
+    return funcs
+
+
+def _answerer(model, tokenizer):
+    return lambda conversations, limit: generate_batch(model, tokenizer, conversations, limit)
+
+
+def _evaluator(reward_funcs, weights, eval_rows, probe_sets, recipe, tokenizer, limit):
+    """evaluate(answer, step, base=None) -> Evaluation: the held-out prompts and the probes answered in one
+    batched greedy pass, scored with the rewards and against the base's probe answers."""
+    def evaluate(answer, step, base: Evaluation | None = None) -> Evaluation:
+        conversations = [row["prompt"] for row in eval_rows]
+        texts = [text for text, _ in answer(conversations, limit)] if conversations else []
+        totals, means = rewards.score_answers(reward_funcs, weights, eval_rows, texts, tokenizer)
+        probe_answers = probes.answer_sets(answer, probe_sets, recipe.data.system_prompt,
+                                           recipe.data.probe_max_new_tokens) if probe_sets else []
+        kept = None
+        if base is not None and probe_sets:
+            shares = probes.score(probe_sets, base.probe_answers, probe_answers)[1].values()
+            known = [s["kept"] for s in shares if s["kept"] is not None]
+            kept = min(known) if known else None
+        return Evaluation(step, rewards.mean(totals), means, kept, texts, totals, probe_answers)
+    return evaluate
+
+
+def _report(before: Evaluation, after: Evaluation | None, eval_rows, probe_sets, staging: Path, echo) -> dict:
+    """The held-out table (rewards.md, rewards.json) and the probe table, printed and saved."""
+    if after is None:
+        return {"eval_reward_base": None, "eval_reward_tuned": None, "probes": None}
+    rows = [{"prompt": row["prompt"][-1]["content"], "base": b, "tuned": t, "base_reward": br, "tuned_reward": tr}
+            for row, b, t, br, tr in zip(eval_rows, before.answers, after.answers, before.rewards, after.rewards)]
+    write_json(staging / "rewards.json", {"base": before.reward, "tuned": after.reward, "rows": rows})
+    write_text(staging / "rewards.md", _markdown(rows, before, after))
+    if rows:
+        echo(f"\nheld-out prompts: mean reward {_shown(before.reward)} (base) -> {_shown(after.reward)} (tuned); "
+             f"per reward: " + ", ".join(f"{k} {before.per_function[k]:.2f} -> {v:.2f}" for k, v in after.per_function.items()))
+    shares = None
+    if probe_sets:
+        table, shares = probes.score(probe_sets, before.probe_answers, after.probe_answers)
+        write_text(staging / "probes.md", probes.markdown(table, shares))
+        write_json(staging / "probes.json", {"shares": shares, "rows": table})
+        for line in probes.summary_lines(shares):
+            echo(line)
+    return {"eval_reward_base": before.reward, "eval_reward_tuned": after.reward, "probes": shares}
+
+
+def _training_rewards(records: list[dict]) -> dict:
+    logged = [r for r in records if isinstance(r.get("reward"), float)]
+    zero = [r["frac_reward_zero_std"] for r in logged if isinstance(r.get("frac_reward_zero_std"), float)]
+    return {"first_reward": logged[0]["reward"] if logged else None, "last_reward": logged[-1]["reward"] if logged else None,
+            "mean_zero_spread_share": sum(zero) / len(zero) if zero else None}
+
+
+def _markdown(rows: list[dict], before: Evaluation, after: Evaluation) -> str:
+    lines = [f"# Held-out prompts\n\nMean reward: base {_shown(before.reward)}, tuned {_shown(after.reward)}\n",
+             "| prompt | base answer | reward | tuned answer | reward |", "|---|---|---|---|---|"]
+    cell = lambda text: str(text).replace("|", "\\|").replace("\n", " ")[:300]  # noqa: E731
+    lines += [f"| {cell(r['prompt'])} | {cell(r['base'])} | {_shown(r['base_reward'])} | {cell(r['tuned'])} | "
+              f"{_shown(r['tuned_reward'])} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _shown(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _base_right(probe_sets, base: Evaluation) -> str:
+    shares = probes.score(probe_sets, base.probe_answers, base.probe_answers)[1]
+    return ", ".join(f"{name} {s['base_correct']}/{s['questions']}" for name, s in shares.items())
