@@ -110,10 +110,10 @@ def test_a_bad_row_is_one_line_and_exit_2_through_the_cli(command, tiny_model, t
 
 @pytest.mark.parametrize("override, line", [
     ("train.loss_type=sigmod", "train.loss_type: 'sigmod' is not a DPO loss; did you mean 'sigmoid'?"),
-    ("train.method=sft", "data.format: preference rows are for train.method: dpo, not sft"),
-    ("train.method=kto", "train.method: kto is not available yet"),
+    ("train.method=sft", "data.format: preference rows are for train.method: dpo or orpo or reward, not sft"),
+    ("train.method=kto", "train.method: kto needs data.format: unpaired, not preference"),
     ("model.adapter=runs/sft", "--set model.adapter=runs/sft: model.adapter: continuing a trained adapter is "
-                               "supported for train.method: dpo, not sft"),
+                               "supported for train.method: dpo or grpo, not sft"),
 ])
 def test_preference_keys_are_checked(override, line, tmp_path):
     recipe = write_recipe(tmp_path / "r.yaml", data={"format": "preference"}, train={"method": "dpo"})

@@ -19,7 +19,10 @@ DATA = {
     "sft": {},
     "dpo": {"train": str(REPO / "data_templates" / "preference.jsonl"), "format": "preference"},
     "classify": {"format": "classification", "max_length": 32},
+    "grpo": {"train": str(REPO / "data_templates" / "prompts.jsonl"), "format": "prompt"},
 }
+GRPO = {"reward": {"functions": [{"function": "max_words", "limit": 4}]},
+        "grpo": {"num_generations": 4, "max_completion_length": 8}}
 
 
 def method_recipe(method, tmp_path, **train):
@@ -27,7 +30,8 @@ def method_recipe(method, tmp_path, **train):
     if method == "classify":
         data["train"] = str(write_rows(tmp_path / "rows.jsonl", 32, 0))
     return write_recipe(tmp_path / "r.yaml", model={"dtype": "auto"}, data=data,
-                        train={"method": method, "max_steps": 4, "save_steps": 2, "batch_size": 4, **train})
+                        train={"method": method, "max_steps": 4, "save_steps": 2, "batch_size": 4, **train},
+                        **(GRPO if method == "grpo" else {}))
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

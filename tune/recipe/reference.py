@@ -17,16 +17,26 @@ def json_schema() -> str:
 
 
 def markdown_reference() -> str:
+    from tune.recipe.rewards import RewardFunction
+
     lines = []
     for section, field in Recipe.model_fields.items():
-        model: type[BaseModel] = field.annotation
-        lines += [f"### `{section}`", "", field.description, "",
-                  "| key | type | default | meaning |", "|---|---|---|---|"]
-        for name, sub in model.model_fields.items():
-            lines.append(f"| `{section}.{name}` | {_type_name(sub.annotation)} | {_default(sub)} | "
-                         f"{sub.description} |")
-        lines.append("")
+        # an optional section (reward) is its model or null
+        model: type[BaseModel] = next(t for t in typing.get_args(field.annotation) or [field.annotation]
+                                      if t is not type(None))
+        lines += _table(f"`{section}`", field.description, section, model)
+        if section == "reward":
+            lines += _table("`reward.functions` entries", "A built-in by name, or a mapping with its options:",
+                            "", RewardFunction)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _table(title: str, description: str, prefix: str, model: type[BaseModel]) -> list[str]:
+    lines = [f"### {title}", "", description, "", "| key | type | default | meaning |", "|---|---|---|---|"]
+    for name, sub in model.model_fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        lines.append(f"| `{key}` | {_type_name(sub.annotation)} | {_default(sub)} | {sub.description} |")
+    return lines + [""]
 
 
 def _type_name(annotation) -> str:

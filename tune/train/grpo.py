@@ -69,8 +69,9 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     limit = grpo.eval_max_new_tokens or grpo.max_completion_length
     evaluate = _evaluator(reward_funcs, weights, eval_rows, probe_sets, recipe, tokenizer, limit)
     base_answer = base_answerer(model, tokenizer, recipe, run.source, template)
-    first, _ = rewards.score_answers(reward_funcs, weights, train_rows[:1],
-                                     [text for text, _ in base_answer([train_rows[0]["prompt"]], limit)], tokenizer)
+    checked = train_rows[:2]  # two rows: a function that returns one reward per batch is caught here, not mid-run
+    first, _ = rewards.score_answers(reward_funcs, weights, checked, [text for text, _ in base_answer(
+        [row["prompt"] for row in checked], limit)], tokenizer)
     before = evaluate(base_answer, 0)
     run.echo(f"base model: held-out reward {_shown(before.reward)}"
              + (f", probes right {_base_right(probe_sets, before)}" if probe_sets else "") + f"; every reward checked on its answer to {train_rows[0][rewards.WHERE]} ({_shown(first[0])})")
@@ -161,7 +162,8 @@ def _report(before: Evaluation, after: Evaluation | None, eval_rows, probe_sets,
     write_json(staging / "rewards.json", {"base": before.reward, "tuned": after.reward, "rows": rows})
     write_text(staging / "rewards.md", _markdown(rows, before, after))
     if rows:
-        echo(f"\nheld-out prompts: mean reward {_shown(before.reward)} (base) -> {_shown(after.reward)} (tuned); "
+        echo("")
+        echo(f"held-out prompts: mean reward {_shown(before.reward)} (base) -> {_shown(after.reward)} (tuned); "
              f"per reward: " + ", ".join(f"{k} {before.per_function[k]:.2f} -> {v:.2f}" for k, v in after.per_function.items()))
     shares = None
     if probe_sets:

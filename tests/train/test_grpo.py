@@ -1,0 +1,220 @@
+"""GRPO on the tiny model: the reward rises on a learnable reward, equal rewards in every group warn, the
+guard keeps the best adapter under the probe bar and stops early, and every broken reward is one line
+naming the file, the function and the prompt row, with nothing written."""
+
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from tests.conftest import REPO, write_recipe
+from tune import recipe as recipe_io
+from tune.errors import TuneError
+from tune.train.grpo import train as grpo_train
+
+PROMPTS = REPO / "data_templates" / "prompts.jsonl"
+REWARDS = '''
+def low_ids(prompts, completions, completion_ids, **kwargs):
+    # the share of completion tokens among the tokenizer's first 256 ids (the byte alphabet)
+    return [sum(i < 256 for i in ids) / len(ids) for ids in completion_ids]
+
+def constant(prompts, completions, **kwargs):
+    return [1.0] * len(completions)
+
+def sees(prompts, completions, answer):
+    assert isinstance(prompts[0], str) and isinstance(completions[0], str), (type(prompts[0]), type(completions[0]))
+    return [0.0] * len(completions)
+
+def raises(prompts, completions, **kwargs):
+    return [1.0 / 0 for _ in completions]
+
+def too_few(prompts, completions, **kwargs):
+    return [1.0]
+
+def words(prompts, completions, **kwargs):
+    return ["good" for _ in completions]
+'''
+
+
+def grpo_recipe(tmp_path, functions, **sections):
+    (tmp_path / "rewards.py").write_text(REWARDS)
+    sections["data"] = {"train": str(PROMPTS), "format": "prompt"} | sections.get("data", {})
+    sections["train"] = {"method": "grpo", "max_steps": 4, "batch_size": 8, "lr_scheduler": "constant",
+                         "warmup_ratio": 0} | sections.get("train", {})
+    sections["reward"] = {"functions": functions}
+    sections["grpo"] = {"num_generations": 4, "max_completion_length": 12} | sections.get("grpo", {})
+    return write_recipe(tmp_path / "r.yaml", **sections)
+
+
+def lines_of(path, **kwargs):
+    lines = []
+    result = grpo_train(recipe_io.load(path), path, echo=lines.append, **kwargs)
+    return result, lines
+
+
+def test_reward_rises_and_a_saturated_reward_warns_that_groups_train_nothing(tiny_model, tmp_path):
+    # The tiny model's output layer is too small to concentrate probability through LoRA alone, so it is
+    # trained fully here; the built-in max_tokens is 1.0 for every 12-token completion (a constant column).
+    path = grpo_recipe(tmp_path, ["rewards.py:low_ids", {"function": "max_tokens", "limit": 12}],
+                       adapter={"modules_to_save": ["lm_head"]},
+                       train={"max_steps": 16, "learning_rate": 0.06})
+    result, lines = lines_of(path)
+    records = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in records if "reward" in r]
+    assert [r["step"] for r in logged] == list(range(1, 17))
+    first, last = logged[0]["rewards/low_ids/mean"], logged[-1]["rewards/low_ids/mean"]
+    assert first < 0.5 and last > 0.9, (first, last)
+    assert all(r["rewards/max_tokens/mean"] == 1.0 for r in logged)
+    assert result.summary["first_reward"] == logged[0]["reward"] and result.summary["last_reward"] == logged[-1]["reward"]
+    assert any(line.startswith("warning: ") and "of the groups got the same reward for every completion" in line
+               for line in lines)
+    assert [line for line in lines if line.startswith("step     1/16")][0].count("reward ") == 1  # reward on the step line
+    record = result.summary["rewards"][0]
+    assert record["function"] == "rewards.py:low_ids" and len(record["sha256"]) == 64
+    assert lines[0].startswith(f"reward: running Python code from {tmp_path / 'rewards.py'} (sha256 ")
+
+
+def test_a_constant_reward_warns_and_the_adapter_is_saved(tiny_model, tmp_path):
+    path = grpo_recipe(tmp_path, ["rewards.py:constant"])
+    result, lines = lines_of(path)
+    assert result.summary["mean_zero_spread_share"] == 1.0
+    assert sum("got the same reward for every completion" in line for line in lines) == 1  # once, not every log
+    saved = load_file(tmp_path / "out" / "adapter_model.safetensors")
+    assert saved and all("lora_" in name for name in saved)
+
+
+def test_held_out_prompts_and_probes_are_answered_before_and_after(tiny_model, tmp_path):
+    probes = tmp_path / "probes.jsonl"
+    probes.write_text("".join(json.dumps({"question": f"Say {w}.", "expected": w}) + "\n" for w in ("a", "e", "the")))
+    path = grpo_recipe(tmp_path, ["exact_answer", {"function": "max_words", "limit": 3}],
+                       data={"eval_fraction": 0.25, "probes": [str(probes)], "probe_max_new_tokens": 6},
+                       train={"eval_steps": 2})
+    result, lines = lines_of(path)
+    out = tmp_path / "out"
+    table = json.loads((out / "rewards.json").read_text())
+    assert len(table["rows"]) == 6 and table["base"] == result.summary["eval_reward_base"]
+    assert {"prompt", "base", "tuned", "base_reward", "tuned_reward"} <= set(table["rows"][0])
+    assert (out / "rewards.md").read_text().startswith("# Held-out prompts")
+    evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "eval_reward" in line]
+    assert [r["step"] for r in evals] == [2, 4] and {"eval_rewards/exact_answer", "eval_rewards/max_words"} <= set(evals[0])
+    assert result.summary["probes"]["probes"]["questions"] == 3
+    assert any(line.startswith("held-out prompts: mean reward ") for line in lines)
+    assert any(line.startswith("guard: kept ") for line in lines)
+
+
+def test_the_guard_keeps_the_best_adapter_within_the_probe_bar_and_stops_early(tiny_model):
+    import torch
+    from peft import get_peft_model, get_peft_model_state_dict
+    from transformers import AutoModelForCausalLM, TrainerControl, TrainerState
+
+    from tune.models.load import lora_config
+    from tune.recipe import AdapterSection
+    from tune.train.guard import Evaluation, RewardGuard
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), lora_config(AdapterSection(r=4)))
+    script = {1: (0.2, 1.0), 2: (0.5, 0.8), 3: (0.9, 0.5), 4: (1.0, 0.25), 5: (1.0, 1.0)}  # step: (reward, kept)
+    added, lines = [], []
+    metrics = type("Metrics", (), {"add": lambda self, record, max_steps: added.append(record)})()
+    guard = RewardGuard(lambda m, step: Evaluation(step, script[step][0], {}, script[step][1]), every=1,
+                        min_kept_share=0.75, stop_after=2, metrics=metrics, echo=lines.append)
+    state, control, weights = TrainerState(max_steps=5), TrainerControl(), {}
+    for step in range(1, 5):
+        with torch.no_grad():  # the weights at each step, told apart by value
+            for name, parameter in model.named_parameters():
+                if "lora_B" in name:
+                    parameter.fill_(step)
+        weights[step] = {k: v.clone() for k, v in get_peft_model_state_dict(model).items()}
+        state.global_step = step
+        guard.on_step_end(None, state, control, model=model)
+        assert control.should_training_stop == (step == 4)
+    assert [r["probes_kept"] for r in added] == [1.0, 0.8, 0.5, 0.25]
+    assert lines == ["guard: stopping at step 4: the probes kept 25% (under grpo.min_kept_share 75%) at 2 "
+                     "evaluations in a row"]
+    said = guard.restore_best(model)
+    assert said == ("kept step 2: held-out reward 0.500, the highest among evaluations whose probes kept at least 75% "
+                    "(final step 4: reward 1.000, probes kept 25%)")
+    restored = get_peft_model_state_dict(model)
+    assert all(torch.equal(restored[k], weights[2][k]) for k in restored)
+
+
+def test_a_text_prompt_reaches_a_reward_file_as_text(tiny_model, tmp_path):
+    path = grpo_recipe(tmp_path, ["rewards.py:sees"], train={"max_steps": 1})
+    result, _ = lines_of(path)  # the function asserts what it receives; a failure would be a TuneError here
+    assert result.summary["steps"] == 1
+
+
+@pytest.mark.parametrize("function, expected", [
+    ("missing.py:f", "reward.functions: missing.py: no such file (looked beside the recipe and in the current folder)"),
+    ("rewards.py:absent", "reward.functions: {dir}/rewards.py has no function absent (functions in it: constant, "
+                          "low_ids, raises, sees, too_few, words)"),
+    ("rewards.py:raises", "reward {dir}/rewards.py:raises: raised ZeroDivisionError: float division by zero (on {data}:row 1)"),
+    ("rewards.py:too_few", "reward {dir}/rewards.py:too_few: returned 1 rewards for 2 completions; return one per "
+                           "completion (on {data}:row 1)"),
+    ("rewards.py:words", "reward {dir}/rewards.py:words: returned 'good', not a finite number (or None to skip); "
+                         "on {data}:row 1"),
+    ({"function": "exact_answer", "column": "solution"},
+     "reward exact_answer: the prompt rows have no column 'solution' (columns: answer); set column: in its "
+     "reward.functions entry"),
+])
+def test_a_broken_reward_is_one_line_before_anything_is_written(function, expected, tiny_model, tmp_path):
+    path = grpo_recipe(tmp_path, [function])
+    with pytest.raises(TuneError) as caught:
+        lines_of(path)
+    assert caught.value.problems == [expected.format(dir=tmp_path, data=PROMPTS)]
+    assert not (tmp_path / "out").exists()
+
+
+def validate(path):
+    from typer.testing import CliRunner
+
+    from tune.cli import app
+
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert "Traceback" not in result.output + result.stderr
+    return result
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"grpo": {"num_generations": 1}}, "grpo.num_generations: Input should be greater than or equal to 2"),
+    ({"grpo": {"num_generations": 3}}, "grpo.num_generations: a generation batch of 8 completions (train.batch_size 8 "
+                                       "x gradient_accumulation 1) does not hold whole groups of 3; make it a multiple "
+                                       "of 3, or set grpo.generation_batch_size"),
+    ({"grpo": {"generation_batch_size": 12}}, "grpo.generation_batch_size: 12 completions do not split into training "
+                                              "batches of 8 (train.batch_size); use a multiple of 8"),
+    ({"grpo": {"loss_type": "drgrpo"}}, "grpo.loss_type: 'drgrpo' is not a GRPO loss; did you mean 'dr_grpo'? (one of "
+                                        "grpo, dr_grpo, dapo, bnpo, cispo, sapo, luspo, vespo)"),
+    ({"reward": {"functions": ["exact_answr"]}}, "reward.functions: 'exact_answr' is not a built-in reward; did you "
+     "mean 'exact_answer'? (built-ins: exact_answer, contains_answer, regex, max_words, max_tokens, json_valid; or give "
+     "FILE.py:NAME)"),
+    ({"reward": {"functions": ["regex"]}}, "reward.functions: regex needs `pattern`"),
+    ({"reward": {"functions": ["exact_answer"], "weights": [1, 2]}}, "reward.weights: 2 weights for 1 rewards; give "
+                                                                     "one per reward (functions first, then the model)"),
+    ({"reward": None}, "reward: train.method: grpo needs a reward section (reward.functions and/or reward.model)"),
+    ({"train": {"method": "sft"}, "data": {"format": "instruction"}, "reward": None, "grpo": {"beta": 0.1}},
+     "grpo.num_generations: applies to train.method: grpo, not sft"),
+])
+def test_validate_refuses_what_trl_would_refuse_mid_run(change, expected, tmp_path):
+    import yaml
+
+    path = grpo_recipe(tmp_path, ["exact_answer"])
+    recipe = yaml.safe_load(path.read_text())
+    for section, values in change.items():
+        if values is None:
+            recipe.pop(section)
+        elif section == "reward":
+            recipe[section] = values
+        else:
+            recipe[section].update(values)
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    result = validate(path)
+    assert result.exit_code == 2 and expected in result.stderr, result.stderr
+
+
+def test_a_prompt_row_without_its_prompt_column_is_one_line(tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"question": "2+2?", "answer": "4"}\n')
+    path = grpo_recipe(tmp_path, ["exact_answer"], data={"train": str(rows)})
+    result = validate(path)
+    assert result.exit_code == 2
+    assert result.stderr == (f"{path}: {rows}:row 1: missing column prompt; row has ['answer', 'question'] (map yours with "
+                             "data.columns.prompt)\n")
