@@ -16,15 +16,13 @@ from tune.data.prompts import prepare_prompts
 from tune.data.rows import sha256
 from tune.data.templates import resolve_template
 from tune.infer.answer_cache import base_answerer
-from tune.infer.generate import generate_batch
 from tune.models.load import load_model, load_tokenizer, lora_config
 from tune.models.run_dir import check_fits_base
-from tune.output import write_json, write_text
 from tune.recipe import Recipe
 from tune.train import distributed, rewards
 from tune.train import run as skeleton
 from tune.train.arguments import arguments
-from tune.train.guard import Evaluation, RewardGuard, ZeroSpreadWarning
+from tune.train.guard import RewardGuard, ZeroSpreadWarning, answerer, base_right, evaluator, report, shown, training_rewards
 from tune.train.run import RunResult
 
 METRICS = ("reward", "reward_std", "frac_reward_zero_std", "kl", "entropy", "completions/mean_length",
@@ -67,14 +65,14 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
 
         model = PeftModel.from_pretrained(model, str(start), is_trainable=True)
     limit = grpo.eval_max_new_tokens or grpo.max_completion_length
-    evaluate = _evaluator(reward_funcs, weights, eval_rows, probe_sets, recipe, tokenizer, limit)
+    evaluate = evaluator(reward_funcs, weights, eval_rows, probe_sets, recipe, tokenizer, limit)
     base_answer = base_answerer(model, tokenizer, recipe, run.source, template)
     checked = train_rows[:2]  # two rows: a function that returns one reward per batch is caught here, not mid-run
     first, _ = rewards.score_answers(reward_funcs, weights, checked, [text for text, _ in base_answer(
         [row["prompt"] for row in checked], limit)], tokenizer)
     before = evaluate(base_answer, 0)
-    run.echo(f"base model: held-out reward {_shown(before.reward)}"
-             + (f", probes right {_base_right(probe_sets, before)}" if probe_sets else "") + f"; every reward checked on its answer to {train_rows[0][rewards.WHERE]} ({_shown(first[0])})")
+    run.echo(f"base model: held-out reward {shown(before.reward)}"
+             + (f", probes right {base_right(probe_sets, before)}" if probe_sets else "") + f"; every reward checked on its answer to {train_rows[0][rewards.WHERE]} ({shown(first[0])})")
 
     # ---- trainer
     config = GRPOConfig(
@@ -85,7 +83,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         num_iterations=grpo.num_iterations, mask_truncated_completions=grpo.mask_truncated_completions,
         reward_weights=weights, remove_unused_columns=False, log_completions=False,
     )
-    guard = RewardGuard(lambda policy, step: evaluate(_answerer(policy, tokenizer), step, before),
+    guard = RewardGuard(lambda policy, step: evaluate(answerer(policy, tokenizer), step, before),
                         recipe.train.eval_steps, grpo.min_kept_share, grpo.stop_after, run.metrics, run.echo)
     trainer = GRPOTrainer(
         model=model, reward_funcs=reward_funcs, args=config, processing_class=tokenizer,
@@ -104,12 +102,12 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     skeleton.write_records(run, fingerprint)
     trained = skeleton.fit(run, trainer, has_eval=False)
     kept = guard.restore_best(trainer.model) if grpo.keep == "best" and guard.history else "kept the final weights"
-    after = evaluate(_answerer(trainer.model, tokenizer), trainer.state.global_step, before) if (
+    after = evaluate(answerer(trainer.model, tokenizer), trainer.state.global_step, before) if (
         eval_rows or probe_sets) else None
     staging = skeleton.save(run, trainer, tokenizer)
     if staging is None:
         return RunResult({}, trainer.model)
-    own = _report(before, after, eval_rows, probe_sets, staging, run.echo) | _training_rewards(run.metrics.records)
+    own = report(before, after, eval_rows, probe_sets, staging, run.echo) | training_rewards(run.metrics.records)
     run.echo(f"guard: {kept}")
     if guard.stopped_early:
         run.echo(f"guard: stopped early: {guard.stopped_early}")
@@ -129,72 +127,3 @@ def _unique_names(funcs: list) -> list:
         if seen[func.__name__] > 1:
             func.__name__ = f"{func.__name__}_{seen[func.__name__]}"
     return funcs
-
-
-def _answerer(model, tokenizer):
-    return lambda conversations, limit: generate_batch(model, tokenizer, conversations, limit)
-
-
-def _evaluator(reward_funcs, weights, eval_rows, probe_sets, recipe, tokenizer, limit):
-    """evaluate(answer, step, base=None) -> Evaluation: the held-out prompts and the probes answered in one
-    batched greedy pass, scored with the rewards and against the base's probe answers."""
-    def evaluate(answer, step, base: Evaluation | None = None) -> Evaluation:
-        conversations = [row["prompt"] for row in eval_rows]
-        texts = [text for text, _ in answer(conversations, limit)] if conversations else []
-        totals, means = rewards.score_answers(reward_funcs, weights, eval_rows, texts, tokenizer)
-        probe_answers = probes.answer_sets(answer, probe_sets, recipe.data.system_prompt,
-                                           recipe.data.probe_max_new_tokens) if probe_sets else []
-        kept = None
-        if base is not None and probe_sets:
-            shares = probes.score(probe_sets, base.probe_answers, probe_answers)[1].values()
-            known = [s["kept"] for s in shares if s["kept"] is not None]
-            kept = min(known) if known else None
-        return Evaluation(step, rewards.mean(totals), means, kept, texts, totals, probe_answers)
-    return evaluate
-
-
-def _report(before: Evaluation, after: Evaluation | None, eval_rows, probe_sets, staging: Path, echo) -> dict:
-    """The held-out table (rewards.md, rewards.json) and the probe table, printed and saved."""
-    if after is None:
-        return {"eval_reward_base": None, "eval_reward_tuned": None, "probes": None}
-    rows = [{"prompt": row["prompt"][-1]["content"], "base": b, "tuned": t, "base_reward": br, "tuned_reward": tr}
-            for row, b, t, br, tr in zip(eval_rows, before.answers, after.answers, before.rewards, after.rewards)]
-    write_json(staging / "rewards.json", {"base": before.reward, "tuned": after.reward, "rows": rows})
-    write_text(staging / "rewards.md", _markdown(rows, before, after))
-    if rows:
-        echo("")
-        echo(f"held-out prompts: mean reward {_shown(before.reward)} (base) -> {_shown(after.reward)} (tuned); "
-             f"per reward: " + ", ".join(f"{k} {before.per_function[k]:.2f} -> {v:.2f}" for k, v in after.per_function.items()))
-    shares = None
-    if probe_sets:
-        table, shares = probes.score(probe_sets, before.probe_answers, after.probe_answers)
-        write_text(staging / "probes.md", probes.markdown(table, shares))
-        write_json(staging / "probes.json", {"shares": shares, "rows": table})
-        for line in probes.summary_lines(shares):
-            echo(line)
-    return {"eval_reward_base": before.reward, "eval_reward_tuned": after.reward, "probes": shares}
-
-
-def _training_rewards(records: list[dict]) -> dict:
-    logged = [r for r in records if isinstance(r.get("reward"), float)]
-    zero = [r["frac_reward_zero_std"] for r in logged if isinstance(r.get("frac_reward_zero_std"), float)]
-    return {"first_reward": logged[0]["reward"] if logged else None, "last_reward": logged[-1]["reward"] if logged else None,
-            "mean_zero_spread_share": sum(zero) / len(zero) if zero else None}
-
-
-def _markdown(rows: list[dict], before: Evaluation, after: Evaluation) -> str:
-    lines = [f"# Held-out prompts\n\nMean reward: base {_shown(before.reward)}, tuned {_shown(after.reward)}\n",
-             "| prompt | base answer | reward | tuned answer | reward |", "|---|---|---|---|---|"]
-    cell = lambda text: str(text).replace("|", "\\|").replace("\n", " ")[:300]  # noqa: E731
-    lines += [f"| {cell(r['prompt'])} | {cell(r['base'])} | {_shown(r['base_reward'])} | {cell(r['tuned'])} | "
-              f"{_shown(r['tuned_reward'])} |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def _shown(value) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
-def _base_right(probe_sets, base: Evaluation) -> str:
-    shares = probes.score(probe_sets, base.probe_answers, base.probe_answers)[1]
-    return ", ".join(f"{name} {s['base_correct']}/{s['questions']}" for name, s in shares.items())

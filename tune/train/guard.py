@@ -9,8 +9,14 @@ Also here: the warning for groups whose completions all got the same reward (the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from transformers import TrainerCallback
+
+from tune.data import probes
+from tune.infer.generate import generate_batch
+from tune.output import write_json, write_text
+from tune.train import rewards
 
 
 @dataclass
@@ -111,3 +117,74 @@ class ZeroSpreadWarning(TrainerCallback):
                       f"completion over the last {self.window} logs; such groups train nothing. Make the reward "
                       "finer-grained (partial credit), raise grpo.temperature or grpo.num_generations, or use "
                       "prompts the model sometimes gets right")
+
+
+# ---- the held-out evaluation and its report
+
+def answerer(model, tokenizer):
+    return lambda conversations, limit: generate_batch(model, tokenizer, conversations, limit)
+
+
+def evaluator(reward_funcs, weights, eval_rows, probe_sets, recipe, tokenizer, limit):
+    """evaluate(answer, step, base=None) -> Evaluation: the held-out prompts and the probes answered in one
+    batched greedy pass, scored with the rewards and against the base's probe answers."""
+    def evaluate(answer, step, base: Evaluation | None = None) -> Evaluation:
+        conversations = [row["prompt"] for row in eval_rows]
+        texts = [text for text, _ in answer(conversations, limit)] if conversations else []
+        totals, means = rewards.score_answers(reward_funcs, weights, eval_rows, texts, tokenizer)
+        probe_answers = probes.answer_sets(answer, probe_sets, recipe.data.system_prompt,
+                                           recipe.data.probe_max_new_tokens) if probe_sets else []
+        kept = None
+        if base is not None and probe_sets:
+            shares = probes.score(probe_sets, base.probe_answers, probe_answers)[1].values()
+            known = [s["kept"] for s in shares if s["kept"] is not None]
+            kept = min(known) if known else None
+        return Evaluation(step, rewards.mean(totals), means, kept, texts, totals, probe_answers)
+    return evaluate
+
+
+def report(before: Evaluation, after: Evaluation | None, eval_rows, probe_sets, staging: Path, echo) -> dict:
+    """The held-out table (rewards.md, rewards.json) and the probe table, printed and saved."""
+    if after is None:
+        return {"eval_reward_base": None, "eval_reward_tuned": None, "probes": None}
+    rows = [{"prompt": row["prompt"][-1]["content"], "base": b, "tuned": t, "base_reward": br, "tuned_reward": tr}
+            for row, b, t, br, tr in zip(eval_rows, before.answers, after.answers, before.rewards, after.rewards)]
+    write_json(staging / "rewards.json", {"base": before.reward, "tuned": after.reward, "rows": rows})
+    write_text(staging / "rewards.md", _markdown(rows, before, after))
+    if rows:
+        echo("")
+        echo(f"held-out prompts: mean reward {shown(before.reward)} (base) -> {shown(after.reward)} (tuned); "
+             f"per reward: " + ", ".join(f"{k} {before.per_function[k]:.2f} -> {v:.2f}" for k, v in after.per_function.items()))
+    shares = None
+    if probe_sets:
+        table, shares = probes.score(probe_sets, before.probe_answers, after.probe_answers)
+        write_text(staging / "probes.md", probes.markdown(table, shares))
+        write_json(staging / "probes.json", {"shares": shares, "rows": table})
+        for line in probes.summary_lines(shares):
+            echo(line)
+    return {"eval_reward_base": before.reward, "eval_reward_tuned": after.reward, "probes": shares}
+
+
+def training_rewards(records: list[dict]) -> dict:
+    logged = [r for r in records if isinstance(r.get("reward"), float)]
+    zero = [r["frac_reward_zero_std"] for r in logged if isinstance(r.get("frac_reward_zero_std"), float)]
+    return {"first_reward": logged[0]["reward"] if logged else None, "last_reward": logged[-1]["reward"] if logged else None,
+            "mean_zero_spread_share": sum(zero) / len(zero) if zero else None}
+
+
+def _markdown(rows: list[dict], before: Evaluation, after: Evaluation) -> str:
+    lines = [f"# Held-out prompts\n\nMean reward: base {shown(before.reward)}, tuned {shown(after.reward)}\n",
+             "| prompt | base answer | reward | tuned answer | reward |", "|---|---|---|---|---|"]
+    cell = lambda text: str(text).replace("|", "\\|").replace("\n", " ")[:300]  # noqa: E731
+    lines += [f"| {cell(r['prompt'])} | {cell(r['base'])} | {shown(r['base_reward'])} | {cell(r['tuned'])} | "
+              f"{shown(r['tuned_reward'])} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def shown(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def base_right(probe_sets, base: Evaluation) -> str:
+    shares = probes.score(probe_sets, base.probe_answers, base.probe_answers)[1]
+    return ", ".join(f"{name} {s['base_correct']}/{s['questions']}" for name, s in shares.items())
