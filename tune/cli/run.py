@@ -70,4 +70,17 @@ def print_summary(summary: dict) -> None:
         lines[1] += f", accuracy {summary['accuracy']:.4f}, macro-F1 {summary['macro_f1']:.4f}" if summary.get("accuracy") is not None else ""
         lines[2] = f"adapter: {summary['output_dir']} (eval_metrics.json, confusion_matrix.png, loss_curve.png)"
         lines[3] = f"next: tune eval {summary['output_dir']} --data FILE   or   tune predict {summary['output_dir']} --data FILE --out preds.jsonl"
+    if summary.get("method") == "reward":
+        accuracy = summary.get("eval_pairwise_accuracy")
+        lines[1] += f", held-out pairwise accuracy {accuracy:.2f}" if accuracy is not None else ""
+        lines[3] = (f"next: tune predict {summary['output_dir']} --data pairs.jsonl --out scores.jsonl   or   "
+                    f"reward.model: {summary['output_dir']} in a grpo recipe")
+    if summary.get("method") == "grpo":  # its loss sits near 0 by construction; the reward is what moved
+        lines[1] = (f"reward {_number(summary.get('first_reward'))} -> {_number(summary.get('last_reward'))} (training "
+                    f"samples); held-out {_number(summary.get('eval_reward_base'))} (base) -> "
+                    f"{_number(summary.get('eval_reward_tuned'))} (tuned)")
     out.print("\n".join(lines), markup=False)
+
+
+def _number(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

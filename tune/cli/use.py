@@ -165,15 +165,20 @@ def evaluate(model_dir: Path = typer.Argument(help="A `tune run` output dir or a
     out.print(line, markup=False)
 
 
-def predict(model_dir: Path = typer.Argument(help="The output dir of a `train.method: classify` run."),
-            data: Path = typer.Option(..., "--data", help="Rows with the run's text (and text_pair) columns."),
-            out_file: Path = typer.Option(..., "--out", help="Where to write: .jsonl or .csv.")) -> None:
-    """Label every row of --data: its predicted label and the probability of each label."""
-    from tune.infer.classify import predict_file
+def predict(model_dir: Path = typer.Argument(help="The output dir of a `train.method: classify` or `reward` run."),
+            data: Path = typer.Option(..., "--data", help="classify: rows with the run's text (and text_pair) columns; reward: {prompt, completion} or {prompt, chosen, rejected} rows."),
+            out_file: Path = typer.Option(..., "--out", help="Where to write: .jsonl or .csv (classify).")) -> None:
+    """Label every row of --data (its predicted label and each label's probability), or score it with a
+    reward model (its reward; for pairs, both rewards and whether chosen wins)."""
+    from tune.infer import classify, reward_model
+    from tune.models.run_dir import run_recipe
     from tune.quiet import quiet_libraries
 
     quiet_libraries()
     try:
+        recipe = run_recipe(model_dir) if model_dir.is_dir() else None
+        predict_file = (reward_model.predict_file if recipe is not None and recipe.train.method == "reward"
+                        else classify.predict_file)
         count = predict_file(model_dir, data, out_file, echo=say_err)
     except TuneError as exc:
         fail(exc)

@@ -43,6 +43,8 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
 
     # ---- rewards, tokenizer, prompts: every problem surfaces before anything is written
     built = [rewards.build(spec, run.recipe_dir, run.echo) for spec in section.functions]
+    if section.model is not None:
+        built.append(rewards.from_reward_model(section.model, run.recipe_dir, run.echo))
     reward_funcs, reward_records = _unique_names([r for r, _ in built]), [record for _, record in built]
     weights = section.weights or [1.0] * len(reward_funcs)
     run.metrics.keys += tuple(f"rewards/{r.__name__}/mean" for r in reward_funcs)

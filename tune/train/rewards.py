@@ -77,6 +77,22 @@ def build(spec: RewardFunction, recipe_dir: Path | None, echo) -> tuple[Reward, 
     return _from_file(spec.function, recipe_dir, echo)
 
 
+def from_reward_model(name: str, recipe_dir: Path | None, echo) -> tuple[Reward, dict]:
+    """`reward.model`: a tune reward run's score of the prompt and the completion."""
+    from tune.infer.reward_model import load_reward_model, score
+    from tune.paths import find_file
+
+    folder = find_file(name, recipe_dir) or Path(name)
+    model, tokenizer, max_length = load_reward_model(folder, echo, key="reward.model")
+    digest = hashlib.sha256((folder / "adapter_model.safetensors").read_bytes()).hexdigest()
+
+    def scores(prompts, completions, completion_ids, columns):
+        conversations = [list(p) + [{"role": "assistant", "content": text_of(c)}] for p, c in zip(prompts, completions)]
+        return score(model, tokenizer, conversations, max_length)
+
+    return Reward("reward_model", scores), {"model": str(folder.resolve()), "adapter_sha256": digest}
+
+
 def _from_file(spec: str, recipe_dir: Path | None, echo) -> tuple[Reward, dict]:
     file_name, _, name = spec.rpartition(":")
     path = find_regular_file(file_name, recipe_dir)
