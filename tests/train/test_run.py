@@ -20,6 +20,9 @@ DATA = {
     "dpo": {"train": str(REPO / "data_templates" / "preference.jsonl"), "format": "preference"},
     "classify": {"format": "classification", "max_length": 32},
     "grpo": {"train": str(REPO / "data_templates" / "prompts.jsonl"), "format": "prompt"},
+    "reward": {"train": str(REPO / "data_templates" / "preference.jsonl"), "format": "preference"},
+    "orpo": {"train": str(REPO / "data_templates" / "preference.jsonl"), "format": "preference"},
+    "kto": {"train": str(REPO / "data_templates" / "unpaired.jsonl"), "format": "unpaired"},
 }
 GRPO = {"reward": {"functions": [{"function": "max_words", "limit": 4}]},
         "grpo": {"num_generations": 4, "max_completion_length": 8}}

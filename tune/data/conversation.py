@@ -105,3 +105,10 @@ def fit_length(example: Tokenized, max_length: int, policy: str, where: str, rep
     report.truncated += 1
     report.kept += 1
     return Tokenized(example.input_ids[:max_length], example.labels[:max_length], example.prompt_tokens)
+
+
+def rendered_tokens(tokenizer, conversations: list[list[dict]]) -> int:
+    """Tokens in the conversations as the tokenizer's chat template renders them: the per-epoch count of a
+    trainer that tokenizes rows itself (KTO, ORPO), for the run's tokens/s."""
+    texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations]
+    return sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]) if texts else 0

@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import Callable
 
-from tune.data import chat, classification, completion, instruction, preference, prompts
+from tune.data import chat, classification, completion, instruction, preference, prompts, unpaired
 from tune.data.conversation import tokenize
 from tune.errors import DataError
 
@@ -92,6 +92,8 @@ FORMATS = {
     "chat": Format(_as_messages(chat.row_to_messages), chat.row_to_messages, _conversation_view(chat.row_to_messages)),
     # prompt + chosen as one conversation: what `tune data preview` and `tune data check` show
     "preference": Format(_preference_check, preference.row_to_messages, _conversation_view(preference.row_to_messages)),
+    "unpaired": Format(_as_messages(unpaired.row_to_messages), unpaired.row_to_messages,
+                       _conversation_view(unpaired.row_to_messages)),
     "prompt": Format(_as_messages(prompts.row_to_messages), prompts.row_to_messages, _prompt_view),
     "completion": Format(lambda row, data, where: completion.row_text(row, data.columns, where), None, _text_view),
     "classification": Format(lambda row, data, where: classification.check_row(row, data.columns, data.labels, where),

@@ -149,3 +149,33 @@ def prepare_pairs(data: DataSection, tokenizer, template: str, recipe_dir: Path 
         notes.append(f"{report.truncated} pairs truncated and {report.dropped} dropped "
                      f"(over data.max_length={data.max_length}; longest {report.longest} tokens)")
     return Prepared(train, evaluation, fingerprint, report, notes)
+
+
+def prepare_conversations(data: DataSection, recipe_dir: Path | None, seed: int) -> tuple[list[dict], list[dict], dict]:
+    """Pairs as chat messages, {"prompt", "chosen", "rejected"}, for trainers that render and tokenize
+    themselves (ORPO); the same rows, checks and data.drop_bad_pairs as prepare_pairs."""
+    fingerprint: dict = {"sources": []}
+    bad: list[str] = []
+
+    def read(spec, key):
+        pairs = []
+        for where, row in load_rows(data, spec, key, recipe_dir, seed, fingerprint):
+            try:
+                prompt, chosen, rejected = row_to_pair(row, data.columns, data.system_prompt, where)
+            except BadPair as exc:
+                bad.extend(exc.problems)
+                continue
+            pairs.append({"prompt": prompt, "chosen": [chosen], "rejected": [rejected]})
+        return pairs
+
+    train = read(data.train, "data.train")
+    evaluation = read(data.eval, "data.eval") if data.eval is not None else []
+    if bad and not data.drop_bad_pairs:
+        raise DataError(bad)
+    if data.eval is None:
+        train, evaluation = split_off(train, data.eval_fraction, seed)
+    if not train:
+        raise TuneError("data.train: no usable pairs")
+    fingerprint.update(train_examples=len(train), eval_examples=len(evaluation), dropped_pairs=len(bad),
+                       rows_sha256=sha256(repr(train + evaluation).encode()))
+    return train, evaluation, fingerprint

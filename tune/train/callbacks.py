@@ -53,7 +53,7 @@ class MetricsLog(TrainerCallback):
 
 # What a step line shows, when logged. GRPO's loss sits near 0 by construction: its reward is what moves.
 SHOWN = {"loss": "loss {:.4f}", "reward": "reward {:.3f}", "reward_std": "± {:.3f}",
-         "frac_reward_zero_std": "zero-spread {:.0%}", "kl": "kl {:.4f}", "accuracy": "pairs right {:.0%}", "eval_loss": "eval_loss {:.4f}",
+         "frac_reward_zero_std": "zero-spread {:.0%}", "kl": "kl {:.4f}", "accuracy": "pairs right {:.0%}", "rewards/accuracies": "pairs right {:.0%}", "eval_loss": "eval_loss {:.4f}",
          "eval_reward": "held-out reward {:.3f}", "probes_kept": "probes kept {:.0%}", "learning_rate": "lr {:.2e}"}
 
 

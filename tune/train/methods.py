@@ -8,10 +8,10 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from tune.output import exclusive
-from tune.train import classify, distributed, dpo, grpo, reward, sft
+from tune.train import classify, distributed, dpo, grpo, kto, orpo, reward, sft
 
 METHODS = {"sft": sft.train, "dpo": dpo.train, "classify": classify.train, "grpo": grpo.train,
-           "reward": reward.train}
+           "reward": reward.train, "kto": kto.train, "orpo": orpo.train}
 
 
 def run_recipe(recipe, recipe_path: Path, echo=print, resume: bool = False, console=None,
