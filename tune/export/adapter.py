@@ -11,6 +11,7 @@ from tune.export.merge import TOKENIZER_FILES
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 RECORD_FILES = ("recipe.yaml", "versions.json", "data_fingerprint.json", "metrics.jsonl", "run.json")
+HEAD_FILES = ("labels.json", "config.json")  # a classifier's labels and head config (classify and reward runs)
 # vLLM's --max-lora-rank accepts only these; an adapter of smaller rank is padded up to it.
 VLLM_MAX_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 # Layers vLLM can put LoRA on for Llama/Mistral/Qwen2 (it packs q/k/v and gate/up itself).
@@ -20,7 +21,7 @@ VLLM_MODULES = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 def copy_adapter(run, out_dir: Path) -> None:
     """Adapter, tokenizer (with the trained chat template) and the run's records; no checkpoints."""
-    for name in ADAPTER_FILES + TOKENIZER_FILES + RECORD_FILES:
+    for name in ADAPTER_FILES + TOKENIZER_FILES + RECORD_FILES + HEAD_FILES:
         if (run.path / name).is_file():
             shutil.copyfile(run.path / name, out_dir / name)
 
@@ -37,7 +38,7 @@ def compatibility(config: dict) -> dict:
     if config.get("use_dora"):
         warnings.append("DoRA adapters are not served by vLLM, TGI or LoRAX; export --format merged instead")
     if config.get("modules_to_save"):
-        warnings.append(f"modules_to_save {config['modules_to_save']} (whole trained layers) are not served by "
+        warnings.append(f"modules_to_save {sorted(set(config['modules_to_save']))} (whole trained layers) are not served by "
                         "vLLM; export --format merged instead")
     targets = config.get("target_modules") or []
     targets = [targets] if isinstance(targets, str) else targets

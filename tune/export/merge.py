@@ -48,6 +48,8 @@ def output_dtype(run: AdapterRun, name: str):
 def stream_blocker(run: AdapterRun) -> str | None:
     """Why the streamed merge cannot be used for this adapter and base (None: it can)."""
     config = run.config
+    if run.labels is not None:
+        return "a classifier's head is not in the base checkpoint"
     if checkpoint_files(run.base) is None:
         return "the base is not a local safetensors checkpoint"
     if config.get("use_dora"):
@@ -149,11 +151,16 @@ def load_peft(run: AdapterRun, dtype=None):
     """Base (16/32-bit, safetensors only, never the 4-bit QLoRA weights) + the adapter, unmerged."""
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    names = run.labels  # a classify or reward run: the base with its label head, as it was trained
+    head = {} if names is None else {
+        "num_labels": len(names), "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)},
+        "pad_token_id": json.loads((run.path / "config.json").read_text()).get("pad_token_id")}
+    auto = AutoModelForCausalLM if names is None else AutoModelForSequenceClassification
     try:
-        base = AutoModelForCausalLM.from_pretrained(run.base, dtype=dtype or torch.float32, revision=run.revision,
-                                                    trust_remote_code=run.trust_remote_code, use_safetensors=True)
+        base = auto.from_pretrained(run.base, dtype=dtype or torch.float32, revision=run.revision,
+                                    trust_remote_code=run.trust_remote_code, use_safetensors=True, **head)
     except (OSError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise TuneError(f"model.name: cannot load '{run.base}' (safetensors only): {first[:300]}") from None

@@ -82,6 +82,9 @@ def export(adapter_dir: Path, out: Path, fmt: str, quant: str = "f16", dtype: st
     run = _checked_run(adapter_dir, base, dtype, shard_size, echo)
     if fmt == "merged":
         return merge(adapter_dir, out, dtype, shard_size, base, verify, False, overwrite, echo)
+    if fmt == "gguf" and run.labels is not None:
+        raise TuneError(f"--format: gguf: {run.path} is a classifier ({run.recipe.get('train', {}).get('method')} "
+                        "run) and llama.cpp runs causal language models; export it with --format adapter or merged")
     if fmt == "gguf":
         to_gguf.check_supported(base_config(run), run.path)
     with staged(out, overwrite, run) as temp:

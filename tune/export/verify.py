@@ -101,9 +101,12 @@ def merged_logits(model_dir, probes: list) -> list:
     """The merged checkpoint's logits, its stored weights computed in float32 (so the check measures
     the weights, not the precision of a CPU's 16-bit matmuls)."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True).eval()
+    architectures = AutoConfig.from_pretrained(model_dir).architectures or []
+    auto = AutoModelForSequenceClassification if any(a.endswith("ForSequenceClassification") for a in architectures) \
+        else AutoModelForCausalLM
+    model = auto.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True).eval()
     with torch.no_grad():
         logits = [model(torch.tensor([ids])).logits[0].float() for ids in probes]
     del model

@@ -31,6 +31,9 @@ def load_for_inference(model_dir: Path, echo=None):
         raise TuneError(f"{model_dir}: no such folder")
     if not (model_dir / "adapter_config.json").is_file() and not (model_dir / "config.json").is_file():
         raise TuneError(f"{model_dir}: neither an adapter dir (adapter_config.json) nor a model folder (config.json)")
+    if (model_dir / "labels.json").is_file():
+        raise TuneError(f"{model_dir}: a classifier (train.method: classify or reward) scores text and does not "
+                        f"write it; use `tune predict {model_dir} --data FILE --out FILE`")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -38,6 +38,12 @@ class AdapterRun:
         return str(self.recipe.get("model", {}).get("name") or self.base)
 
     @property
+    def labels(self) -> list[str] | None:
+        """A classifier's label names (classify and reward runs: one label, "reward"), or None for a causal LM."""
+        path = self.path / "labels.json"
+        return json.loads(path.read_text(encoding="utf-8"))["labels"] if path.is_file() else None
+
+    @property
     def quantized(self) -> bool:
         return self.recipe.get("model", {}).get("quantization", "none") != "none"
 
