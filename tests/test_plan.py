@@ -141,3 +141,22 @@ def test_cli_plan(tiny_model, tmp_path):
     hub = tune("plan", path, "--set", "model.name=someone/not-cached-model")
     assert hub.returncode == 2 and len(hub.stderr.splitlines()) == 1
     assert hub.stderr.startswith("model.name: 'someone/not-cached-model' is a hub id and the hub cannot be reached")
+
+
+def test_grpo_adds_the_generation_cache_and_the_completion_logits(tiny_model, tmp_path):
+    from transformers import AutoConfig
+
+    path = write_recipe(tmp_path / "r.yaml", model={"dtype": "bfloat16"},
+                        data={"format": "prompt", "train": "prompts.jsonl", "max_length": 128},
+                        train={"method": "grpo", "batch_size": 8, "gradient_accumulation": 2},
+                        reward={"functions": ["exact_answer"]}, grpo={"max_completion_length": 64})
+    plan = planner.estimate(recipe_io.load(path))
+    config = AutoConfig.from_pretrained(tiny_model)
+    kv = config.num_key_value_heads * (config.hidden_size // config.num_attention_heads)
+    cache = 16 * (128 + 64) * config.num_hidden_layers * 2 * kv * 2  # 16 completions per generation batch
+    logits = 8 * 64 * config.vocab_size * 4 * 2  # float32 logits and log-softmax of a training batch
+    assert plan.sampling == cache + logits
+    sft = planner.estimate(recipe_io.load(write_recipe(tmp_path / "s.yaml", model={"dtype": "bfloat16"},
+                                                       data={"max_length": 192})))
+    assert plan.activations_per_example == sft.activations_per_example  # a row: prompt cap + completion
+    assert plan.peak == plan.fixed + 8 * plan.activations_per_example and plan.fixed >= cache + logits

@@ -130,8 +130,8 @@ def test_the_guard_keeps_the_best_adapter_within_the_probe_bar_and_stops_early(t
     assert [r["probes_kept"] for r in added] == [1.0, 0.8, 0.5, 0.25]
     assert lines == ["guard: stopping at step 4: the probes kept 25% (under grpo.min_kept_share 75%) at 2 "
                      "evaluations in a row"]
-    said = guard.restore_best(model)
-    assert said == ("kept step 2: held-out reward 0.500, the highest among evaluations whose probes kept at least 75% "
+    said, kept = guard.restore_best(model)
+    assert kept.step == 2 and said == ("kept step 2: held-out reward 0.500, the highest among evaluations whose probes kept at least 75% "
                     "(final step 4: reward 1.000, probes kept 25%)")
     restored = get_peft_model_state_dict(model)
     assert all(torch.equal(restored[k], weights[2][k]) for k in restored)
@@ -184,7 +184,7 @@ def validate(path):
     ({"grpo": {"loss_type": "drgrpo"}}, "grpo.loss_type: 'drgrpo' is not a GRPO loss; did you mean 'dr_grpo'? (one of "
                                         "grpo, dr_grpo, dapo, bnpo, cispo, sapo, luspo, vespo)"),
     ({"reward": {"functions": ["exact_answr"]}}, "reward.functions: 'exact_answr' is not a built-in reward; did you "
-     "mean 'exact_answer'? (built-ins: exact_answer, contains_answer, regex, max_words, max_tokens, json_valid; or give "
+     "mean 'exact_answer'? (built-ins: exact_answer, final_number, contains_answer, regex, max_words, max_tokens, json_valid; or give "
      "FILE.py:NAME)"),
     ({"reward": {"functions": ["regex"]}}, "reward.functions: regex needs `pattern`"),
     ({"reward": {"functions": ["exact_answer"], "weights": [1, 2]}}, "reward.weights: 2 weights for 1 rewards; give "

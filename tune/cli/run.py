@@ -78,7 +78,8 @@ def print_summary(summary: dict) -> None:
     if summary.get("method") == "grpo":  # its loss sits near 0 by construction; the reward is what moved
         lines[1] = (f"reward {_number(summary.get('first_reward'))} -> {_number(summary.get('last_reward'))} (training "
                     f"samples); held-out {_number(summary.get('eval_reward_base'))} (base) -> "
-                    f"{_number(summary.get('eval_reward_tuned'))} (tuned)")
+                    f"{_number(summary.get('eval_reward_tuned'))} (tuned); the guard's evaluations took "
+                    f"{summary.get('guard_seconds') or 0:.0f} s of the training time")
     out.print("\n".join(lines), markup=False)
 
 

@@ -54,10 +54,12 @@ class Plan:
     communication: int = 0  # DDP gradient buckets, or the layers FSDP/ZeRO-3 gather for compute
     offloaded: int = 0  # bytes kept in CPU RAM per process instead (FSDP or ZeRO offload)
     processes: str = ""  # e.g. "8 processes, fsdp full_shard"; empty for one process
+    sampling: int = 0  # grpo: the generation batch's KV cache and the completions' full-vocabulary logits
 
     @property
     def fixed(self) -> int:
-        return self.weights + self.adapter + self.gradients + self.optimizer + self.head_workspace + self.communication
+        return (self.weights + self.adapter + self.gradients + self.optimizer + self.head_workspace
+                + self.communication + self.sampling)
 
     @property
     def peak(self) -> int:
@@ -122,6 +124,8 @@ def estimate(recipe: Recipe, nproc: int = 1, recipe_dir=None) -> Plan:
     if optimizer == "auto":  # what sft.py picks on a GPU
         optimizer = "paged_adamw_8bit" if quantized and not split["weights"] else "adamw_torch"
     length, checkpointing = recipe.data.max_length, recipe.train.gradient_checkpointing
+    if recipe.train.method == "grpo":  # a row is a prompt (up to data.max_length) and its sampled completion
+        length += recipe.grpo.max_completion_length
     per_example = {flag: activation_bytes(config, recipe, length, BYTES[dtype], flag) for flag in (False, True)}
     tokens = recipe.train.batch_size * length
     head_workspace = min(tokens, HEAD_TILE_TOKENS) * min(config.vocab_size, _head_chunk()) * BYTES[dtype]
@@ -132,7 +136,8 @@ def estimate(recipe: Recipe, nproc: int = 1, recipe_dir=None) -> Plan:
         weights=weights, trainable_params=sum(math.prod(shape) for shape, _ in trainable), adapter=adapter,
         gradients=adapter, optimizer=optimizer_bytes(trainable, optimizer), optimizer_name=optimizer,
         activations_per_example=per_example[checkpointing], activations_per_example_other=per_example[not checkpointing],
-        head_workspace=head_workspace, batch_size=recipe.train.batch_size, checkpointing=checkpointing)
+        head_workspace=head_workspace, batch_size=recipe.train.batch_size, checkpointing=checkpointing,
+        sampling=sampling_bytes(config, recipe, length, BYTES[dtype]) if recipe.train.method == "grpo" else 0)
     return per_device(plan, split, stats, config.num_hidden_layers) if nproc > 1 else plan
 
 
@@ -171,6 +176,19 @@ def _hub_reachable() -> bool:
         return True
     except OSError:
         return False
+
+
+def sampling_bytes(config, recipe: Recipe, length: int, size: int) -> int:
+    """GRPO's own memory: the KV cache of one generation batch (every completion of a step, generated at once),
+    and the float32 logits TRL computes over the whole vocabulary for each completion token of a training
+    batch to get their log-probabilities (its GRPO loss is not tiled like SFT's)."""
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv = getattr(config, "num_key_value_heads", heads) * head_dim
+    generation_batch = recipe.grpo.generation_batch_size or recipe.train.batch_size * recipe.train.gradient_accumulation
+    cache = generation_batch * length * config.num_hidden_layers * 2 * kv * size
+    logits = recipe.train.batch_size * recipe.grpo.max_completion_length * config.vocab_size * 4 * 2  # + log_softmax
+    return cache + logits
 
 
 def _head_chunk() -> int:
@@ -248,6 +266,8 @@ def render(plan: Plan, gpu_bytes: int | None) -> list[str]:
          plan.batch_size * plan.activations_per_example + plan.head_workspace),
         ("peak of torch allocations", plan.peak),
     ]
+    if plan.sampling:
+        rows.insert(-1, ("grpo sampling (KV cache + completion logits; estimate)", plan.sampling))
     if plan.processes:  # per device: what the strategy adds for communication, before the peak
         kind = "gradient buckets" if "ddp" in plan.processes or "zero-1" in plan.processes else "gathered layers"
         rows.insert(-1, (f"communication ({kind}; estimate)", plan.communication))

@@ -13,6 +13,7 @@ from tune.recipe.section import Section, did_you_mean
 # The built-in reward functions and the options each one reads (tune/train/rewards.py implements them).
 BUILTIN_REWARDS = {
     "exact_answer": ("column", "ignore_case"),
+    "final_number": ("column",),
     "contains_answer": ("column", "ignore_case"),
     "regex": ("pattern",),
     "max_words": ("limit",),
@@ -23,8 +24,8 @@ GRPO_LOSSES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "ves
 
 
 class RewardFunction(Section):
-    function: str = Field(description="A built-in (exact_answer, contains_answer, regex, max_words, max_tokens, json_valid) or FILE.py:NAME, a Python function f(prompts, completions, **columns) -> list of floats.")
-    column: str = Field("answer", description="exact_answer / contains_answer: the data column holding the right answer.")
+    function: str = Field(description="A built-in (exact_answer, final_number, contains_answer, regex, max_words, max_tokens, json_valid) or FILE.py:NAME, a Python function f(prompts, completions, **columns) -> list of floats.")
+    column: str = Field("answer", description="exact_answer / final_number / contains_answer: the data column holding the right answer.")
     ignore_case: bool = Field(True, description="exact_answer / contains_answer: compare without case and surrounding whitespace.")
     pattern: str | None = Field(None, description="regex: 1.0 when the whole completion matches this Python regular expression, else 0.0.")
     limit: int | None = Field(None, ge=1, description="max_words / max_tokens: 1.0 at or under the limit, falling linearly to 0.0 at twice it.")
@@ -80,6 +81,8 @@ class GRPOSection(Section):
     scale_rewards: Literal["group", "batch", "none"] = Field("group", description="Divide advantages by the reward spread of the group, of the batch, or not at all (Dr. GRPO).")
     num_iterations: int = Field(1, ge=1, description="Optimizer passes over each generated batch (GRPO's mu); above 1 the clipped ratio matters.")
     mask_truncated_completions: bool = Field(False, description="Leave completions cut at max_completion_length out of the loss (DAPO).")
+    generation: Literal["auto", "transformers", "vllm"] = Field("auto", description="Sampling engine: transformers = one batched generate call per step with the KV cache; vllm = vLLM colocated on the GPU (`pip install vllm`); auto = vllm on a CUDA GPU when installed, else transformers.")
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, lt=1, description="vllm: share of GPU memory vLLM reserves for weights and KV cache beside training.")
     eval_max_new_tokens: int | None = Field(None, ge=1, description="Longest greedy answer to the held-out prompts and probes; default max_completion_length.")
     keep: Literal["best", "last"] = Field("best", description="Adapter saved at the end: best = the evaluation with the highest held-out reward whose probes kept at least min_kept_share; last = the final weights.")
     min_kept_share: float = Field(0.75, ge=0, le=1, description="Guard: the share of the probe questions the base got right that must stay right; an evaluation below it is never kept.")

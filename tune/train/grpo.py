@@ -15,6 +15,7 @@ from tune.data import probes
 from tune.data.prompts import prepare_prompts
 from tune.data.rows import sha256
 from tune.data.templates import resolve_template
+from tune.errors import TuneError
 from tune.infer.answer_cache import base_answerer
 from tune.models.load import load_model, load_tokenizer, lora_config
 from tune.models.run_dir import check_fits_base
@@ -32,7 +33,7 @@ METRICS = ("reward", "reward_std", "frac_reward_zero_std", "kl", "entropy", "com
 def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, console=None,
           allow_data_change: bool = False) -> RunResult:
     start = skeleton.starting_adapter(recipe, Path(recipe_path).resolve().parent) if recipe.model.adapter else None
-    grpo, section = recipe.grpo, recipe.reward
+    grpo = recipe.grpo
     run = skeleton.start(recipe, recipe_path, echo, resume, console, metric_keys=METRICS,
                          allow_data_change=allow_data_change)
     if start is not None:
@@ -42,11 +43,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     from trl import GRPOConfig, GRPOTrainer
 
     # ---- rewards, tokenizer, prompts: every problem surfaces before anything is written
-    built = [rewards.build(spec, run.recipe_dir, run.echo) for spec in section.functions]
-    if section.model is not None:
-        built.append(rewards.from_reward_model(section.model, run.recipe_dir, run.echo))
-    reward_funcs, reward_records = _unique_names([r for r, _ in built]), [record for _, record in built]
-    weights = section.weights or [1.0] * len(reward_funcs)
+    reward_funcs, reward_records, weights = rewards.build_all(recipe.reward, run.recipe_dir, run.echo)
     run.metrics.keys += tuple(f"rewards/{r.__name__}/mean" for r in reward_funcs)
     probe_sets = probes.load_probe_sets(recipe.data.probes, run.recipe_dir)
     tokenizer = load_tokenizer(recipe.model, run.source)
@@ -84,10 +81,11 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         beta=grpo.beta, loss_type=grpo.loss_type, scale_rewards=grpo.scale_rewards,
         num_iterations=grpo.num_iterations, mask_truncated_completions=grpo.mask_truncated_completions,
         reward_weights=weights, remove_unused_columns=False, log_completions=False,
+        **_generation_engine(grpo, run),
     )
     guard = RewardGuard(lambda policy, step: evaluate(answerer(policy, tokenizer), step, before),
                         recipe.train.eval_steps, grpo.min_kept_share, grpo.stop_after, run.metrics, run.echo)
-    trainer = GRPOTrainer(
+    trainer = _autocast_sampling(GRPOTrainer, run.precision == "bf16-autocast")(
         model=model, reward_funcs=reward_funcs, args=config, processing_class=tokenizer,
         train_dataset=Dataset.from_list(train_rows), peft_config=None if start else lora_config(recipe.adapter),
         callbacks=skeleton.callbacks(run) + [ZeroSpreadWarning(grpo.zero_spread_warning, run.echo)]
@@ -103,29 +101,48 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     # ---- train, keep the adapter the rule picks, and report before/after
     skeleton.write_records(run, fingerprint)
     trained = skeleton.fit(run, trainer, has_eval=False)
-    kept = guard.restore_best(trainer.model) if grpo.keep == "best" and guard.history else "kept the final weights"
-    after = evaluate(answerer(trainer.model, tokenizer), trainer.state.global_step, before) if (
-        eval_rows or probe_sets) else None
+    kept, after = guard.restore_best(trainer.model) if grpo.keep == "best" and guard.history else (
+        "kept the final weights", guard.evaluation_at(trainer.state.global_step))
+    if after is None and (eval_rows or probe_sets):  # no evaluation of the kept weights yet (e.g. a resumed run)
+        after = evaluate(answerer(trainer.model, tokenizer), trainer.state.global_step, before)
     staging = skeleton.save(run, trainer, tokenizer)
     if staging is None:
         return RunResult({}, trainer.model)
     own = report(before, after, eval_rows, probe_sets, staging, run.echo) | training_rewards(run.metrics.records)
     run.echo(f"guard: {kept}")
-    if guard.stopped_early:
-        run.echo(f"guard: stopped early: {guard.stopped_early}")
     summary = skeleton.summary(run, trainer, trained, parameters, 0, template=template_label, rewards=reward_records,
-                               reward_weights=weights, kept=kept, stopped_early=guard.stopped_early, **own)
+                               reward_weights=weights, kept=kept, stopped_early=guard.stopped_early,
+                               guard_seconds=round(guard.seconds, 1), **own)
     # prompt and completion tokens through the policy (TRL's count), not a per-epoch token count
     summary["trained_tokens_per_second"] = round(trainer.state.num_input_tokens_seen / max(trained.seconds, 1e-9), 1)
     skeleton.finish(run, staging, summary)
     return RunResult(summary, trainer.model)
 
 
-def _unique_names(funcs: list) -> list:
-    """Two entries of one built-in (two regexes) would log under one name: number the repeats."""
-    seen: dict[str, int] = {}
-    for func in funcs:
-        seen[func.__name__] = seen.get(func.__name__, 0) + 1
-        if seen[func.__name__] > 1:
-            func.__name__ = f"{func.__name__}_{seen[func.__name__]}"
-    return funcs
+def _autocast_sampling(trainer_class, enabled: bool):
+    """On a CPU with AVX512-BF16 training runs under bf16 autocast, but TRL samples outside it, in float32:
+    sampling under the same autocast is ~1.4x faster and matches the numerics the policy trains with."""
+    class Trainer(trainer_class):
+        def _generate_single_turn(self, *args, **kwargs):
+            import torch
+
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+                return super()._generate_single_turn(*args, **kwargs)
+    return Trainer
+
+
+def _generation_engine(grpo, run) -> dict:
+    """GRPOConfig's sampling keys. Generation dominates GRPO's time: vLLM's paged KV cache and continuous
+    batching are much faster on a GPU; on a CPU, transformers' batched generate (KV cache on) is what runs."""
+    import importlib.util
+
+    installed = importlib.util.find_spec("vllm") is not None
+    if grpo.generation == "vllm" and not (run.on_gpu and installed):
+        raise TuneError("grpo.generation: vllm needs a CUDA GPU and `pip install vllm`"
+                        + ("" if run.on_gpu else "; this machine has no GPU") + "; use auto or transformers")
+    use_vllm = grpo.generation == "vllm" or (grpo.generation == "auto" and run.on_gpu and installed)
+    run.echo("generation: vLLM colocated on the GPU" if use_vllm else
+             "generation: transformers generate, KV cache on, all completions of a step in one batched call")
+    if not use_vllm:
+        return {"use_vllm": False}
+    return {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": grpo.vllm_gpu_memory_utilization}

@@ -8,6 +8,7 @@ Also here: the warning for groups whose completions all got the same reward (the
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,7 @@ class RewardGuard(TrainerCallback):
         self.best_state: dict | None = None  # the adapter's weights at the best evaluation, on the CPU
         self.below = 0  # evaluations in a row under the probe bar
         self.stopped_early: str | None = None
+        self.seconds = 0.0  # spent answering held-out prompts and probes, inside the training time
 
     def passes(self, evaluation: Evaluation) -> bool:
         return evaluation.kept is None or evaluation.kept >= self.min_kept_share
@@ -51,7 +53,9 @@ class RewardGuard(TrainerCallback):
         last = state.global_step >= state.max_steps
         if not (last or (self.every and state.global_step % self.every == 0)):
             return
+        started = time.perf_counter()
         evaluation = self.evaluate(model, state.global_step)
+        self.seconds += time.perf_counter() - started
         self.history.append(evaluation)
         if state.is_world_process_zero:
             record = {"step": state.global_step, "eval_reward": evaluation.reward}
@@ -71,20 +75,25 @@ class RewardGuard(TrainerCallback):
             self.echo(f"guard: stopping at step {state.global_step}: {self.stopped_early}")
             control.should_training_stop = True
 
-    def restore_best(self, model) -> str:
-        """Load the kept adapter into the model (keep: best) and say which one it is and why."""
+    def evaluation_at(self, step: int) -> Evaluation | None:
+        """The evaluation of the weights at `step`, when one was made (the final answers need not be generated twice)."""
+        return next((e for e in reversed(self.history) if e.step == step), None)
+
+    def restore_best(self, model) -> tuple[str, Evaluation | None]:
+        """Load the kept adapter into the model (keep: best); say which one it is and why, with its evaluation."""
         final = self.history[-1] if self.history else None
         if self.best is None:
             return (f"kept the final weights (step {final.step}): no evaluation kept "
-                    f"{self.min_kept_share:.0%} of the probes" if final else "kept the final weights")
+                    f"{self.min_kept_share:.0%} of the probes" if final else "kept the final weights"), final
         if final is not None and self.best.step == final.step:
-            return f"kept the final weights (step {final.step}): the highest held-out reward within the probe bar"
+            return (f"kept the final weights (step {final.step}): the highest held-out reward within the probe "
+                    "bar"), final
         from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(model, self.best_state)
         return (f"kept step {self.best.step}: held-out reward {self.best.reward:.3f}, the highest among "
                 f"evaluations whose probes kept at least {self.min_kept_share:.0%} (final step {final.step}: "
-                f"reward {final.reward:.3f}{_kept_text(final)})")
+                f"reward {final.reward:.3f}{_kept_text(final)})"), self.best
 
 
 def _kept_text(evaluation: Evaluation) -> str:

@@ -70,6 +70,15 @@ def check_values(values, expected: int, who: str, wheres: list[str]) -> list[flo
     return [None if value is None else float(value) for value in values]
 
 
+def build_all(section, recipe_dir: Path | None, echo) -> tuple[list, list[dict], list[float]]:
+    """The `reward:` section -> (callables named as TRL logs them, what the run records, their weights)."""
+    built = [build(spec, recipe_dir, echo) for spec in section.functions]
+    if section.model is not None:
+        built.append(from_reward_model(section.model, recipe_dir, echo))
+    funcs = unique_names([reward for reward, _ in built])
+    return funcs, [record for _, record in built], section.weights or [1.0] * len(funcs)
+
+
 def build(spec: RewardFunction, recipe_dir: Path | None, echo) -> tuple[Reward, dict]:
     """The callable for one `reward.functions` entry, and what the run records about it."""
     if spec.builtin:
@@ -91,6 +100,16 @@ def from_reward_model(name: str, recipe_dir: Path | None, echo) -> tuple[Reward,
         return score(model, tokenizer, conversations, max_length)
 
     return Reward("reward_model", scores), {"model": str(folder.resolve()), "adapter_sha256": digest}
+
+
+def unique_names(funcs: list) -> list:
+    """Two entries of one built-in (two regexes) would log under one name: number the repeats."""
+    seen: dict[str, int] = {}
+    for func in funcs:
+        seen[func.__name__] = seen.get(func.__name__, 0) + 1
+        if seen[func.__name__] > 1:
+            func.__name__ = f"{func.__name__}_{seen[func.__name__]}"
+    return funcs
 
 
 def _from_file(spec: str, recipe_dir: Path | None, echo) -> tuple[Reward, dict]:
@@ -157,6 +176,22 @@ def _exact_answer(spec):
     return score
 
 
+NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def _final_number(spec):
+    """1.0 when the last number in the reply equals the answer (thousands separators ignored): the usual check
+    for worked math answers, which may show their steps but must end on the result."""
+    def value(text: str) -> float | None:
+        found = NUMBER.findall(str(text).replace(",", ""))
+        return float(found[-1]) if found else None
+
+    def score(prompts, completions, completion_ids, columns):
+        answers = _answer_column(spec, columns)
+        return [float(value(text_of(c)) is not None and value(text_of(c)) == value(a)) for c, a in zip(completions, answers)]
+    return score
+
+
 def _contains_answer(spec):
     def score(prompts, completions, completion_ids, columns):
         answers = _answer_column(spec, columns)
@@ -199,7 +234,7 @@ def _json_valid(spec):
     return lambda prompts, completions, ids, columns: [one(text_of(c)) for c in completions]
 
 
-_BUILTINS = {"exact_answer": _exact_answer, "contains_answer": _contains_answer, "regex": _regex,
+_BUILTINS = {"exact_answer": _exact_answer, "final_number": _final_number, "contains_answer": _contains_answer, "regex": _regex,
              "max_words": _max_words, "max_tokens": _max_tokens, "json_valid": _json_valid}
 
 
