@@ -33,6 +33,15 @@ def too_few(prompts, completions, **kwargs):
 
 def words(prompts, completions, **kwargs):
     return ["good" for _ in completions]
+
+def by_keyword(completions, answer, **kwargs):
+    # TRL's documented shape: keywords only, no prompts; numpy and bool values are numbers too
+    import numpy
+    assert kwargs["trainer_state"] is not None and isinstance(answer[0], str)
+    return [numpy.float32(len(c) < 40) for c in completions]
+
+def exactly(completions, answer):
+    return [c.strip() == a for c, a in zip(completions, answer)]
 '''
 
 
@@ -145,8 +154,8 @@ def test_a_text_prompt_reaches_a_reward_file_as_text(tiny_model, tmp_path):
 
 @pytest.mark.parametrize("function, expected", [
     ("missing.py:f", "reward.functions: missing.py: no such file (looked beside the recipe and in the current folder)"),
-    ("rewards.py:absent", "reward.functions: {dir}/rewards.py has no function absent (functions in it: constant, "
-                          "low_ids, raises, sees, too_few, words)"),
+    ("rewards.py:absent", "reward.functions: {dir}/rewards.py has no function absent (functions in it: by_keyword, "
+                          "constant, exactly, low_ids, raises, sees, too_few, words)"),
     ("rewards.py:raises", "reward {dir}/rewards.py:raises: raised ZeroDivisionError: float division by zero (on {data}:row 1)"),
     ("rewards.py:too_few", "reward {dir}/rewards.py:too_few: returned 1 rewards for 2 completions; return one per "
                            "completion (on {data}:row 1)"),
@@ -187,6 +196,10 @@ def validate(path):
      "mean 'exact_answer'? (built-ins: exact_answer, final_number, contains_answer, regex, max_words, max_tokens, json_valid; or give "
      "FILE.py:NAME)"),
     ({"reward": {"functions": ["regex"]}}, "reward.functions: regex needs `pattern`"),
+    ({"reward": {"functions": [{"function": "regex", "pattern": "(unclosed"}]}},
+     "reward.functions: pattern '(unclosed' is not a regular expression: missing ), unterminated subpattern at position 0"),
+    ({"distributed": {"strategy": "fsdp"}}, "distributed.strategy: grpo samples and runs its guard with whole weights "
+                                            "on every process; use ddp, not fsdp"),
     ({"reward": {"functions": ["exact_answer"], "weights": [1, 2]}}, "reward.weights: 2 weights for 1 rewards; give "
                                                                      "one per reward (functions first, then the model)"),
     ({"reward": None}, "reward: train.method: grpo needs a reward section (reward.functions and/or reward.model)"),
@@ -201,7 +214,7 @@ def test_validate_refuses_what_trl_would_refuse_mid_run(change, expected, tmp_pa
     for section, values in change.items():
         if values is None:
             recipe.pop(section)
-        elif section == "reward":
+        elif section in ("reward", "distributed"):
             recipe[section] = values
         else:
             recipe[section].update(values)
@@ -218,3 +231,36 @@ def test_a_prompt_row_without_its_prompt_column_is_one_line(tmp_path):
     assert result.exit_code == 2
     assert result.stderr == (f"{path}: {rows}:row 1: missing column prompt; row has ['answer', 'question'] (map yours with "
                              "data.columns.prompt)\n")
+
+
+def test_reward_functions_are_called_by_keyword_as_trl_documents_them(tiny_model, tmp_path):
+    path = grpo_recipe(tmp_path, ["rewards.py:by_keyword", "rewards.py:exactly"], train={"max_steps": 2},
+                       data={"eval_fraction": 0.25})
+    result, _ = lines_of(path)
+    assert result.summary["steps"] == 2 and result.summary["eval_reward_base"] is not None
+
+
+def test_training_and_held_out_scoring_see_the_rows_own_values(tmp_path):
+    from tune.recipe.rewards import RewardFunction
+    from tune.train import rewards
+
+    rows = [{"prompt": [{"role": "user", "content": "q"}], "answer": 7, rewards.WHERE: "f:row 1"},
+            {"prompt": [{"role": "user", "content": "q"}], "answer": 7.5, rewards.WHERE: "f:row 2"}]
+    reward, _ = rewards.build(RewardFunction(function="exact_answer"), None, print)
+    rewards.bind_rows([reward], rows)
+    completions = [[{"role": "assistant", "content": "7"}], [{"role": "assistant", "content": "7.5"}]]
+    # as TRL calls it in training: only the row numbers travel through the dataset (no 7 -> 7.0)
+    assert reward([r["prompt"] for r in rows], completions, None, **{rewards.ROW: [0, 1]}) == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("row, expected", [
+    ({"prompt": "2+2?", "completion": "4"}, "column completion has a name the reward call uses itself; rename it "
+                                            "in the file (e.g. to answer or reference)"),
+])
+def test_a_column_trl_reserves_is_one_line(row, expected):
+    from tune.data.prompts import row_to_prompt
+    from tune.errors import DataError
+
+    with pytest.raises(DataError) as caught:
+        row_to_prompt(row, {}, None, "f.jsonl:row 2")
+    assert caught.value.problems == [f"f.jsonl:row 2: {expected}"]

@@ -13,7 +13,10 @@ from tune.recipe import DataSection
 
 # Hidden columns riding with each prompt row: where it came from (for error lines), and its text when the row
 # gave the prompt as text (a user's reward function then sees text). Reward functions never get them.
-WHERE, PROMPT_TEXT = "_tune_where", "_tune_prompt_text"
+WHERE, PROMPT_TEXT, ROW = "_tune_where", "_tune_prompt_text", "_tune_row"
+# Names TRL's reward call uses itself (it drops or overwrites such columns): a row may not carry them.
+RESERVED = ("completion", "completions", "completion_ids", "prompts", "trainer_state", "log_extra", "log_metric",
+            "environments")
 
 
 def row_to_prompt(row: dict, columns: dict[str, str], system_prompt: str | None, where: str) -> tuple[list[dict], dict]:
@@ -30,7 +33,11 @@ def row_to_prompt(row: dict, columns: dict[str, str], system_prompt: str | None,
     system = row.get(system_column) or system_prompt
     if system and prompt[0]["role"] != "system":
         prompt.insert(0, {"role": "system", "content": str(system)})
-    extra = {key: value for key, value in row.items() if key not in (name, system_column)}
+    extra = {key: value for key, value in row.items() if key not in (name, system_column, "prompt")}
+    clash = [key for key in extra if key in RESERVED or key.startswith("_tune_")]
+    if clash:
+        raise DataError(f"{where}: column {clash[0]} has a name the reward call uses itself; rename it in the "
+                        "file (e.g. to answer or reference)")
     return prompt, extra
 
 

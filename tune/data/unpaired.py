@@ -4,6 +4,7 @@ the run's chat template."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 from tune.data.preference import as_messages
@@ -32,8 +33,8 @@ def row_to_example(row: dict, columns: dict[str, str], system_prompt: str | None
     if len(reply) != 1 or reply[0]["role"] != "assistant" or not reply[0]["content"].strip():
         raise DataError(f"{where}: completion must be one non-empty assistant reply")
     raw = row[names["label"]]
-    label = LABELS.get(raw.strip().lower() if isinstance(raw, str) else raw)
-    if label is None or isinstance(raw, float):
+    label = None if isinstance(raw, (list, dict, float)) else LABELS.get(raw.strip().lower() if isinstance(raw, str) else raw)
+    if label is None:
         raise DataError(f"{where}: label must be true or false (desirable or not), got {raw!r}")
     return {"prompt": prompt, "completion": reply, "label": label}
 
@@ -54,6 +55,11 @@ def prepare_unpaired(data: DataSection, recipe_dir: Path | None, seed: int) -> t
     evaluation = read(data.eval, "data.eval") if data.eval is not None else []
     if data.eval is None:
         train, evaluation = split_off(train, data.eval_fraction, seed)
+    if not train:
+        raise TuneError("data.train: no rows")
+    # TRL's KTO reads rows in order (its KL term pairs neighbours): a file sorted by label would otherwise
+    # train on one kind for half of every epoch
+    random.Random(seed).shuffle(train)
     kinds = {row["label"] for row in train}
     if kinds != {True, False}:
         have = "desirable" if True in kinds else "undesirable"

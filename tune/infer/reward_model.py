@@ -25,6 +25,10 @@ def load_reward_model(model_dir: Path, echo=None, key: str = "model"):
         found = f"a train.method: {method} run" if method else "not a finished tune run"
         raise TuneError(f"{key}: {model_dir} is {found}, not a reward model (give the output dir of a "
                         "`train.method: reward` run)")
+    if recipe.model.trust_remote_code or recipe.model.allow_pickle:
+        flag = "trust_remote_code" if recipe.model.trust_remote_code else "allow_pickle"
+        raise TuneError(f"{key}: {model_dir} was trained with model.{flag}: true, which would run code from its "
+                        "base when loaded here; retrain it without, or merge it and check the result yourself")
     model, tokenizer, _, recipe = load_run(model_dir, echo)
     return model, tokenizer, recipe.data.max_length
 

@@ -184,7 +184,7 @@ def sampling_bytes(config, recipe: Recipe, length: int, size: int) -> int:
     batch to get their log-probabilities (its GRPO loss is not tiled like SFT's)."""
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    kv = getattr(config, "num_key_value_heads", heads) * head_dim
+    kv = (getattr(config, "num_key_value_heads", None) or heads) * head_dim
     generation_batch = recipe.grpo.generation_batch_size or recipe.train.batch_size * recipe.train.gradient_accumulation
     cache = generation_batch * length * config.num_hidden_layers * 2 * kv * size
     logits = recipe.train.batch_size * recipe.grpo.max_completion_length * config.vocab_size * 4 * 2  # + log_softmax

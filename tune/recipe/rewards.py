@@ -4,6 +4,7 @@ They are separate from `train:` because only `train.method: grpo` reads them."""
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -46,6 +47,11 @@ class RewardFunction(Section):
         needs = {"regex": "pattern", "max_words": "limit", "max_tokens": "limit"}.get(self.function)
         if needs and getattr(self, needs) is None:
             raise ValueError(f"reward.functions: {self.function} needs `{needs}`")
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"reward.functions: pattern {self.pattern!r} is not a regular expression: {exc}") from None
         return self
 
     @property
@@ -83,9 +89,9 @@ class GRPOSection(Section):
     mask_truncated_completions: bool = Field(False, description="Leave completions cut at max_completion_length out of the loss (DAPO).")
     generation: Literal["auto", "transformers", "vllm"] = Field("auto", description="Sampling engine: transformers = one batched generate call per step with the KV cache; vllm = vLLM colocated on the GPU (`pip install vllm`); auto = vllm on a CUDA GPU when installed, else transformers.")
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0, lt=1, description="vllm: share of GPU memory vLLM reserves for weights and KV cache beside training.")
-    eval_max_new_tokens: int | None = Field(None, ge=1, description="Longest greedy answer to the held-out prompts and probes; default max_completion_length.")
+    eval_max_new_tokens: int | None = Field(None, ge=1, description="Longest greedy answer to the held-out prompts; default max_completion_length (probes use data.probe_max_new_tokens).")
     keep: Literal["best", "last"] = Field("best", description="Adapter saved at the end: best = the evaluation with the highest held-out reward whose probes kept at least min_kept_share; last = the final weights.")
-    min_kept_share: float = Field(0.75, ge=0, le=1, description="Guard: the share of the probe questions the base got right that must stay right; an evaluation below it is never kept.")
+    min_kept_share: float = Field(0.75, ge=0, le=1, description="Guard: the share of the probe questions the base got right that must stay right; an evaluation below it is not kept (when none passes, the final weights are, and the run says so).")
     stop_after: int | None = Field(2, ge=1, description="Guard: stop training after this many evaluations in a row below min_kept_share (none = never stop early).")
     zero_spread_warning: float = Field(0.8, gt=0, le=1, description="Warn when the share of groups whose rewards are all equal (they train nothing) stays at or above this.")
 

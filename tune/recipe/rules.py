@@ -69,16 +69,21 @@ def _section_problem(recipe) -> str | None:
         instead = "; the GRPO loss is grpo.loss_type" if method == "grpo" else ""
         return f"train.loss_type: picks the DPO loss and applies to train.method: dpo only{instead}"
     if method == "grpo":
-        problem = _generation_batch_problem(recipe.train, recipe.grpo)
+        problem = generation_batch_problem(recipe.train, recipe.grpo)
         if problem:
             return problem
+    if method == "grpo" and recipe.distributed.strategy != "ddp":
+        return (f"distributed.strategy: grpo samples and runs its guard with whole weights on every process; use "
+                f"ddp, not {recipe.distributed.strategy}")
+    if method == "kto" and recipe.train.batch_size < 2:
+        return "train.batch_size: kto estimates its KL term from other rows of the batch; use at least 2"
     if method == "grpo" and recipe.model.adapter is not None and recipe.grpo.beta > 0:
         return ("grpo.beta: with model.adapter the KL reference would be the base model, not the adapter you "
                 "continue; use beta: 0 (the probes guard against forgetting), or start a fresh adapter")
     return None
 
 
-def _generation_batch_problem(train, grpo, processes: int = 1) -> str | None:
+def generation_batch_problem(train, grpo, processes: int = 1) -> str | None:
     """What TRL's GRPOConfig would refuse at launch: completions are generated in batches that hold whole
     groups, and training consumes them batch_size at a time. (train.batch_size counts completions.)"""
     per_step = train.batch_size * processes

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tune.data import probes
-from tune.data.prompts import prepare_prompts
+from tune.data.prompts import ROW, prepare_prompts
 from tune.data.rows import sha256
 from tune.data.templates import resolve_template
 from tune.errors import TuneError
@@ -20,11 +20,13 @@ from tune.infer.answer_cache import base_answerer
 from tune.models.load import load_model, load_tokenizer, lora_config
 from tune.models.run_dir import check_fits_base
 from tune.recipe import Recipe
+from tune.recipe.rules import generation_batch_problem
 from tune.train import distributed, rewards
 from tune.train import run as skeleton
 from tune.train.arguments import arguments
 from tune.train.guard import RewardGuard, ZeroSpreadWarning, answerer, base_right, evaluator, report, shown, training_rewards
 from tune.train.run import RunResult
+from tune.train.sampling import autocast_sampling, generation_engine
 
 METRICS = ("reward", "reward_std", "frac_reward_zero_std", "kl", "entropy", "completions/mean_length",
            "completions/clipped_ratio")
@@ -55,6 +57,10 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     run.echo(f"data: {len(train_rows)} train / {len(eval_rows)} held-out prompts, template {template_label}; "
              f"rewards {', '.join(r.__name__ for r in reward_funcs)} (weights {', '.join(f'{w:g}' for w in weights)})")
     distributed.agree(recipe=recipe.model_dump(mode="json"), data=fingerprint)
+    rewards.bind_rows(reward_funcs, train_rows)
+    problem = generation_batch_problem(recipe.train, grpo, distributed.world_size())  # validate assumed 1 process
+    if problem:
+        raise TuneError(problem)
 
     # ---- the model, and the base's greedy answers: they check every reward once, and are the "before"
     transformers.set_seed(recipe.train.seed)
@@ -81,13 +87,13 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         beta=grpo.beta, loss_type=grpo.loss_type, scale_rewards=grpo.scale_rewards,
         num_iterations=grpo.num_iterations, mask_truncated_completions=grpo.mask_truncated_completions,
         reward_weights=weights, remove_unused_columns=False, log_completions=False,
-        **_generation_engine(grpo, run),
+        **generation_engine(grpo, run),
     )
     guard = RewardGuard(lambda policy, step: evaluate(answerer(policy, tokenizer), step, before),
                         recipe.train.eval_steps, grpo.min_kept_share, grpo.stop_after, run.metrics, run.echo)
-    trainer = _autocast_sampling(GRPOTrainer, run.precision == "bf16-autocast")(
+    trainer = autocast_sampling(GRPOTrainer, run.precision == "bf16-autocast")(
         model=model, reward_funcs=reward_funcs, args=config, processing_class=tokenizer,
-        train_dataset=Dataset.from_list(train_rows), peft_config=None if start else lora_config(recipe.adapter),
+        train_dataset=Dataset.from_list([{"prompt": row["prompt"], ROW: i} for i, row in enumerate(train_rows)]), peft_config=None if start else lora_config(recipe.adapter),
         callbacks=skeleton.callbacks(run) + [ZeroSpreadWarning(grpo.zero_spread_warning, run.echo)]
         + ([guard] if eval_rows or probe_sets else []),
     )
@@ -117,32 +123,3 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     summary["trained_tokens_per_second"] = round(trainer.state.num_input_tokens_seen / max(trained.seconds, 1e-9), 1)
     skeleton.finish(run, staging, summary)
     return RunResult(summary, trainer.model)
-
-
-def _autocast_sampling(trainer_class, enabled: bool):
-    """On a CPU with AVX512-BF16 training runs under bf16 autocast, but TRL samples outside it, in float32:
-    sampling under the same autocast is ~1.4x faster and matches the numerics the policy trains with."""
-    class Trainer(trainer_class):
-        def _generate_single_turn(self, *args, **kwargs):
-            import torch
-
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
-                return super()._generate_single_turn(*args, **kwargs)
-    return Trainer
-
-
-def _generation_engine(grpo, run) -> dict:
-    """GRPOConfig's sampling keys. Generation dominates GRPO's time: vLLM's paged KV cache and continuous
-    batching are much faster on a GPU; on a CPU, transformers' batched generate (KV cache on) is what runs."""
-    import importlib.util
-
-    installed = importlib.util.find_spec("vllm") is not None
-    if grpo.generation == "vllm" and not (run.on_gpu and installed):
-        raise TuneError("grpo.generation: vllm needs a CUDA GPU and `pip install vllm`"
-                        + ("" if run.on_gpu else "; this machine has no GPU") + "; use auto or transformers")
-    use_vllm = grpo.generation == "vllm" or (grpo.generation == "auto" and run.on_gpu and installed)
-    run.echo("generation: vLLM colocated on the GPU" if use_vllm else
-             "generation: transformers generate, KV cache on, all completions of a step in one batched call")
-    if not use_vllm:
-        return {"use_vllm": False}
-    return {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": grpo.vllm_gpu_memory_utilization}

@@ -65,7 +65,7 @@ class RewardGuard(TrainerCallback):
             self.metrics.add(record, state.max_steps)
         if self.passes(evaluation):
             self.below = 0
-            if evaluation.reward is not None and (self.best is None or evaluation.reward > self.best.reward):
+            if self._better(evaluation):
                 self.best, self.best_state = evaluation, _adapter_state(model)
             return
         self.below += 1
@@ -75,6 +75,12 @@ class RewardGuard(TrainerCallback):
             self.echo(f"guard: stopping at step {state.global_step}: {self.stopped_early}")
             control.should_training_stop = True
 
+    def _better(self, evaluation: Evaluation) -> bool:
+        """Higher held-out reward wins; without held-out prompts (probes only) the latest passing one does."""
+        if self.best is None or evaluation.reward is None or self.best.reward is None:
+            return self.best is None or evaluation.reward is not None or self.best.reward is None
+        return evaluation.reward > self.best.reward
+
     def evaluation_at(self, step: int) -> Evaluation | None:
         """The evaluation of the weights at `step`, when one was made (the final answers need not be generated twice)."""
         return next((e for e in reversed(self.history) if e.step == step), None)
@@ -83,17 +89,18 @@ class RewardGuard(TrainerCallback):
         """Load the kept adapter into the model (keep: best); say which one it is and why, with its evaluation."""
         final = self.history[-1] if self.history else None
         if self.best is None:
-            return (f"kept the final weights (step {final.step}): no evaluation kept "
-                    f"{self.min_kept_share:.0%} of the probes" if final else "kept the final weights"), final
+            return (f"kept the final weights (step {final.step}), although no evaluation kept "
+                    f"{self.min_kept_share:.0%} of the probes: lower the learning rate or the steps"
+                    if final else "kept the final weights"), final
         if final is not None and self.best.step == final.step:
             return (f"kept the final weights (step {final.step}): the highest held-out reward within the probe "
                     "bar"), final
         from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(model, self.best_state)
-        return (f"kept step {self.best.step}: held-out reward {self.best.reward:.3f}, the highest among "
+        return (f"kept step {self.best.step}: held-out reward {shown(self.best.reward)}, the highest among "
                 f"evaluations whose probes kept at least {self.min_kept_share:.0%} (final step {final.step}: "
-                f"reward {final.reward:.3f}{_kept_text(final)})"), self.best
+                f"reward {shown(final.reward)}{_kept_text(final)})"), self.best
 
 
 def _kept_text(evaluation: Evaluation) -> str:

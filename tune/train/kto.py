@@ -69,7 +69,9 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     staging = skeleton.save(run, trainer, tokenizer)
     if staging is None:
         return RunResult({}, trainer.model)
-    held_out = [r for r in run.metrics.records if isinstance(r.get("eval_rewards/chosen"), float)]
+    # both kinds must be in the held-out rows for a margin (TRL logs a kind only when the batch had it)
+    held_out = [r for r in run.metrics.records if isinstance(r.get("eval_rewards/chosen"), float)
+                and isinstance(r.get("eval_rewards/rejected"), float)]
     margin = held_out[-1]["eval_rewards/chosen"] - held_out[-1]["eval_rewards/rejected"] if held_out else None
     if margin is not None:
         run.echo(f"held-out rows: reward of desirable minus undesirable replies {margin:+.4f} (beta x log-ratio to "

@@ -12,10 +12,11 @@ import importlib.util
 import inspect
 import json
 import math
+import numbers
 import re
 from pathlib import Path
 
-from tune.data.prompts import PROMPT_TEXT, WHERE
+from tune.data.prompts import PROMPT_TEXT, ROW, WHERE
 from tune.errors import TuneError
 from tune.paths import find_regular_file
 from tune.recipe.rewards import RewardFunction
@@ -40,10 +41,16 @@ class Reward:
 
     def __init__(self, label: str, score, source: str | None = None):
         self.__name__ = label  # the name TRL logs it under: rewards/<label>/mean
-        self.score = score  # (completion texts, completion ids, columns) -> list of float | None
+        self.score = score  # (prompts, completions, completion ids, columns) -> list of float | None
         self.source = source  # the user's file, for error lines; None for a built-in
+        self.rows: list[dict] | None = None  # the prompt rows, looked up by ROW (see bind_rows)
 
     def __call__(self, prompts, completions, completion_ids=None, **columns):
+        if ROW in columns and self.rows is not None:
+            # The row's own Python values, not their Arrow round trip (which turns 7 into 7.0 next to 7.5):
+            # training scores exactly what the held-out evaluation scores.
+            picked = [self.rows[index] for index in columns.pop(ROW)]
+            columns |= {key: [row[key] for row in picked] for key in picked[0] if key != "prompt"}
         wheres = columns.get(WHERE) or ["prompt row ?"] * len(completions)
         try:
             values = self.score(prompts, completions, completion_ids, columns)
@@ -64,10 +71,16 @@ def check_values(values, expected: int, who: str, wheres: list[str]) -> list[flo
     if len(values) != expected:
         raise TuneError(f"{who}: returned {len(values)} rewards for {expected} completions; return one per "
                         f"completion (on {wheres[0]})")
-    for value, where in zip(values, wheres):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
+    for value, where in zip(values, wheres):  # numpy scalars and bools are numbers too, as TRL takes them
+        if value is not None and (not isinstance(value, numbers.Real) or not math.isfinite(float(value))):
             raise TuneError(f"{who}: returned {value!r}, not a finite number (or None to skip); on {where}")
     return [None if value is None else float(value) for value in values]
+
+
+def bind_rows(funcs: list, rows: list[dict]) -> None:
+    """Training passes TRL only each prompt and its row number (ROW); the rewards read the row's columns here."""
+    for func in funcs:
+        func.rows = rows
 
 
 def build_all(section, recipe_dir: Path | None, echo) -> tuple[list, list[dict], list[float]]:
@@ -93,6 +106,12 @@ def from_reward_model(name: str, recipe_dir: Path | None, echo) -> tuple[Reward,
 
     folder = find_file(name, recipe_dir) or Path(name)
     model, tokenizer, max_length = load_reward_model(folder, echo, key="reward.model")
+    import torch
+
+    if torch.cuda.is_available():  # scored every step: on the accelerator, beside the policy
+        from accelerate import PartialState
+
+        model.to(PartialState().device)
     digest = hashlib.sha256((folder / "adapter_model.safetensors").read_bytes()).hexdigest()
 
     def scores(prompts, completions, completion_ids, columns):
@@ -139,10 +158,10 @@ def _from_file(spec: str, recipe_dir: Path | None, echo) -> tuple[Reward, dict]:
                  for prompt, row_text in zip(prompts, columns.get(PROMPT_TEXT) or [None] * len(prompts))]
         plain = [text_of(c) if isinstance(t, str) else c for c, t in zip(completions, texts)]
         given = {k: v for k, v in columns.items() if k not in (WHERE, PROMPT_TEXT)}
-        given["completion_ids"] = completion_ids
-        if accepts is not None:
+        given |= {"prompts": texts, "completions": plain, "completion_ids": completion_ids}
+        if accepts is not None:  # no **kwargs: only what it names (TRL calls rewards by keyword, so do we)
             given = {k: v for k, v in given.items() if k in accepts}
-        return function(texts, plain, **given)
+        return function(**given)
 
     return Reward(name, score, source=str(path)), {"function": spec, "file": str(path), "sha256": digest}
 
@@ -203,7 +222,7 @@ def _contains_answer(spec):
 
 
 def _regex(spec):
-    pattern = re.compile(spec.pattern, re.DOTALL)
+    pattern = re.compile(spec.pattern, re.DOTALL)  # validated when the recipe loaded
     return lambda prompts, completions, ids, columns: [float(pattern.fullmatch(text_of(c).strip()) is not None)
                                                         for c in completions]
 
@@ -245,14 +264,17 @@ def score_answers(rewards: list, weights: list[float], rows: list[dict], answers
     if not rows:
         return [], {}
     prompts = [row["prompt"] for row in rows]
+    from transformers import TrainerState
+
     completions = [[{"role": "assistant", "content": answer}] for answer in answers]
     ids = [tokenizer(answer, add_special_tokens=False)["input_ids"] for answer in answers]
     columns = {key: [row[key] for row in rows] for key in rows[0] if key != "prompt"}
+    # what TRL adds to every reward call, so a function that reads them works here too
+    columns |= {"trainer_state": TrainerState(), "log_extra": lambda *a, **k: None, "log_metric": lambda *a, **k: None}
     values = [reward(prompts, completions, ids, **columns) for reward in rewards]
     totals = []
-    for per_answer in zip(*values):
-        given = [(w, v) for w, v in zip(weights, per_answer) if v is not None]
-        totals.append(sum(w * v for w, v in given) if given else None)
+    for per_answer in zip(*values):  # TRL sums with nansum: an answer every reward skipped counts 0
+        totals.append(sum(w * v for w, v in zip(weights, per_answer) if v is not None))
     means = {}
     for reward, column in zip(rewards, values):
         scored = [v for v in column if v is not None]
