@@ -115,6 +115,20 @@ def test_activations_scale_and_the_largest_batch_fits(tiny_model, tmp_path):
     assert plain.fixed + (best + 1) * plain.activations_per_example + planner.RESERVE > gpu
 
 
+def test_the_logits_are_one_tile_with_the_chunked_loss_and_shown_whole_without(tiny_model, tmp_path):
+    path = write_recipe(tmp_path / "r.yaml", model={"dtype": "bfloat16"}, data={"max_length": 8192},
+                        train={"batch_size": 2})
+    plan = planner.estimate(recipe_io.load(path))
+    vocab = planner.load_config(recipe_io.load(path)).vocab_size
+    # bf16 logits, their float32 copy, the float32 log-softmax and its gradient: 14 bytes an entry
+    assert plan.full_logits == 2 * 8192 * vocab * 14
+    assert plan.head_workspace == 4096 * vocab * 2  # one tile of TRL's kernel, whatever the batch
+    assert plan.peak == plan.fixed + 2 * plan.activations_per_example and plan.fixed >= plan.head_workspace
+    lines = planner.render(plan, None)
+    assert any(line.strip().startswith("output layer: one tile of the chunked loss") for line in lines)
+    assert any("without the chunked loss the logits alone would take" in line for line in lines)
+
+
 @pytest.mark.parametrize("text, size", [("24GiB", 24 * 2**30), ("24GB", 24 * 2**30), ("80", 80 * 2**30),
                                         ("16000MiB", 16000 * 2**20), ("1.5 GiB", int(1.5 * 2**30))])
 def test_parse_size(text, size):

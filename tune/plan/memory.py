@@ -35,6 +35,10 @@ MiB, GiB = 2**20, 2**30
 RESERVE = GiB
 HEAD_TILE_TOKENS = 4096  # trl.kernels.chunked_logprob.TOKEN_CHUNK_SIZE
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+# Per entry of (tokens x vocabulary), a plain loss over whole logits holds at once the logits (2 bytes in
+# bf16/fp16, 4 in float32), their float32 copy for the loss (bf16/fp16 only), the float32 log-softmax and
+# its float32 gradient.
+FULL_LOGITS_BYTES = {"float32": 12, "bfloat16": 14, "float16": 14}
 
 
 @dataclass
@@ -49,6 +53,7 @@ class Plan:
     activations_per_example: int  # for the recipe's max_length, with its checkpointing setting
     activations_per_example_other: int  # the same with gradient checkpointing flipped
     head_workspace: int  # TRL's tiled LM-head buffer: one tile, whatever the batch
+    full_logits: int  # what the batch's logits would take without the chunked loss (shown, not planned)
     batch_size: int
     checkpointing: bool
     communication: int = 0  # DDP gradient buckets, or the layers FSDP/ZeRO-3 gather for compute
@@ -136,7 +141,8 @@ def estimate(recipe: Recipe, nproc: int = 1, recipe_dir=None) -> Plan:
         weights=weights, trainable_params=sum(math.prod(shape) for shape, _ in trainable), adapter=adapter,
         gradients=adapter, optimizer=optimizer_bytes(trainable, optimizer), optimizer_name=optimizer,
         activations_per_example=per_example[checkpointing], activations_per_example_other=per_example[not checkpointing],
-        head_workspace=head_workspace, batch_size=recipe.train.batch_size, checkpointing=checkpointing,
+        head_workspace=head_workspace, full_logits=tokens * config.vocab_size * FULL_LOGITS_BYTES[dtype],
+        batch_size=recipe.train.batch_size, checkpointing=checkpointing,
         sampling=sampling_bytes(config, recipe, length, BYTES[dtype]) if recipe.train.method == "grpo" else 0)
     return per_device(plan, split, stats, config.num_hidden_layers) if nproc > 1 else plan
 
@@ -262,8 +268,8 @@ def render(plan: Plan, gpu_bytes: int | None) -> list[str]:
         (f"adapter ({plan.trainable_params:,} trainable parameters)", plan.adapter),
         ("gradients", plan.gradients),
         (f"optimizer states ({plan.optimizer_name})", plan.optimizer),
-        (f"activations ({mode} gradient checkpointing; estimate)",
-         plan.batch_size * plan.activations_per_example + plan.head_workspace),
+        (f"activations ({mode} gradient checkpointing; estimate)", plan.batch_size * plan.activations_per_example),
+        ("output layer: one tile of the chunked loss", plan.head_workspace),
         ("peak of torch allocations", plan.peak),
     ]
     if plan.sampling:
@@ -273,6 +279,8 @@ def render(plan: Plan, gpu_bytes: int | None) -> list[str]:
         rows.insert(-1, (f"communication ({kind}; estimate)", plan.communication))
     describe = f"{plan.describe}; per device of {plan.processes}" if plan.processes else plan.describe
     lines = [f"plan: {describe}"] + [f"  {label:<56}{_size(size):>12}" for label, size in rows]
+    lines.append(f"  (without the chunked loss the logits alone would take {_size(plan.full_logits)}: "
+                 "every token x the whole vocabulary, in float32 with their gradient)")
     if plan.offloaded:
         lines.append(f"  {'offloaded to CPU RAM (per process)':<56}{_size(plan.offloaded):>12}")
     if gpu_bytes is None:

@@ -19,7 +19,7 @@ from tune.data.templates import resolve_template
 from tune.models.load import load_model, load_tokenizer, lora_config
 from tune.models.run_dir import check_fits_base
 from tune.recipe import Recipe
-from tune.train import distributed
+from tune.train import distributed, lm_head
 from tune.train import run as skeleton
 from tune.train.arguments import arguments
 from tune.train.run import RunResult
@@ -83,6 +83,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         callbacks=skeleton.callbacks(run),
     )
     parameters = skeleton.attach(run, trainer)
+    run.echo(lm_head.install(trainer, run.on_gpu, run.sharded))
     adapter_line = (f"continuing the adapter of {start} (reference: that SFT model)" if start else
                     f"{recipe.adapter.method} r={recipe.adapter.r} (reference: the base, adapter off)")
     run.echo(f"model: {run.source} ({dtype}, quantization {recipe.model.quantization}), {adapter_line}: "

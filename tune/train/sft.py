@@ -19,7 +19,7 @@ from tune.infer.generate import generate_batch
 from tune.models.load import load_model, load_tokenizer, lora_config
 from tune.output import write_json, write_text
 from tune.recipe import Recipe
-from tune.train import distributed
+from tune.train import distributed, lm_head
 from tune.train import run as skeleton
 from tune.train.arguments import arguments
 from tune.train.run import RunResult
@@ -81,6 +81,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         callbacks=skeleton.callbacks(run),
     )
     parameters = skeleton.attach(run, trainer)
+    run.echo(lm_head.install(trainer, run.on_gpu, run.sharded))
     run.echo(f"model: {run.source} ({model.dtype}, quantization {recipe.model.quantization}), "
              f"{recipe.adapter.method} r={recipe.adapter.r}: {parameters[0]:,} trainable of {parameters[1]:,} parameters")
 
