@@ -203,13 +203,17 @@ def main() -> None:
                   f"wall {wall:6.1f} s  rss {rss:6.0f} MiB  steps {result['steps']}  trained {result['trained_tokens']}",
                   flush=True)
 
-    base = statistics.median(r["tokens_per_s"] for r in results.get("trl-default") or next(iter(results.values())))
-    print(f"\n| run | trained tokens/s | vs trl-default | train s | wall s | peak RSS MiB | steps | trained tokens |")
-    print("|---|---|---|---|---|---|---|---|")
+    baseline = "trl-best" if "trl-best" in results else chosen[0]
+    base = {key: statistics.median(r[key] for r in results[baseline]) for key in ("tokens_per_s", "rss")}
+    print(f"\n| run | trained tokens/s (runs) | vs {baseline} | train s | wall s | peak RSS MiB (runs) | vs {baseline} |")
+    print("|---|---|---|---|---|---|---|")
     for name, runs in results.items():
         med = {key: statistics.median(r[key] for r in runs) for key in ("tokens_per_s", "seconds", "wall", "rss")}
-        print(f"| {name} | {med['tokens_per_s']:.0f} | {med['tokens_per_s'] / base:.2f}x | {med['seconds']:.1f} | "
-              f"{med['wall']:.1f} | {med['rss']:.0f} | {runs[0]['steps']} | {runs[0]['trained_tokens']} |")
+        each = ", ".join(f"{r['tokens_per_s']:.0f}" for r in runs)
+        each_rss = ", ".join(f"{r['rss']:.0f}" for r in runs)
+        print(f"| {name} | {med['tokens_per_s']:.0f} ({each}) | {med['tokens_per_s'] / base['tokens_per_s']:.2f}x | "
+              f"{med['seconds']:.1f} | {med['wall']:.1f} | {med['rss']:.0f} ({each_rss}) | "
+              f"{med['rss'] / base['rss']:.2f}x |")
     print(f"\n(work dir {work}; delete it when done)")
 
 

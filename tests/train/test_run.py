@@ -40,10 +40,20 @@ def method_recipe(method, tmp_path, **train):
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_autocasts_bf16_on_such_a_cpu_and_refuses_a_pickled_checkpoint(method, tiny_model, tmp_path,
                                                                                    monkeypatch):
+    import torch
+
+    from tune.models import load
+
     monkeypatch.setattr(arguments, "cpu_has_bf16", lambda: True)  # as on this machine (AVX512-BF16); CI may differ
+    monkeypatch.setattr(load, "cpu_has_bf16", lambda: True)
     path = method_recipe(method, tmp_path)
     result = METHODS[method](recipe_io.load(path), path, echo=lambda line: None)
     assert result.summary["method"] == method and result.summary["precision"] == "bf16-autocast"
+    trained = {p.dtype for p in result.model.parameters() if p.requires_grad}
+    frozen = {p.dtype for p in result.model.parameters() if not p.requires_grad}
+    assert trained == {torch.float32}  # the optimizer updates float32 adapters
+    # causal LMs keep the frozen base in bf16 (autocast saw it in bf16 anyway); classifiers load as before
+    assert frozen == ({torch.float32} if method in ("classify", "reward") else {torch.bfloat16})
     assert result.summary["last_loss"] == result.summary["last_loss"]  # finite under autocast, not NaN
 
     out = tmp_path / "out"  # now made to look as if the run died after its last checkpoint, then tampered with

@@ -55,7 +55,8 @@ def base_answerer(model, tokenizer, recipe, source: str, template: str):
 
     hardware = (torch.cuda.get_device_name() if model.device.type == "cuda"
                 else f"cpu bf16={torch.cpu._is_avx512_bf16_supported()}")
-    setting = {"model": recipe.model.model_dump(mode="json"), "template": template, "hardware": hardware}
+    setting = {"model": recipe.model.model_dump(mode="json"), "template": template, "hardware": hardware,
+               "weights": str(model.dtype)}
     if recipe.model.adapter:  # a continued adapter: its weights, not its path, decide the answers
         weights = Path(recipe.model.adapter) / "adapter_model.safetensors"
         setting["adapter_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None

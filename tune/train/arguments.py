@@ -4,6 +4,7 @@ options. A method adds its own keys and passes them all to its config class."""
 
 from __future__ import annotations
 
+from tune.models.load import cpu_has_bf16
 from tune.recipe import Recipe
 from tune.train import distributed
 
@@ -73,12 +74,6 @@ def mixed_precision(recipe: Recipe, dtype, on_gpu: bool) -> str:
     if recipe.model.dtype == "auto" and cpu_has_bf16():
         return "bf16-autocast"
     return "float32"
-
-
-def cpu_has_bf16() -> bool:
-    import torch
-
-    return torch.cpu._is_avx512_bf16_supported()
 
 
 def checkpointing(enabled: bool) -> dict:

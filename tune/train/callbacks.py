@@ -12,6 +12,36 @@ from transformers import TrainerCallback
 KEPT = ("loss", "eval_loss", "learning_rate", "grad_norm", "mean_token_accuracy", "eval_mean_token_accuracy", "epoch")
 
 
+class ReturnFreedMemory(TrainerCallback):
+    """glibc keeps the pages of freed tensors in its heap, so a CPU run's resident memory climbs past what
+    it holds live (SmolLM2 SFT: over 1 GiB of free heap between steps, 0.6 GiB at the peak). Handing them
+    back after every forward/backward: peak RSS 2760 -> 2480 MiB, for 8% more training time (the pages are
+    faulted in again; 36.4 -> 39.5 s, medians of 2). Once per optimizer step kept only half the saving
+    (2660 MiB) for 4% more time."""
+
+    def __init__(self):
+        import ctypes
+        import ctypes.util
+
+        self.trim = ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+
+    @classmethod
+    def available(cls) -> bool:
+        import ctypes
+        import ctypes.util
+
+        try:
+            return hasattr(ctypes.CDLL(ctypes.util.find_library("c")), "malloc_trim")
+        except OSError:
+            return False
+
+    def on_substep_end(self, args, state, control, **kwargs):
+        self.trim(0)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trim(0)
+
+
 class MetricsLog(TrainerCallback):
     """Appends one JSON line per log event (step, loss, lr, eval loss...) and prints a short line."""
 

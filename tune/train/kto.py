@@ -15,7 +15,7 @@ from tune.data.templates import resolve_template
 from tune.data.unpaired import prepare_unpaired
 from tune.models.load import load_model, load_tokenizer, lora_config
 from tune.recipe import Recipe
-from tune.train import distributed
+from tune.train import distributed, lm_head
 from tune.train import run as skeleton
 from tune.train.arguments import arguments
 from tune.train.run import RunResult
@@ -59,6 +59,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         callbacks=skeleton.callbacks(run),
     )
     parameters = skeleton.attach(run, trainer)
+    run.echo(lm_head.install(trainer, run.on_gpu, run.sharded))
     run.echo(f"model: {run.source} ({model.dtype}, quantization {recipe.model.quantization}), {recipe.adapter.method} "
              f"r={recipe.adapter.r} (reference: the base, adapter off): {parameters[0]:,} trainable of "
              f"{parameters[1]:,} parameters; kto beta {config.beta}")

@@ -14,13 +14,15 @@ The loss is the same, token for token (tests/train/test_lm_head.py checks it aga
 
 It needs the head weight frozen (LoRA leaves it so; a trained head keeps TRL's kernel) and applies to
 the log-probs with their gradient; entropy, mean logit and top-1 come without one, as TRL uses them
-(metrics only in SFT and DPO)."""
+(metrics only in SFT, DPO and KTO)."""
 
 from __future__ import annotations
 
 import types
 
-TILE_BYTES = 256 * 2**20  # float32 logits and probabilities of one tile, together
+# float32 logits and probabilities of one tile, together. SmolLM2 (49k vocabulary): 170 positions a tile;
+# 256 MiB tiles were no faster and peaked 0.1 GiB higher.
+TILE_BYTES = 64 * 2**20
 
 
 def tile_tokens(vocab_size: int) -> int:

@@ -122,11 +122,13 @@ def starting_adapter(recipe: Recipe, recipe_dir: Path) -> Path:
 
 
 def callbacks(run: Run) -> list:
-    from tune.train.callbacks import ProgressBar
+    from tune.train.callbacks import ProgressBar, ReturnFreedMemory
     from tune.train.checkpoints import CheckpointManifest, NonFiniteGuard
 
     found = [run.metrics, CheckpointManifest(run.checkpoints, run.recipe.train.keep_checkpoints),
              NonFiniteGuard(run.checkpoints)]
+    if not run.on_gpu and ReturnFreedMemory.available():  # glibc's heap (Linux); torch's CUDA cache is its own
+        found.append(ReturnFreedMemory())
     return found + ([ProgressBar(run.console)] if run.console and run.console.is_terminal else [])
 
 
@@ -135,9 +137,12 @@ def attach(run: Run, trainer) -> tuple[int, int]:
     processes' agreement, and a disk that can hold its checkpoints. Returns (trainable, total) parameters."""
     from transformers import PrinterCallback
 
+    from tune.models.load import autocast_adapter_inputs
     from tune.train.callbacks import keep_tensorboard_open
 
     trainer.remove_callback(PrinterCallback)  # MetricsLog prints the lines users read
+    if run.precision == "bf16-autocast":
+        autocast_adapter_inputs(trainer.model)
     keep_tensorboard_open(trainer)
     distributed.check_trainer(trainer)
     trainable, total = trainer.model.get_nb_trainable_parameters()
@@ -161,7 +166,8 @@ def device_line(run: Run, model) -> str:
 
     device = f"cuda ({torch.cuda.get_device_name()})" if run.on_gpu else f"cpu, {torch.get_num_threads()} threads"
     attention = getattr(getattr(model, "config", None), "_attn_implementation", None) or "default"
-    return f"device: {device}, precision {run.precision}, attention {attention}"
+    weights = str(getattr(model, "dtype", "")).replace("torch.", "")
+    return f"device: {device}, precision {run.precision} (base weights {weights}), attention {attention}"
 
 
 def check_disk(folder: Path, trainable: int, keep: int) -> None:
