@@ -7,6 +7,8 @@ log-normal length (the rendered pair up to 1024 tokens), the rejected reply the 
 reversed after "No.". Each runs in its own subprocess:
 - tune:         `tune run` with its defaults (on a CPU with AVX512-BF16: bf16 autocast over a bf16 base,
                 the output layer scored only at reply positions), batch 4 pairs;
+- tune-grouped: the same with data.group_by_length: true (batches of pairs of similar length, so less
+                padding; TRL's DPO data has no length column for transformers' length-grouped sampler);
 - trl-best:     DPOTrainer with bf16 autocast and no gradient checkpointing, batch 4 pairs (TRL 1.16's
                 padding_free is disabled in DPO, so there is no more to turn on);
 - trl-default:  the script as TRL's docs write it: DPOConfig defaults (batch 8, bf16, gradient
@@ -98,6 +100,8 @@ def main() -> None:
             "learning_rate": 5e-5}
     contenders = {
         "tune": lambda out: [sys.executable, "-m", "tune", "run", str(recipe), "--set", f"output.dir={out}"],
+        "tune-grouped": lambda out: [sys.executable, "-m", "tune", "run", str(recipe), "--set", f"output.dir={out}",
+                                     "--set", "data.group_by_length=true"],
         "trl-best": lambda out: [sys.executable, "-c", PLAIN, str(model), str(work / "chat.jsonl"), str(out),
                                  json.dumps(best)],
         "trl-default": lambda out: [sys.executable, "-c", PLAIN, str(model), str(work / "chat.jsonl"), str(out),
@@ -109,7 +113,7 @@ def main() -> None:
         for name in chosen if repeat % 2 == 0 else reversed(chosen):  # alternate the order against drift
             out = work / f"{name}-{repeat}"
             stdout, wall, rss = run(contenders[name](out), env)
-            if name == "tune":
+            if name.startswith("tune"):
                 summary = json.loads((out / "run.json").read_text())
                 trained = int(re.search(r"(\d+) reply tokens", stdout).group(1))
                 result = {"seconds": summary["train_seconds"], "trained_tokens": trained, "steps": summary["steps"]}

@@ -128,3 +128,26 @@ def test_an_adapter_of_another_base_is_refused(tiny_model, tmp_path):
     assert caught.value.problems == [f"model.adapter: {other} was trained on some-org/another-model, but model.name "
                                      "is tiny-llama; an adapter only fits the base it was trained on"]
     assert not (tmp_path / "out").exists()
+
+
+def test_group_by_length_batches_pairs_of_similar_length(tiny_model, tmp_path, monkeypatch):
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+    from trl import DPOTrainer
+
+    def padded_widths(grouped: bool) -> list[int]:
+        seen = {}
+        monkeypatch.setattr(DPOTrainer, "train", lambda self, resume_from_checkpoint=None: seen.setdefault("t", self))
+        path = dpo_recipe(tmp_path / str(grouped) / "r.yaml", data={"group_by_length": grouped}, train={"batch_size": 4},
+                          output={"dir": str(tmp_path / str(grouped) / "out")})
+        dpo_train(recipe_io.load(path), path, **QUIET)
+        trainer = seen["t"]
+        assert isinstance(trainer._get_train_sampler(), LengthGroupedSampler) is grouped
+        return [batch["input_ids"].shape[1] for batch in trainer.get_train_dataloader()]
+
+    (tmp_path / "True").mkdir()
+    (tmp_path / "False").mkdir()
+    pairs = training_pairs(tiny_model)
+    longest = max(len(p["prompt_ids"]) + max(len(p["chosen_ids"]), len(p["rejected_ids"])) for p in pairs)
+    grouped, shuffled = padded_widths(True), padded_widths(False)
+    assert grouped[0] == longest  # the sampler puts the batch that holds the longest pair first
+    assert sum(grouped) < sum(shuffled)  # every batch is padded to its longest: similar lengths pad less

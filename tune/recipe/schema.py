@@ -72,7 +72,7 @@ class DataSection(Section):
     packing: bool = Field(
         False, description="Pack several examples into each row of max_length (padding-free, own position ids, no attention across examples); batch_size then counts rows.")
     group_by_length: bool = Field(
-        False, description="When packing is off: batch examples of similar length together so less padding is computed.")
+        False, description="SFT without packing, DPO and classification: batch examples (pairs) of similar length together so less padding is computed.")
     labels: list[str | int] | None = Field(
         None, min_length=2, description="classification: the label names in id order; default = every label in the train split, sorted (numbers numerically).")
     drop_bad_pairs: bool = Field(False, description="preference: skip (and count) rows whose chosen equals rejected or has an empty side, instead of stopping.")

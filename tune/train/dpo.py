@@ -49,6 +49,10 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             return dataset
 
+        def _set_signature_columns_if_needed(self):  # keep "length" for the length-grouped sampler
+            super()._set_signature_columns_if_needed()
+            self._signature_columns = [*self._signature_columns, "length"]
+
     # ---- tokenizer, template and pairs: every data problem surfaces before anything is written
     tokenizer = load_tokenizer(recipe.model, run.source)
     template, template_label = resolve_template(recipe.data.template, tokenizer, run.recipe_dir)
@@ -75,10 +79,15 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         beta=recipe.train.beta,
         loss_type=[recipe.train.loss_type] if isinstance(recipe.train.loss_type, str) else recipe.train.loss_type,
         max_length=None,  # the pairs were already fitted to data.max_length (data.overlength)
+        # A batch's sequences are padded to its longest; pairs of similar length waste less (TRL 1.16 has
+        # switched DPO's padding_free off).
+        train_sampling_strategy="group_by_length" if recipe.data.group_by_length else "random",
     )
+    rows = [{**pair, "length": len(pair["prompt_ids"]) + max(len(pair["chosen_ids"]), len(pair["rejected_ids"]))}
+            for pair in data.train]
     trainer = PretokenizedDPOTrainer(
         model=model, args=config, processing_class=tokenizer, peft_config=None if start else lora_config(recipe.adapter),
-        train_dataset=Dataset.from_list(data.train),
+        train_dataset=Dataset.from_list(rows),
         eval_dataset=Dataset.from_list(data.eval) if data.eval else None,
         callbacks=skeleton.callbacks(run),
     )
