@@ -21,7 +21,7 @@ from __future__ import annotations
 import types
 
 # float32 logits and probabilities of one tile, together. SmolLM2 (49k vocabulary): 170 positions a tile;
-# 256 MiB tiles were no faster and peaked 0.1 GiB higher.
+# 256 MiB tiles were no faster and peaked about 90 MiB higher (bench/README.md).
 TILE_BYTES = 64 * 2**20
 
 
