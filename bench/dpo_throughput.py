@@ -26,14 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sft_throughput import make_data, rendered_length, run  # noqa: E402
+from sft_throughput import make_data, measure, print_table, rendered_length  # noqa: E402
 
 BATCH = 4
 CPU = {"use_cpu": True}
@@ -108,36 +107,9 @@ def main() -> None:
                                     json.dumps(CPU)],
     }
     chosen = args.only.split(",")
-    results: dict[str, list[dict]] = {name: [] for name in chosen}
-    for repeat in range(args.repeats):
-        for name in chosen if repeat % 2 == 0 else reversed(chosen):  # alternate the order against drift
-            out = work / f"{name}-{repeat}"
-            stdout, wall, rss = run(contenders[name](out), env)
-            if name.startswith("tune"):
-                summary = json.loads((out / "run.json").read_text())
-                trained = int(re.search(r"(\d+) reply tokens", stdout).group(1))
-                result = {"seconds": summary["train_seconds"], "trained_tokens": trained, "steps": summary["steps"]}
-            else:
-                result = json.loads(stdout.split("RESULT ", 1)[1].splitlines()[0])
-            result.update(wall=wall, rss=rss, tokens_per_s=result["trained_tokens"] / result["seconds"])
-            results[name].append(result)
-            print(f"  run {repeat + 1} {name:<12} {result['tokens_per_s']:8.0f} tok/s  train {result['seconds']:6.1f} s  "
-                  f"wall {wall:6.1f} s  rss {rss:6.0f} MiB  steps {result['steps']}  trained {result['trained_tokens']}",
-                  flush=True)
-    print_table(results, "trl-best" if "trl-best" in results else chosen[0])
+    results = measure(contenders, chosen, args.repeats, work, env, r"(\d+) reply tokens")
+    print_table(results, "trl-best" if "trl-best" in results else chosen[0], wall=False)
     print(f"\n(work dir {work}; delete it when done)")
-
-
-def print_table(results: dict[str, list[dict]], baseline: str) -> None:
-    base = {key: statistics.median(r[key] for r in results[baseline]) for key in ("tokens_per_s", "rss")}
-    print(f"\n| run | trained tokens/s (runs) | vs {baseline} | train s | peak RSS MiB (runs) | vs {baseline} |")
-    print("|---|---|---|---|---|---|")
-    for name, runs in results.items():
-        med = {key: statistics.median(r[key] for r in runs) for key in ("tokens_per_s", "seconds", "rss")}
-        each = ", ".join(f"{r['tokens_per_s']:.0f}" for r in runs)
-        each_rss = ", ".join(f"{r['rss']:.0f}" for r in runs)
-        print(f"| {name} | {med['tokens_per_s']:.0f} ({each}) | {med['tokens_per_s'] / base['tokens_per_s']:.2f}x | "
-              f"{med['seconds']:.1f} | {med['rss']:.0f} ({each_rss}) | {med['rss'] / base['rss']:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -120,6 +120,43 @@ def run(command: list[str], env: dict) -> tuple[str, float, float]:
     return proc.stdout, float(wall), float(rss)
 
 
+def measure(contenders: dict, chosen: list[str], repeats: int, work: Path, env: dict, tune_tokens: str) -> dict:
+    """Each chosen contender `repeats` times, in alternating order; a tune run's trained tokens are read
+    from its output with the `tune_tokens` pattern, a plain script's from its RESULT line."""
+    results: dict[str, list[dict]] = {name: [] for name in chosen}
+    for repeat in range(repeats):
+        for name in chosen if repeat % 2 == 0 else reversed(chosen):  # alternate the order against drift
+            out = work / f"{name}-{repeat}"
+            stdout, wall, rss = run(contenders[name](out), env)
+            if name.startswith("tune"):
+                summary = json.loads((out / "run.json").read_text())
+                trained = int(re.search(tune_tokens, stdout).group(1))
+                result = {"seconds": summary["train_seconds"], "trained_tokens": trained, "steps": summary["steps"]}
+            else:
+                result = json.loads(stdout.split("RESULT ", 1)[1].splitlines()[0])
+            result.update(wall=wall, rss=rss, tokens_per_s=result["trained_tokens"] / result["seconds"])
+            results[name].append(result)
+            print(f"  run {repeat + 1} {name:<12} {result['tokens_per_s']:8.0f} tok/s  train {result['seconds']:6.1f} s  "
+                  f"wall {wall:6.1f} s  rss {rss:6.0f} MiB  steps {result['steps']}  trained {result['trained_tokens']}",
+                  flush=True)
+    return results
+
+
+def print_table(results: dict[str, list[dict]], baseline: str, wall: bool = True) -> None:
+    """Medians with every run's value in brackets, speed and peak RSS as ratios to `baseline`."""
+    base = {key: statistics.median(r[key] for r in results[baseline]) for key in ("tokens_per_s", "rss")}
+    wall_head = " wall s |" if wall else ""
+    print(f"\n| run | trained tokens/s (runs) | vs {baseline} | train s |{wall_head} peak RSS MiB (runs) | vs {baseline} |")
+    print("|---|---|---|---|" + ("---|" if wall else "") + "---|---|")
+    for name, runs in results.items():
+        med = {key: statistics.median(r[key] for r in runs) for key in ("tokens_per_s", "seconds", "wall", "rss")}
+        each = ", ".join(f"{r['tokens_per_s']:.0f}" for r in runs)
+        each_rss = ", ".join(f"{r['rss']:.0f}" for r in runs)
+        wall_cell = f" {med['wall']:.1f} |" if wall else ""
+        print(f"| {name} | {med['tokens_per_s']:.0f} ({each}) | {med['tokens_per_s'] / base['tokens_per_s']:.2f}x | "
+              f"{med['seconds']:.1f} |{wall_cell} {med['rss']:.0f} ({each_rss}) | {med['rss'] / base['rss']:.2f}x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=256)
@@ -186,34 +223,8 @@ def main() -> None:
                                  json.dumps({**CPU, **trl_best, "bf16": True, "gradient_checkpointing": False})],
     }
     chosen = args.only.split(",")
-    results: dict[str, list[dict]] = {name: [] for name in chosen}
-    for repeat in range(args.repeats):
-        for name in chosen if repeat % 2 == 0 else reversed(chosen):  # alternate the order against drift
-            out = work / f"{name}-{repeat}"
-            stdout, wall, rss = run(contenders[name](out), env)
-            if name.startswith("tune"):
-                summary = json.loads((out / "run.json").read_text())
-                trained = int(re.search(r"(\d+) trained tokens", stdout).group(1))
-                result = {"seconds": summary["train_seconds"], "trained_tokens": trained, "steps": summary["steps"]}
-            else:
-                result = json.loads(stdout.split("RESULT ", 1)[1].splitlines()[0])
-            result.update(wall=wall, rss=rss, tokens_per_s=result["trained_tokens"] / result["seconds"])
-            results[name].append(result)
-            print(f"  run {repeat + 1} {name:<12} {result['tokens_per_s']:8.0f} tok/s  train {result['seconds']:6.1f} s  "
-                  f"wall {wall:6.1f} s  rss {rss:6.0f} MiB  steps {result['steps']}  trained {result['trained_tokens']}",
-                  flush=True)
-
-    baseline = "trl-best" if "trl-best" in results else chosen[0]
-    base = {key: statistics.median(r[key] for r in results[baseline]) for key in ("tokens_per_s", "rss")}
-    print(f"\n| run | trained tokens/s (runs) | vs {baseline} | train s | wall s | peak RSS MiB (runs) | vs {baseline} |")
-    print("|---|---|---|---|---|---|---|")
-    for name, runs in results.items():
-        med = {key: statistics.median(r[key] for r in runs) for key in ("tokens_per_s", "seconds", "wall", "rss")}
-        each = ", ".join(f"{r['tokens_per_s']:.0f}" for r in runs)
-        each_rss = ", ".join(f"{r['rss']:.0f}" for r in runs)
-        print(f"| {name} | {med['tokens_per_s']:.0f} ({each}) | {med['tokens_per_s'] / base['tokens_per_s']:.2f}x | "
-              f"{med['seconds']:.1f} | {med['wall']:.1f} | {med['rss']:.0f} ({each_rss}) | "
-              f"{med['rss'] / base['rss']:.2f}x |")
+    results = measure(contenders, chosen, args.repeats, work, env, r"(\d+) trained tokens")
+    print_table(results, "trl-best" if "trl-best" in results else chosen[0])
     print(f"\n(work dir {work}; delete it when done)")
 
 
