@@ -52,9 +52,10 @@ def base_answerer(model, tokenizer, recipe, source: str, template: str):
     import torch
 
     from tune.infer.generate import generate_batch
+    from tune.models.load import cpu_has_bf16
 
     hardware = (torch.cuda.get_device_name() if model.device.type == "cuda"
-                else f"cpu bf16={torch.cpu._is_avx512_bf16_supported()}")
+                else f"cpu bf16={cpu_has_bf16()}")
     setting = {"model": recipe.model.model_dump(mode="json"), "template": template, "hardware": hardware,
                "weights": str(model.dtype)}
     if recipe.model.adapter:  # a continued adapter: its weights, not its path, decide the answers

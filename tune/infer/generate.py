@@ -134,8 +134,9 @@ def generate_batch(model, tokenizer, conversations: list[list[dict]], max_new_to
     (AVX512-BF16) a float32 or bf16 model generates under bf16 autocast, as it trains: ~1.4x faster."""
     import torch
 
-    autocast = (model.device.type == "cpu" and model.dtype in (torch.float32, torch.bfloat16)
-                and torch.cpu._is_avx512_bf16_supported())
+    from tune.models.load import cpu_has_bf16
+
+    autocast = model.device.type == "cpu" and model.dtype in (torch.float32, torch.bfloat16) and cpu_has_bf16()
 
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     model_was_training = model.training

@@ -20,26 +20,28 @@ class ReturnFreedMemory(TrainerCallback):
     (2660 MiB) for 4% more time."""
 
     def __init__(self):
-        import ctypes
-        import ctypes.util
-
-        self.trim = ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+        self.trim = _malloc_trim()
 
     @classmethod
     def available(cls) -> bool:
-        import ctypes
-        import ctypes.util
-
-        try:
-            return hasattr(ctypes.CDLL(ctypes.util.find_library("c")), "malloc_trim")
-        except OSError:
-            return False
+        return _malloc_trim() is not None
 
     def on_substep_end(self, args, state, control, **kwargs):
         self.trim(0)
 
     def on_step_end(self, args, state, control, **kwargs):
         self.trim(0)
+
+
+def _malloc_trim():
+    """glibc's malloc_trim, or None where the C library has none (musl, macOS, Windows)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c")), "malloc_trim", None)
+    except OSError:
+        return None
 
 
 class MetricsLog(TrainerCallback):
