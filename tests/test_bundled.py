@@ -41,3 +41,16 @@ def test_readme_leads_with_the_two_commands_and_ci_runs_the_second():
     assert "torch==2.13.0" in tests and "pytest" in tests
     ci = (REPO / ".ci" / "run").read_text()
     assert tests in ci.splitlines(), ".ci/run must run the README's test command verbatim"
+
+
+def test_readme_names_the_versions_ci_installs():
+    pinned = dict(line.split("==") for line in (REPO / ".ci" / "constraints.txt").read_text().splitlines()
+                  if "==" in line and not line.startswith("#"))
+    pinned = {name.lower().replace("_", "-"): version for name, version in pinned.items()}
+    named = re.search(r"the ones the suite last passed on\n\((.+?)\)", README, re.S).group(1)
+    names = {"transformers": "transformers", "PEFT": "peft", "TRL": "trl", "bitsandbytes": "bitsandbytes",
+             "accelerate": "accelerate", "datasets": "datasets"}
+    for name, version in re.findall(r"([A-Za-z]+) (\d[\w.]*)", named):
+        if name != "torch":
+            assert pinned[names[name]] == version, f"README says {name} {version}; .ci/constraints.txt pins {pinned[names[name]]}"
+    assert "torch" not in pinned, "torch is installed first, by hand; a pin here would fight a CUDA build"
