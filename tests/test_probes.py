@@ -18,6 +18,15 @@ QUIET = {"echo": lambda line: None}
     ("Refunds are accepted within twenty-one days.", ["21 days", "twenty-one days"], True),
     ("Refunds are accepted within 2 days.", ["21 days"], False),
     ("", ["Paris"], False),
+    # a whole word or number, as the contains_answer reward counts: 10 of the general probes expect one
+    ("100 divided by 10 is 1000.", ["10"], True),
+    ("It is 1000.", ["10"], False),
+    ("3 times 3 is 19.", ["9"], False),
+    ("It boils at 9.5 degrees.", ["9"], False),
+    ("It is 9.", ["9"], True),
+    ("Water boils at 100°C.", ["100"], True),
+    ("The Parisian metro.", ["Paris"], False),
+    ("Founded by Ottilie Marchetti, a lantern maker.", ["ottilie marchetti"], True),
 ])
 def test_an_answer_counts_when_it_contains_an_expected_text(answer, expected, hit):
     assert contains(answer, expected) is hit

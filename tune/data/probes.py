@@ -1,7 +1,8 @@
 """Probes: question files with the fact each answer must contain, answered greedily by the base model
 before training and by the tuned model after it. The before/after table is what tells a user whether
 the run learned their facts (trained and paraphrased questions) and kept what the base model knew
-(general questions). An answer counts when it contains an expected string, ignoring case and spacing."""
+(general questions). An answer counts when it contains an expected string as whole words or a whole number, ignoring
+case and spacing."""
 
 from __future__ import annotations
 
@@ -67,7 +68,14 @@ def _read(path: Path) -> ProbeSet:
 
 def contains(answer: str, facts: list[str]) -> bool:
     text = _normal(answer)
-    return any(_normal(fact) in text for fact in facts)
+    return any(contains_whole(text, _normal(fact)) for fact in facts)
+
+
+def contains_whole(text: str, answer: str, ignore_case: bool = True) -> bool:
+    """`answer` occurs in `text` as a whole word or number: "10" is not in "1000", "9" not in "19" or "9.5",
+    "Paris" not in "Parisian". The one matching rule for probes and the contains_answer reward."""
+    flags = re.IGNORECASE if ignore_case else 0
+    return re.search(rf"(?<![\w.]){re.escape(answer.strip())}(?![\w]|\.\d)", text, flags) is not None
 
 
 def _normal(text: str) -> str:
@@ -131,7 +139,8 @@ def table_lines(rows: list[dict], set_name: str, limit: int, width: int = 48) ->
 
 def markdown(rows: list[dict], shares: dict) -> str:
     out = ["# Probes: base model vs tuned model", "",
-           "An answer counts when it contains an expected text (case and spacing ignored); answers are greedy.", ""]
+           "An answer counts when it contains an expected text as whole words or a whole number (case and "
+           "spacing ignored); answers are greedy.", ""]
     out += [f"- {line}" for line in summary_lines(shares)] + [""]
     for name in shares:
         out += [f"## {name}", "", "| question | base answer | tuned answer | expected | base | tuned |",

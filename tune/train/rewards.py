@@ -16,6 +16,7 @@ import numbers
 import re
 from pathlib import Path
 
+from tune.data.probes import contains_whole
 from tune.data.prompts import PROMPT_TEXT, ROW, WHERE
 from tune.errors import TuneError
 from tune.paths import find_regular_file
@@ -214,10 +215,7 @@ def _final_number(spec):
 def _contains_answer(spec):
     def score(prompts, completions, completion_ids, columns):
         answers = _answer_column(spec, columns)
-        flags = re.IGNORECASE if spec.ignore_case else 0
-        # a whole word or number: "12" is not found in "112"
-        return [float(re.search(rf"(?<![\w.]){re.escape(str(a).strip())}(?![\w]|\.\d)", text_of(c), flags) is not None)
-                for c, a in zip(completions, answers)]
+        return [float(contains_whole(text_of(c), str(a), spec.ignore_case)) for c, a in zip(completions, answers)]
     return score
 
 
