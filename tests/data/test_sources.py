@@ -110,6 +110,37 @@ def test_weights_repeat_and_subsample(tmp_path):
     assert rows == load_rows(data, data.train, "data.train", tmp_path, seed=0)  # seeded
 
 
+def test_held_out_rows_are_split_off_before_weights_repeat_the_rest(tmp_path):
+    from tune.data.rows import train_eval_rows
+    from tune.recipe import DataSection
+
+    (tmp_path / "a.jsonl").write_text("".join(f'{{"text": "a{i}"}}\n' for i in range(20)))
+    (tmp_path / "b.jsonl").write_text("".join(f'{{"text": "b{i}"}}\n' for i in range(20)))
+    data = DataSection(train=[{"path": "a.jsonl", "weight": 2}, {"path": "b.jsonl", "weight": 1.5}],
+                       format="completion", eval_fraction=0.1)
+    train, evaluation = train_eval_rows(data, tmp_path, seed=0)
+    held = {row["text"] for _, row in evaluation}
+    trained = [row["text"] for _, row in train]
+    assert len(evaluation) == 4 and not held & set(trained)  # before: ~90% of the held-out rows were trained on
+    kept_a = [t for t in trained if t.startswith("a")]
+    assert len(kept_a) == 2 * len(set(kept_a)) and len(set(kept_a)) + len(held & {f"a{i}" for i in range(20)}) == 20
+    kept_b = len({t for t in trained if t.startswith("b")})
+    assert len([t for t in trained if t.startswith("b")]) == kept_b + round(0.5 * kept_b)
+    assert (train, evaluation) == train_eval_rows(data, tmp_path, seed=0)  # seeded
+
+
+def test_holding_out_the_only_row_is_one_line(tmp_path):
+    from tune.data.rows import train_eval_rows
+    from tune.recipe import DataSection
+
+    (tmp_path / "notes.txt").write_text("one long document")
+    data = DataSection(train="notes.txt", format="completion", eval_fraction=0.1)
+    with pytest.raises(DataError) as caught:
+        train_eval_rows(data, tmp_path, seed=0)
+    assert caught.value.problems == ["data.eval_fraction: holding out 0.1 of 1 row leaves none to train on; give "
+                                     "data.eval (a file of its own) or more rows"]
+
+
 def test_a_json_object_with_a_repeated_key_is_refused(tmp_path):
     # json keeps the last value silently: {"output": "draft", "output": "final"} would train on "final" unseen
     source = one(tmp_path, "d.jsonl", '{"prompt": "a", "completion": "b"}\n{"prompt": "a", "prompt": "c", "completion": "d"}\n')

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tune.data.conversation import MAX_CHARS_PER_TOKEN
-from tune.data.rows import load_rows, sha256, split_off
+from tune.data.rows import load_rows, sha256, train_eval_rows
 from tune.errors import DataError
 
 
@@ -133,11 +133,8 @@ def prepare_labelled(data, tokenizer, recipe_dir: Path | None, seed: int) -> Lab
     """The classify twin of tune.data.prepare.prepare: the same sources, weights, split and fingerprint,
     plus the label set (declared, or every train label) that fixes the head's ids."""
     fingerprint = {"sources": []}
-    train_rows = read_labelled(data, data.train, "data.train", recipe_dir, seed, fingerprint)
-    if data.eval is not None:
-        eval_rows = read_labelled(data, data.eval, "data.eval", recipe_dir, seed, fingerprint)
-    else:
-        train_rows, eval_rows = split_off(train_rows, data.eval_fraction, seed)
+    train_rows, eval_rows = [[(where, *row_fields(row, data.columns, where, True)) for where, row in rows]
+                             for rows in train_eval_rows(data, recipe_dir, seed, fingerprint)]
     names = label_names(data.labels, [label for *_, label in train_rows])
     if len(names) < 2:
         raise DataError(f"data.train: every row has the label '{names[0]}'; a classifier needs at least two labels")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tune.data.preference import BadPair
 from tune.data.formats import FORMATS
-from tune.data.rows import load_rows, split_off
+from tune.data.rows import load_rows, train_eval_rows
 from tune.data.templates import resolve_template
 from tune.errors import TuneError
 from tune.recipe import Recipe
@@ -44,11 +44,8 @@ class CheckReport:
 def check_all(recipe: Recipe, recipe_dir: Path, tokenizer) -> CheckReport:
     data, report = recipe.data, CheckReport()
     template, label = resolve_template(data.template, tokenizer, recipe_dir)
-    splits = {"train": load_rows(data, data.train, "data.train", recipe_dir, recipe.train.seed)}
-    if data.eval is not None:
-        splits["eval"] = load_rows(data, data.eval, "data.eval", recipe_dir, recipe.train.seed)
-    elif data.eval_fraction > 0:
-        splits["train"], splits["eval"] = split_off(splits["train"], data.eval_fraction, recipe.train.seed)
+    train, evaluation = train_eval_rows(data, recipe_dir, recipe.train.seed)
+    splits = {"train": train, "eval": evaluation} if evaluation or data.eval is not None else {"train": train}
     report.lines.append(f"format {data.format}, template {label}, max_length {data.max_length}")
     digests: dict[str, set] = {}
     for name, rows in splits.items():

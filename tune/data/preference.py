@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tune.data.chat import ROLE_NAMES
 from tune.data.conversation import LengthReport, tokenize
-from tune.data.rows import Prepared, load_rows, sha256, split_off
+from tune.data.rows import Prepared, sha256, train_eval_rows
 from tune.errors import DataError, TuneError
 from tune.recipe import DataSection
 
@@ -132,13 +132,9 @@ def prepare_pairs(data: DataSection, tokenizer, template: str, recipe_dir: Path 
     """The preference twin of tune.data.prepare.prepare: same sources, weights, split and fingerprint."""
     report, dropped = LengthReport(), []
     fingerprint = {"sources": [], "template_sha256": sha256(template.encode())}
-    train_rows = load_rows(data, data.train, "data.train", recipe_dir, seed, fingerprint)
+    train_rows, eval_rows = train_eval_rows(data, recipe_dir, seed, fingerprint)
     train = tokenize_pairs(data, train_rows, tokenizer, template, report, dropped)
-    if data.eval is not None:
-        eval_rows = load_rows(data, data.eval, "data.eval", recipe_dir, seed, fingerprint)
-        evaluation = tokenize_pairs(data, eval_rows, tokenizer, template, report, dropped)
-    else:
-        train, evaluation = split_off(train, data.eval_fraction, seed)
+    evaluation = tokenize_pairs(data, eval_rows, tokenizer, template, report, dropped)
     if not train:
         raise TuneError("data.train: no usable preference pairs" + (f" ({len(dropped)} bad pairs dropped)" if dropped else ""))
     fingerprint |= {"train_examples": len(train), "eval_examples": len(evaluation), "bad_pairs_dropped": len(dropped),
@@ -157,9 +153,9 @@ def prepare_conversations(data: DataSection, recipe_dir: Path | None, seed: int)
     fingerprint: dict = {"sources": []}
     bad: list[str] = []
 
-    def read(spec, key):
+    def convert(rows):
         pairs = []
-        for where, row in load_rows(data, spec, key, recipe_dir, seed, fingerprint):
+        for where, row in rows:
             try:
                 prompt, chosen, rejected = row_to_pair(row, data.columns, data.system_prompt, where)
             except BadPair as exc:
@@ -168,12 +164,10 @@ def prepare_conversations(data: DataSection, recipe_dir: Path | None, seed: int)
             pairs.append({"prompt": prompt, "chosen": [chosen], "rejected": [rejected]})
         return pairs
 
-    train = read(data.train, "data.train")
-    evaluation = read(data.eval, "data.eval") if data.eval is not None else []
+    train_rows, eval_rows = train_eval_rows(data, recipe_dir, seed, fingerprint)
+    train, evaluation = convert(train_rows), convert(eval_rows)
     if bad and not data.drop_bad_pairs:
         raise DataError(bad)
-    if data.eval is None:
-        train, evaluation = split_off(train, data.eval_fraction, seed)
     if not train:
         raise TuneError("data.train: no usable pairs")
     fingerprint.update(train_examples=len(train), eval_examples=len(evaluation), dropped_pairs=len(bad),

@@ -8,7 +8,7 @@ from pathlib import Path
 from tune.data import completion
 from tune.data.conversation import LengthReport, fit_length, tokenize
 from tune.data.formats import FORMATS
-from tune.data.rows import Prepared, load_rows, sha256, split_off
+from tune.data.rows import Prepared, sha256, train_eval_rows
 from tune.data.sources import read_rows, resolve_sources
 from tune.data.templates import check_template_name
 from tune.errors import TuneError
@@ -81,13 +81,9 @@ def tokenize_rows(data: DataSection, rows, tokenizer, template: str, report: Len
 def prepare(data: DataSection, tokenizer, template: str, recipe_dir: Path | None, seed: int) -> Prepared:
     report = LengthReport()
     fingerprint = {"sources": [], "template_sha256": sha256(template.encode())}
-    train_rows = load_rows(data, data.train, "data.train", recipe_dir, seed, fingerprint)
+    train_rows, eval_rows = train_eval_rows(data, recipe_dir, seed, fingerprint)
     train = tokenize_rows(data, train_rows, tokenizer, template, report)
-    if data.eval is not None:
-        eval_rows = load_rows(data, data.eval, "data.eval", recipe_dir, seed, fingerprint)
-        evaluation = tokenize_rows(data, eval_rows, tokenizer, template, report)
-    else:
-        train, evaluation = split_off(train, data.eval_fraction, seed)
+    evaluation = tokenize_rows(data, eval_rows, tokenizer, template, report) if eval_rows else []
     total = report.kept + report.dropped
     if total and len(report.rows_over) == total:
         raise TuneError(f"data.max_length: all {total} examples are longer than {data.max_length} tokens "

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tune.data.preference import as_messages
-from tune.data.rows import load_rows, sha256, split_off
+from tune.data.rows import sha256, train_eval_rows
 from tune.errors import DataError, TuneError
 from tune.recipe import DataSection
 
@@ -50,9 +50,9 @@ def prepare_prompts(data: DataSection, recipe_dir: Path | None, seed: int) -> tu
     GRPOTrainer reads (its reward functions get the other columns as keyword lists)."""
     fingerprint: dict = {"sources": []}
 
-    def read(spec, key):
+    def convert(read):
         rows = []
-        for where, row in load_rows(data, spec, key, recipe_dir, seed, fingerprint):
+        for where, row in read:
             prompt, extra = row_to_prompt(row, data.columns, data.system_prompt, where)
             _check_same_columns(rows[0] if rows else (where, extra), where, extra)
             text = row[data.columns.get("prompt", "prompt")]
@@ -60,10 +60,8 @@ def prepare_prompts(data: DataSection, recipe_dir: Path | None, seed: int) -> tu
                                  PROMPT_TEXT: text if isinstance(text, str) else None}))
         return rows
 
-    train = read(data.train, "data.train")
-    evaluation = read(data.eval, "data.eval") if data.eval is not None else []
-    if data.eval is None:
-        train, evaluation = split_off(train, data.eval_fraction, seed)
+    train_rows, eval_rows = train_eval_rows(data, recipe_dir, seed, fingerprint)
+    train, evaluation = convert(train_rows), convert(eval_rows)
     if not train:
         raise TuneError("data.train: no prompts")
     if evaluation:

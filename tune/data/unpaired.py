@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 
 from tune.data.preference import as_messages
-from tune.data.rows import load_rows, sha256, split_off
+from tune.data.rows import sha256, train_eval_rows
 from tune.errors import DataError, TuneError
 from tune.recipe import DataSection
 
@@ -47,14 +47,9 @@ def row_to_messages(row: dict, columns: dict[str, str], system_prompt: str | Non
 def prepare_unpaired(data: DataSection, recipe_dir: Path | None, seed: int) -> tuple[list[dict], list[dict], dict]:
     fingerprint: dict = {"sources": []}
 
-    def read(spec, key):
-        return [row_to_example(row, data.columns, data.system_prompt, where)
-                for where, row in load_rows(data, spec, key, recipe_dir, seed, fingerprint)]
-
-    train = read(data.train, "data.train")
-    evaluation = read(data.eval, "data.eval") if data.eval is not None else []
-    if data.eval is None:
-        train, evaluation = split_off(train, data.eval_fraction, seed)
+    train_rows, eval_rows = train_eval_rows(data, recipe_dir, seed, fingerprint)
+    train, evaluation = [[row_to_example(row, data.columns, data.system_prompt, where) for where, row in rows]
+                         for rows in (train_rows, eval_rows)]
     if not train:
         raise TuneError("data.train: no rows")
     # TRL's KTO reads rows in order (its KL term pairs neighbours): a file sorted by label would otherwise
