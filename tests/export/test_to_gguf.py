@@ -143,3 +143,25 @@ def test_llama_cpp_greedy_tokens_match_the_merged_model(exported, trained, tmp_p
             break
     llm.close()
     assert cpp == hf
+
+
+def test_read_back_holds_one_checkpoint_tensor_at_a_time(tiny_model, tmp_path, monkeypatch):
+    # An 8B export held whole in float32 to be checked needs ~32 GB of RAM; the writer streams, so must this.
+    import weakref
+
+    path = tmp_path / "model-f16.gguf"
+    to_gguf.write(tiny_model, path, "f16", "tiny", [])
+    alive, most = set(), []
+    real = to_gguf.gguf_tensors
+
+    def watched(merged_dir, config):
+        for name, data in real(merged_dir, config):
+            alive.add(name)
+            weakref.finalize(data, alive.discard, name)
+            most.append(len(alive))
+            yield name, data
+
+    monkeypatch.setattr(to_gguf, "gguf_tensors", watched)
+    report = to_gguf.read_back(path, tiny_model, "f16")
+    assert (report["tensors"], report["problems"]) == (21, [])
+    assert len(most) == 21 and max(most) <= 2  # the one being checked, and the previous one until it is replaced

@@ -216,19 +216,18 @@ def add_tokenizer(writer, model_dir: Path, n_vocab: int, stops: list[str]) -> No
 
 
 def read_back(path: Path, merged_dir: Path, quant: str) -> dict:
-    """Every tensor present with its shape and within the quant's tolerance, and the tokenizer keys."""
+    """Every tensor present with its shape and within the quant's tolerance, and the tokenizer keys.
+    Tensor by tensor, as write() streams them: the reader maps the file, and the checkpoint's tensors come
+    one at a time, so an 8B export is not held in float32 (~32 GB) to be checked."""
     import gguf
     import numpy as np
 
     reader = gguf.GGUFReader(path)
     config = json.loads((merged_dir / "config.json").read_text(encoding="utf-8"))
     stored = {tensor.name: tensor for tensor in reader.tensors}
-    problems, worst = [], 0.0
-    expected = dict(gguf_tensors(merged_dir, config))
-    if set(stored) != set(expected):
-        problems.append(f"tensors differ: missing {sorted(set(expected) - set(stored))[:3]}, "
-                        f"extra {sorted(set(stored) - set(expected))[:3]}")
-    for name, want in expected.items():
+    problems, worst, expected = [], 0.0, set()
+    for name, want in gguf_tensors(merged_dir, config):
+        expected.add(name)
         if name not in stored:
             continue
         got = gguf.quants.dequantize(stored[name].data, stored[name].tensor_type).reshape(want.shape)
@@ -237,6 +236,9 @@ def read_back(path: Path, merged_dir: Path, quant: str) -> dict:
         allowed = READBACK_TOLERANCE[quant] if want.ndim > 1 else 1e-6  # 1-D tensors are stored as float32
         if error > allowed:
             problems.append(f"{name}: max relative error {error:.2e} over {allowed}")
+    if set(stored) != expected:
+        problems.insert(0, f"tensors differ: missing {sorted(expected - set(stored))[:3]}, "
+                           f"extra {sorted(set(stored) - expected)[:3]}")
     for key in ("tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type",
                 "tokenizer.ggml.merges", "tokenizer.ggml.eos_token_id", "tokenizer.chat_template"):
         if key not in reader.fields:
