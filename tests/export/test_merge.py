@@ -119,3 +119,46 @@ def test_refuses_a_non_empty_out_and_bad_options(trained, tmp_path):
 def test_parse_size():
     assert [merge_module.parse_size(text) for text in ("2GB", "500MB", "100KB", "1.5GB", "4096")] == \
         [2_000_000_000, 500_000_000, 100_000, 1_500_000_000, 4096]
+
+
+@pytest.mark.parametrize("adapted,got,ok,measurable", [
+    ([1.0, 0.0], [0.0, 0.0], False, True),  # the plain base: within the tolerance, but it is the base
+    ([1.0, 0.0], [1.125, 0.0], True, True),  # base+adapter with rounding noise
+    ([0.25, 0.0], [0.0, 0.125], True, False),  # an effect within 5x of the noise: cannot be told apart
+])
+def test_verification_needs_the_result_nearer_base_plus_adapter_than_the_base(adapted, got, ok, measurable):
+    from tune.export.verify import Reference, compare
+
+    ref = Reference([[1]], [torch.tensor([adapted])], [torch.tensor([[0.0, 0.0]])], adapted[0])
+    check = compare("merged", [torch.tensor([got])], ref, "float32", tolerance=2.0)
+    assert (check.ok, check.measurable, check.max_diff <= check.tolerance) == (ok, measurable, True)
+    if not ok:
+        assert check.line() == (
+            "verify merged: max |logit diff| vs base+adapter 1.00e+00, vs the base 0.00e+00 (tolerance 2.0e+00; the "
+            "adapter itself moves logits by up to 1.00e+00; the result must be 4x nearer base+adapter than the base) "
+            "FAILED: it is nearer the base than base+adapter, as if the adapter were not merged")
+
+
+def test_a_merge_that_did_nothing_fails_though_the_adapter_moves_logits_less_than_the_tolerance(
+        trained, tmp_path, monkeypatch):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    light = tmp_path / "light"  # the adapter's effect scaled to ~half the float16 tolerance
+    shutil.copytree(trained("lora"), light)
+    weights = load_file(light / "adapter_model.safetensors")
+    save_file({k: v / 200 if "lora_B" in k else v for k, v in weights.items()}, light / "adapter_model.safetensors")
+    with monkeypatch.context() as patch, pytest.raises(VerificationError) as caught:
+        patch.setattr(merge_module, "lora_pairs", lambda run: {})  # the merge writes the plain base
+        pipeline.merge(light, tmp_path / "out", dtype="float16", echo=lambda line: None)
+    line = caught.value.problems[0]
+    assert line.endswith(" FAILED: it is nearer the base than base+adapter, as if the adapter were not merged; "
+                         "the merge was not written")
+    assert float(line.split("vs base+adapter ")[1].split(",")[0]) < float(line.split("(tolerance ")[1].split(";")[0])
+    assert not (tmp_path / "out").exists()
+
+    report = pipeline.merge(light, tmp_path / "right", dtype="float16", echo=lambda line: None)
+    check = report["verification"][0]
+    assert check["adapter_measurable"] and check["ok"]
+    assert check["adapter_effect"] < check["tolerance"] / 1.5

@@ -64,9 +64,9 @@ def write_card(out_dir: Path, run, kind: str, report: dict, final_name: Path) ->
     checks = report.get("verification") or []
     parts += ["## Verification", ""]
     if checks:
-        parts += [f"- {check['what']}: max |logit difference| against base+adapter {check['max_abs_logit_diff']:.2e} "
-                  f"(tolerance {check['tolerance']:.1e}; the adapter moves logits by up to "
-                  f"{check['adapter_effect']:.2e})" for check in checks]
+        parts += [f"- {check['what']}: max |logit difference| against base+adapter {check['max_abs_logit_diff']:.2e}, "
+                  f"against the base {check['max_abs_logit_diff_vs_base']:.2e} (tolerance {check['tolerance']:.1e}; "
+                  f"the adapter moves logits by up to {check['adapter_effect']:.2e})" for check in checks]
     else:
         parts.append("- skipped (--no-verify)")
     if "readback" in report:

@@ -1,7 +1,12 @@
 """Proof that a merged model is the adapter's model: the same probe prompts go through base+adapter (PEFT,
 unmerged, float32) and through the result, and the largest absolute logit difference must stay within
 what rounding the weights to the result's dtype can explain. The reference is the 16/32-bit base even for
-a QLoRA adapter, because that is the base the merge uses."""
+a QLoRA adapter, because that is the base the merge uses.
+
+The tolerance alone cannot see a merge that did nothing when the adapter moves logits by less than the
+tolerance (a 16-bit result of a light adapter): the plain base is then within it too. So the result must
+also be CLOSER times nearer to base+adapter than to the base alone, whenever the adapter's effect stands
+clear of the rounding noise the result shows."""
 
 from __future__ import annotations
 
@@ -16,6 +21,11 @@ PROBES = ("What is the capital of France?", "Translate the colour into French: r
 # the stored weights. float32 only reorders float32 sums; the 16-bit ones round every weight once
 # (bfloat16 keeps 8 bits of mantissa, float16 11), which moves logits by about that relative amount.
 TOLERANCE = {"float32": 1e-4, "float16": 5e-3, "bfloat16": 3e-2}
+# How much nearer base+adapter than the base a result must be. The noise is the smaller of its two distances
+# (a right merge is off base+adapter by rounding only, an empty one off the base); with an effect of at least
+# (CLOSER + 1) x noise a right merge always passes, as |result - base| >= effect - |result - base+adapter|,
+# and an empty one always fails. Below that the two cannot be told apart from logits, and the line says so.
+CLOSER = 4
 
 
 class VerificationError(TuneError):
@@ -28,6 +38,7 @@ class VerificationError(TuneError):
 class Reference:
     probes: list  # token id lists
     adapted: list  # base+adapter logits per probe (float32 tensors)
+    base: list  # the base's logits per probe (adapter switched off)
     base_effect: float  # max |adapter logits - base logits|: how much the adapter changes the model
 
 
@@ -37,20 +48,35 @@ class Verification:
     max_diff: float
     tolerance: float
     base_effect: float
+    from_base: float  # max |result logits - base logits|
+
+    @property
+    def measurable(self) -> bool:
+        """The adapter's effect stands clear of the rounding noise this result shows."""
+        return self.base_effect > 0 and self.base_effect >= (CLOSER + 1) * min(self.max_diff, self.from_base)
+
+    @property
+    def nearer_adapter(self) -> bool:
+        return not self.measurable or self.from_base >= CLOSER * self.max_diff
 
     @property
     def ok(self) -> bool:
-        return self.max_diff <= self.tolerance
+        return self.max_diff <= self.tolerance and self.nearer_adapter
 
     def line(self) -> str:
-        verdict = "OK" if self.ok else "FAILED"
-        return (f"verify {self.what}: max |logit diff| vs base+adapter {self.max_diff:.2e} "
-                f"(tolerance {self.tolerance:.1e}; the adapter itself moves logits by up to {self.base_effect:.2e}) "
-                f"{verdict}")
+        # A failed nearness check means the result sits by the base: it is >= CLOSER x nearer the base.
+        verdict = "OK" if self.ok else "FAILED" if self.nearer_adapter else \
+            "FAILED: it is nearer the base than base+adapter, as if the adapter were not merged"
+        nearer = (f"the result must be {CLOSER}x nearer base+adapter than the base" if self.measurable else
+                  f"within {CLOSER + 1}x of the rounding noise, so a merge that did nothing could pass unseen")
+        return (f"verify {self.what}: max |logit diff| vs base+adapter {self.max_diff:.2e}, vs the base "
+                f"{self.from_base:.2e} (tolerance {self.tolerance:.1e}; the adapter itself moves logits by up to "
+                f"{self.base_effect:.2e}; {nearer}) {verdict}")
 
     def as_dict(self) -> dict:
         return {"what": self.what, "max_abs_logit_diff": self.max_diff, "tolerance": self.tolerance,
-                "adapter_effect": self.base_effect, "ok": self.ok}
+                "adapter_effect": self.base_effect, "max_abs_logit_diff_vs_base": self.from_base,
+                "adapter_measurable": self.measurable, "ok": self.ok}
 
 
 def probe_ids(tokenizer) -> list[list[int]]:
@@ -77,7 +103,7 @@ def reference(run) -> Reference:
     tokenizer = AutoTokenizer.from_pretrained(run.path)
     probes = probe_ids(tokenizer)
     model = load_peft(run, torch.float32)
-    adapted, effect = [], 0.0
+    adapted, bases, effect = [], [], 0.0
     with torch.no_grad():
         for ids in probes:
             batch = torch.tensor([ids])
@@ -85,16 +111,18 @@ def reference(run) -> Reference:
             with model.disable_adapter():
                 base = model(batch).logits[0].float()
             adapted.append(logits)
+            bases.append(base)
             effect = max(effect, (logits - base).abs().max().item())
     del model
-    return Reference(probes, adapted, effect)
+    return Reference(probes, adapted, bases, effect)
 
 
 def compare(what: str, logits: list, ref: Reference, dtype_name: str, tolerance: float | None = None) -> Verification:
     scale = max(1.0, max(r.abs().max().item() for r in ref.adapted))
     diff = max((got.float() - want).abs().max().item() for got, want in zip(logits, ref.adapted))
+    from_base = max((got.float() - base).abs().max().item() for got, base in zip(logits, ref.base))
     return Verification(what, diff, tolerance if tolerance is not None else TOLERANCE[dtype_name] * scale,
-                        ref.base_effect)
+                        ref.base_effect, from_base)
 
 
 def merged_logits(model_dir, probes: list) -> list:
