@@ -10,9 +10,9 @@ import pytest
 from tests.conftest import REPO, write_recipe
 
 
-def tune(*args, cwd=None):
+def tune(*args, cwd=None, env=None):
     return subprocess.run([sys.executable, "-m", "tune", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=600)
+                          cwd=cwd, env=env, timeout=600)
 
 
 def test_validate_ok(tmp_path):
@@ -73,6 +73,26 @@ def test_copied_quickstart_validates_from_another_dir(tmp_path):
     assert tune("cp", "quickstart", tmp_path / "my.yaml", cwd=tmp_path).returncode == 0
     result = tune("validate", "my.yaml", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_copied_quickstart_runs_on_a_fresh_install(tmp_path, monkeypatch):
+    """No `tune init-tiny` first: tiny-llama is built on first use, as a packaged GGUF is converted."""
+    import os
+
+    from tune.models.resolve import model_source
+    from tune.recipe import ModelSection
+
+    home = tmp_path / "fresh-home"
+    assert tune("cp", "quickstart", "my.yaml", cwd=tmp_path).returncode == 0
+    result = tune("run", "my.yaml", "--set", "train.max_steps=1", cwd=tmp_path, env=os.environ | {"TUNE_HOME": str(home)})
+    assert result.returncode == 0, result.stderr
+    folder = home / "models" / "tiny-llama"
+    assert result.stdout.splitlines()[0] == (f"model: building tiny-llama once ({folder}, as `tune init-tiny` does); "
+                                             "later runs reuse it")
+    assert "done: 1 steps in " in result.stdout
+    monkeypatch.setenv("TUNE_HOME", str(home))
+    heard = []
+    assert model_source(ModelSection(name="tiny-llama"), heard.append) == str(folder) and heard == []
 
 
 def test_run_writes_the_documented_files(tiny_model, tmp_path):

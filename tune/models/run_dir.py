@@ -12,7 +12,7 @@ import yaml
 
 from tune.errors import TuneError
 from tune.models.gguf import gguf_path, hf_folder
-from tune.models.resolve import PACKAGED_GGUF, looks_local, resolve_model
+from tune.models.resolve import PACKAGED_GGUF, built_on_first_use, looks_local, resolve_model
 
 SUPPORTED_PEFT = ("LORA",)  # LoRA, rsLoRA and DoRA all save as peft_type LORA
 
@@ -50,7 +50,7 @@ class AdapterRun:
 
 def read_adapter_dir(path: Path, base: str | None = None, echo=None) -> AdapterRun:
     """The run dir at `path`; `base` overrides the base model its recipe names. `echo` hears about a GGUF
-    base being converted."""
+    base being converted or built."""
     path = Path(path)
     if not path.is_dir():
         raise TuneError(f"{path}: no such folder")
@@ -87,7 +87,7 @@ def read_adapter_dir(path: Path, base: str | None = None, echo=None) -> AdapterR
     name = base or model.get("name")
     if not name:
         raise TuneError(f"{path / 'recipe.yaml'}: model.name is missing; name the base with --base")
-    source = resolve_model(str(name))
+    source = built_on_first_use(resolve_model(str(name)), echo)
     gguf = gguf_path(source, None if base else model.get("gguf_file"))
     if gguf is not None:  # a GGUF base: the folder it was converted into (converting it if needed)
         source = str(hf_folder(gguf, name if name in PACKAGED_GGUF else None,

@@ -1,6 +1,7 @@
-"""`tune init-tiny`: a small random Llama-architecture model with a byte-level BPE tokenizer trained
-here, on the bundled sample data, and a ChatML chat template. It powers the offline quickstart and the
-tests: real code paths (PEFT, TRL, bitsandbytes, merge, export) without downloading anything."""
+"""`tune init-tiny` (and the first use of model.name tiny-llama): a small random Llama-architecture model
+with a byte-level BPE tokenizer trained here, on the bundled sample data, and a ChatML chat template. It
+powers the offline quickstart and the tests: real code paths (PEFT, TRL, bitsandbytes, merge, export)
+without downloading anything."""
 
 from __future__ import annotations
 
@@ -71,9 +72,14 @@ def build(out_dir: str | Path, hidden_size: int = 256, layers: int = 4, vocab_si
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     model.save_pretrained(staging, safe_serialization=True)
     tokenizer.save_pretrained(staging)
-    if out_dir.exists():
+    if overwrite and out_dir.exists():
         shutil.rmtree(out_dir)
-    os.replace(staging, out_dir)
+    try:
+        os.replace(staging, out_dir)  # onto nothing or an empty folder
+    except OSError:  # built meanwhile by another process (each rank of a run builds on first use): same seed
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (out_dir / "config.json").is_file():
+            raise
     return out_dir
 
 
