@@ -3,6 +3,10 @@
 import subprocess
 import sys
 
+import pytest
+
+from tune.errors import TuneError
+
 
 def tune(*args):
     return subprocess.run([sys.executable, "-m", "tune", *map(str, args)], capture_output=True, text=True, timeout=600)
@@ -72,3 +76,56 @@ def test_leftovers_of_a_killed_export_are_removed_by_the_next_one(trained, tmp_p
     result = tune("export", trained("lora"), out, "--format", "adapter")
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exported"]
+
+
+def test_a_run_dirs_own_recipe_cannot_make_a_command_run_code(trained, tmp_path):
+    """A run dir someone sent may set model.trust_remote_code / allow_pickle in its recipe.yaml: every command
+    that loads it refuses in one line unless the user grants exactly those, and a grant adds nothing else."""
+    import shutil
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from tests.conftest import SAMPLE_DATA
+    from tune.cli import app
+    from tune.infer.reward_model import load_reward_model
+
+    def cli(*args):
+        return CliRunner().invoke(app, [str(arg) for arg in args])
+
+    run = tmp_path / "sent"
+    shutil.copytree(trained("lora"), run)
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    recipe["model"] |= {"trust_remote_code": True, "allow_pickle": True}
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    asks = f"{run / 'recipe.yaml'}: model.trust_remote_code: true and model.allow_pickle: true would run code from its " \
+        "base (tiny-llama) when loaded here; "
+    trust = "pass --trust-remote-code --allow-pickle if you trust where this run dir and its base came from\n"
+    for command in (("generate", run, "--prompt", "hi"), ("chat", run), ("eval", run, "--data", SAMPLE_DATA),
+                    ("predict", run, "--data", SAMPLE_DATA, "--out", tmp_path / "p.jsonl")):
+        result = cli(*command)
+        assert (result.exit_code, result.stderr) == (2, asks + trust), command
+    result = cli("generate", run, "--prompt", "hi", "--trust-remote-code")
+    assert (result.exit_code, result.stderr) == (2, f"{run / 'recipe.yaml'}: model.allow_pickle: true would run code "
+                                                 "from its base (tiny-llama) when loaded here; pass --allow-pickle if "
+                                                 "you trust where this run dir and its base came from\n")
+    # merge and export load safetensors only, so the recipe's allow_pickle is never used there
+    for command in (("merge", run, tmp_path / "m"), ("export", run, tmp_path / "a", "--format", "adapter")):
+        result = cli(*command)
+        assert (result.exit_code, result.stderr) == (2, f"{run / 'recipe.yaml'}: model.trust_remote_code: true would "
+                                                     "run code from its base (tiny-llama) when loaded here; pass "
+                                                     "--trust-remote-code if you trust where this run dir and its base "
+                                                     "came from\n"), command
+        assert not command[2].exists()
+    with pytest.raises(TuneError) as caught:  # a GRPO recipe's reward.model: nothing can grant it
+        load_reward_model(run, key="reward.model")
+    assert caught.value.problems == [f"reward.model: {asks}retrain it without"]
+
+    granted = cli("generate", run, "--prompt", "hi", "--max-new-tokens", "2", "--trust-remote-code", "--allow-pickle")
+    assert granted.exit_code == 0, granted.stderr
+    exported = cli("export", run, tmp_path / "a", "--format", "adapter", "--trust-remote-code")
+    assert exported.exit_code == 0, exported.stderr
+
+    from tune.models.run_dir import grants, read_adapter_dir
+
+    assert read_adapter_dir(trained("lora"), granted=grants(True, True)).trust_remote_code is False  # not asked for

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from tune.cli.console import fail, say
+from tune.cli.use import TRUST_REMOTE_CODE
 from tune.errors import TuneError
 
 DTYPE_HELP = "Weights of the result: auto (as the base is stored), bfloat16, float16 or float32."
@@ -23,12 +24,15 @@ def merge(adapter_dir: Path = typer.Argument(help="A `tune run` output dir (adap
                                       help="Compare the result's logits with base+adapter; fail when they differ."),
           in_memory: bool = typer.Option(False, "--in-memory",
                                          help="Merge with PEFT in memory even when shard streaming is possible."),
-          overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty OUT_DIR.")) -> None:
+          overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty OUT_DIR."),
+          trust_remote_code: bool = TRUST_REMOTE_CODE) -> None:
     """Merge the adapter into its base: sharded safetensors + tokenizer, chat template, model card."""
     from tune.export import pipeline
+    from tune.models.run_dir import grants
 
     try:
-        pipeline.merge(adapter_dir, out_dir, dtype, shard_size, base, verify, in_memory, overwrite, echo=say)
+        pipeline.merge(adapter_dir, out_dir, dtype, shard_size, base, verify, in_memory, overwrite, say,
+                       grants(trust_remote_code))
     except TuneError as exc:
         fail(exc)
     say(f"merged model in {out_dir}")
@@ -45,12 +49,15 @@ def export(adapter_dir: Path = typer.Argument(help="A `tune run` output dir (ada
            base: str = typer.Option(None, "--base", help=BASE_HELP),
            verify: bool = typer.Option(True, "--verify/--no-verify",
                                        help="Check the result against base+adapter; fail when it differs."),
-           overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty OUT.")) -> None:
+           overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty OUT."),
+           trust_remote_code: bool = TRUST_REMOTE_CODE) -> None:
     """Export for deployment: a PEFT adapter, a merged model, or a GGUF file with an Ollama Modelfile."""
     from tune.export import pipeline
+    from tune.models.run_dir import grants
 
     try:
-        pipeline.export(adapter_dir, out, fmt, quant, dtype, shard_size, base, verify, overwrite, echo=say)
+        pipeline.export(adapter_dir, out, fmt, quant, dtype, shard_size, base, verify, overwrite, say,
+                        grants(trust_remote_code))
     except TuneError as exc:
         fail(exc)
     say(f"{fmt} export in {out}")

@@ -24,14 +24,15 @@ def quickstart(dest: Path = typer.Option(Path("runs/quickstart"), "--dir", help=
     for step in (f"\n$ tune merge {dest} {merged}", f"\n$ tune export {dest} {gguf} --format gguf --quant q8_0"):
         out.print(step, markup=False)
         if "merge" in step:
-            merge(dest, merged, dtype="auto", shard_size="2GB", base=None, verify=True, in_memory=False, overwrite=True)
+            merge(dest, merged, dtype="auto", shard_size="2GB", base=None, verify=True, in_memory=False, overwrite=True,
+                  trust_remote_code=False)
         else:
             export(dest, gguf, fmt="gguf", quant="q8_0", dtype="auto", shard_size="2GB", base=None, verify=True,
-                   overwrite=True)
+                   overwrite=True, trust_remote_code=False)
     for question in QUICKSTART_PROMPTS:
         out.print(f"\n$ tune generate {merged} --prompt {question!r}", markup=False)
         generate(merged, prompt=question, data=None, out_file=None, system=None, max_new_tokens=24, temperature=0.0,
-                 top_k=50, top_p=1.0, seed=0)
+                 top_k=50, top_p=1.0, seed=0, trust_remote_code=False, allow_pickle=False)
 
 
 QUICKSTART_PROMPTS = ("What is the capital of France?", "What is 7 plus 8?")

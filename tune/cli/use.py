@@ -22,15 +22,21 @@ TEMPERATURE = typer.Option(0.0, min=0.0, help="0 = greedy; higher = more random.
 TOP_K = typer.Option(50, min=0, help="Sample from the k most likely tokens.")
 TOP_P = typer.Option(1.0, min=0.0, max=1.0, help="Sample from the smallest set of tokens with this mass.")
 SEED = typer.Option(0, help="Seed for sampling: the same seed gives the same answer.")
+# A run dir's recipe.yaml may come from someone else: what it sets that runs code needs the user's own flag.
+TRUST_REMOTE_CODE = typer.Option(False, "--trust-remote-code", help="Allow the run's model.trust_remote_code: "
+                                 "true (runs Python code from its base's repository).")
+ALLOW_PICKLE = typer.Option(False, "--allow-pickle", help="Allow the run's model.allow_pickle: true (loads .bin "
+                            "pickle weights, which can run code).")
 
 
-def _load(model_dir: Path):
+def _load(model_dir: Path, trust_remote_code: bool, allow_pickle: bool):
     from tune.infer.generate import load_for_inference
+    from tune.models.run_dir import grants
     from tune.quiet import quiet_libraries
 
     quiet_libraries()
     try:
-        return load_for_inference(model_dir, echo=say_err)
+        return load_for_inference(model_dir, say_err, grants(trust_remote_code, allow_pickle))
     except TuneError as exc:
         fail(exc)
 
@@ -41,7 +47,8 @@ def generate(model_dir: Path = typer.Argument(help="A `tune run` output dir (bas
              out_file: Path = typer.Option(None, "--out", help="With --data: write JSONL here (default stdout)."),
              system: str = typer.Option(None, "--system", help="Optional system message."),
              max_new_tokens: int = MAX_NEW, temperature: float = TEMPERATURE, top_k: int = TOP_K,
-             top_p: float = TOP_P, seed: int = SEED) -> None:
+             top_p: float = TOP_P, seed: int = SEED, trust_remote_code: bool = TRUST_REMOTE_CODE,
+             allow_pickle: bool = ALLOW_PICKLE) -> None:
     """Answer a prompt (or every row of --data) with the chat template the model was trained with."""
     import json
 
@@ -55,7 +62,7 @@ def generate(model_dir: Path = typer.Argument(help="A `tune run` output dir (bas
         rows = [row for source in resolve_sources(str(data), None, "--data") for row in read_rows(source)] if data else []
     except TuneError as exc:
         fail(exc)
-    model, tokenizer = _load(model_dir)
+    model, tokenizer = _load(model_dir, trust_remote_code, allow_pickle)
     sampling = _sampling_options(max_new_tokens, temperature, top_k, top_p, seed)
     if prompt is not None:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
@@ -87,9 +94,10 @@ def generate(model_dir: Path = typer.Argument(help="A `tune run` output dir (bas
 def chat(model_dir: Path = typer.Argument(help="A `tune run` output dir or a full model folder."),
          system: str = typer.Option(None, "--system", help="Optional system message."),
          max_new_tokens: int = MAX_NEW, temperature: float = TEMPERATURE, top_k: int = TOP_K,
-         top_p: float = TOP_P, seed: int = SEED) -> None:
+         top_p: float = TOP_P, seed: int = SEED, trust_remote_code: bool = TRUST_REMOTE_CODE,
+         allow_pickle: bool = ALLOW_PICKLE) -> None:
     """Talk to the model in the terminal, multi-turn. /reset starts over, /exit (or Ctrl-D) quits."""
-    model, tokenizer = _load(model_dir)
+    model, tokenizer = _load(model_dir, trust_remote_code, allow_pickle)
     sampling = _sampling_options(max_new_tokens, temperature, top_k, top_p, seed)
     start = [{"role": "system", "content": system}] if system else []
     messages = list(start)
@@ -142,15 +150,18 @@ def evaluate(model_dir: Path = typer.Argument(help="A `tune run` output dir or a
              data: Path = typer.Option(..., "--data", help="Labelled rows in the run's data format."),
              exact_match: bool = typer.Option(False, "--exact-match", help="Also generate greedy answers and "
                                               "count those equal to the reference."),
-             max_new_tokens: int = MAX_NEW) -> None:
+             max_new_tokens: int = MAX_NEW, trust_remote_code: bool = TRUST_REMOTE_CODE,
+             allow_pickle: bool = ALLOW_PICKLE) -> None:
     """Loss and perplexity on the trained-on tokens of --data (and exact match when asked); for a
     classifier: accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix."""
     from tune.infer.evaluate import evaluate as run_eval
+    from tune.models.run_dir import grants
     from tune.quiet import quiet_libraries
 
     quiet_libraries()
     try:
-        result = run_eval(model_dir, data, exact_match, max_new_tokens, echo=say_err)
+        granted = grants(trust_remote_code, allow_pickle)
+        result = run_eval(model_dir, data, exact_match, max_new_tokens, say_err, granted)
     except TuneError as exc:
         fail(exc)
     if "accuracy" in result:
@@ -167,19 +178,21 @@ def evaluate(model_dir: Path = typer.Argument(help="A `tune run` output dir or a
 
 def predict(model_dir: Path = typer.Argument(help="The output dir of a `train.method: classify` or `reward` run."),
             data: Path = typer.Option(..., "--data", help="classify: rows with the run's text (and text_pair) columns; reward: {prompt, completion} or {prompt, chosen, rejected} rows."),
-            out_file: Path = typer.Option(..., "--out", help="Where to write: .jsonl or .csv (classify).")) -> None:
+            out_file: Path = typer.Option(..., "--out", help="Where to write: .jsonl or .csv (classify)."),
+            trust_remote_code: bool = TRUST_REMOTE_CODE, allow_pickle: bool = ALLOW_PICKLE) -> None:
     """Label every row of --data (its predicted label and each label's probability), or score it with a
     reward model (its reward; for pairs, both rewards and whether chosen wins)."""
     from tune.infer import classify, reward_model
-    from tune.models.run_dir import run_recipe
+    from tune.models.run_dir import grants, run_recipe
     from tune.quiet import quiet_libraries
 
     quiet_libraries()
+    granted = grants(trust_remote_code, allow_pickle)
     try:
-        recipe = run_recipe(model_dir) if model_dir.is_dir() else None
+        recipe = run_recipe(model_dir, granted) if model_dir.is_dir() else None
         predict_file = (reward_model.predict_file if recipe is not None and recipe.train.method == "reward"
                         else classify.predict_file)
-        count = predict_file(model_dir, data, out_file, echo=say_err)
+        count = predict_file(model_dir, data, out_file, say_err, granted)
     except TuneError as exc:
         fail(exc)
     out.print(f"wrote {count} predictions to {out_file}", markup=False)

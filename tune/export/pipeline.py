@@ -61,8 +61,10 @@ def _swapped_in(out: Path):
 
 
 def merge(adapter_dir: Path, out: Path, dtype: str = "auto", shard_size: str = "2GB", base: str | None = None,
-          verify: bool = True, in_memory: bool = False, overwrite: bool = False, echo=print) -> dict:
-    run = _checked_run(adapter_dir, base, dtype, shard_size, echo)
+          verify: bool = True, in_memory: bool = False, overwrite: bool = False, echo=print,
+          granted: frozenset[str] = frozenset()) -> dict:
+    """`granted`: what the command lets the run's recipe.yaml do (tune/models/run_dir.py refuse_ungranted)."""
+    run = _checked_run(adapter_dir, base, dtype, shard_size, echo, granted)
     with staged(out, overwrite, run) as temp:
         report = _merge_verified(run, temp, dtype, shard_size, verify, in_memory, echo)
         write_card(temp, run, "merged", report, Path(out))
@@ -72,16 +74,16 @@ def merge(adapter_dir: Path, out: Path, dtype: str = "auto", shard_size: str = "
 
 def export(adapter_dir: Path, out: Path, fmt: str, quant: str = "f16", dtype: str = "auto",
            shard_size: str = "2GB", base: str | None = None, verify: bool = True, overwrite: bool = False,
-           echo=print) -> dict:
+           echo=print, granted: frozenset[str] = frozenset()) -> dict:
     from tune.export import to_gguf
 
     if fmt not in FORMATS:
         raise TuneError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
     if quant not in to_gguf.QUANTS:
         raise TuneError(f"--quant: {quant!r} is not one of {', '.join(to_gguf.QUANTS)}")
-    run = _checked_run(adapter_dir, base, dtype, shard_size, echo)
+    run = _checked_run(adapter_dir, base, dtype, shard_size, echo, granted)
     if fmt == "merged":
-        return merge(adapter_dir, out, dtype, shard_size, base, verify, False, overwrite, echo)
+        return merge(adapter_dir, out, dtype, shard_size, base, verify, False, overwrite, echo, granted)
     if fmt == "gguf" and run.labels is not None:
         raise TuneError(f"--format: gguf: {run.path} is a classifier ({run.recipe.get('train', {}).get('method')} "
                         "run) and llama.cpp runs causal language models; export it with --format adapter or merged")
@@ -95,9 +97,9 @@ def export(adapter_dir: Path, out: Path, fmt: str, quant: str = "f16", dtype: st
     return report
 
 
-def _checked_run(adapter_dir, base, dtype: str, shard_size: str, echo) -> AdapterRun:
+def _checked_run(adapter_dir, base, dtype: str, shard_size: str, echo, granted: frozenset[str]) -> AdapterRun:
     """All input problems at once, before any staging or loading."""
-    run = read_adapter_dir(Path(adapter_dir), base, echo)
+    run = read_adapter_dir(Path(adapter_dir), base, echo, granted)
     problems = [] if dtype in DTYPES else [f"--dtype: {dtype!r} is not one of {', '.join(DTYPES)}"]
     try:
         parse_size(shard_size)

@@ -17,12 +17,12 @@ def _data_section(recipe, data_file: Path):
                                                                   "eval_fraction": 0.0})
 
 
-def evaluate_file(model_dir: Path, data_file: Path, echo=None) -> dict:
+def evaluate_file(model_dir: Path, data_file: Path, echo=None, granted: frozenset[str] = frozenset()) -> dict:
     """The classification report of a run on a labelled file (see tune/infer/metrics.py)."""
     from tune.data.classification import label_ids, read_labelled
     from tune.infer.metrics import classification_report
 
-    model, tokenizer, names, recipe = load_run(model_dir, echo)
+    model, tokenizer, names, recipe = load_run(model_dir, echo, granted)
     data = _data_section(recipe, data_file)
     rows = read_labelled(data, data.train, "--data", Path.cwd(), seed=0)
     truth = label_ids(rows, {name: i for i, name in enumerate(names)})
@@ -30,7 +30,8 @@ def evaluate_file(model_dir: Path, data_file: Path, echo=None) -> dict:
     return classification_report(truth, probs.argmax(axis=1), names)
 
 
-def predict_file(model_dir: Path, data_file: Path, out_file: Path, echo=None) -> int:
+def predict_file(model_dir: Path, data_file: Path, out_file: Path, echo=None,
+                 granted: frozenset[str] = frozenset()) -> int:
     """Write each row with its predicted label and per-label probabilities: JSONL, or CSV by extension."""
     import csv
     import io
@@ -42,7 +43,7 @@ def predict_file(model_dir: Path, data_file: Path, out_file: Path, echo=None) ->
     suffix = Path(out_file).suffix.lower()
     if suffix not in (".jsonl", ".csv"):
         raise TuneError(f"--out: {out_file}: write .jsonl or .csv")
-    model, tokenizer, names, recipe = load_run(model_dir, echo)
+    model, tokenizer, names, recipe = load_run(model_dir, echo, granted)
     data = _data_section(recipe, data_file)
     rows = load_rows(data, data.train, "--data", Path.cwd(), seed=0)
     pairs = [row_fields(row, data.columns, where, need_label=False)[:2] for where, row in rows]

@@ -10,7 +10,8 @@ from tune.errors import TuneError
 
 
 def evaluate(model_dir: Path, data_file: Path, exact_match: bool = False, max_new_tokens: int = 128,
-             echo=None) -> dict:
+             echo=None, granted: frozenset[str] = frozenset()) -> dict:
+    """`granted`: what the command lets the run's recipe.yaml do (tune/models/run_dir.py refuse_ungranted)."""
     import torch
 
     from tune.data.conversation import LengthReport
@@ -21,15 +22,15 @@ def evaluate(model_dir: Path, data_file: Path, exact_match: bool = False, max_ne
     from tune.models.run_dir import run_recipe
     from tune.recipe import DataSection
 
-    recipe = run_recipe(model_dir)
+    recipe = run_recipe(model_dir, granted)
     if recipe is not None and recipe.train.method == "classify":
         from tune.infer.classify import evaluate_file
 
-        return evaluate_file(model_dir, data_file, echo)
+        return evaluate_file(model_dir, data_file, echo, granted)
     base = recipe.data.model_dump() if recipe else {"format": "instruction"}
     data = DataSection.model_validate(base | {"train": str(data_file), "eval": None, "eval_fraction": 0.0,
                                               "overlength": "truncate"})
-    model, tokenizer = load_for_inference(model_dir, echo)
+    model, tokenizer = load_for_inference(model_dir, echo, granted)
     template = tokenizer.chat_template
     if template is None:
         raise TuneError(f"{model_dir}: the tokenizer has no chat template to render {data_file} with")

@@ -18,8 +18,9 @@ class Sampling:
     seed: int = 0
 
 
-def load_for_inference(model_dir: Path, echo=None):
-    """(model, tokenizer) from an adapter dir written by `tune run`, or from a full model folder."""
+def load_for_inference(model_dir: Path, echo=None, granted: frozenset[str] = frozenset()):
+    """(model, tokenizer) from an adapter dir written by `tune run`, or from a full model folder. `granted`:
+    what the command lets the run's recipe.yaml do (tune/models/run_dir.py refuse_ungranted)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tune.models.load import load_model
@@ -34,14 +35,15 @@ def load_for_inference(model_dir: Path, echo=None):
     if (model_dir / "labels.json").is_file():
         raise TuneError(f"{model_dir}: a classifier (train.method: classify or reward) scores text and does not "
                         f"write it; use `tune predict {model_dir} --data FILE --out FILE`")
+    adapter = (model_dir / "adapter_config.json").is_file()
+    recipe = run_recipe(model_dir, granted) if adapter else None
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if (model_dir / "adapter_config.json").is_file():
+    if adapter:
         from peft import PeftModel
 
         check_safetensors(model_dir / "adapter_model.safetensors")
-        recipe = run_recipe(model_dir)
         if recipe is None:
             raise TuneError(f"{model_dir}: adapter without recipe.yaml, so its base model is unknown")
         model = PeftModel.from_pretrained(load_model(recipe.model, model_source(recipe.model, echo)), model_dir)

@@ -12,24 +12,24 @@ from tune.errors import DataError, TuneError
 from tune.models.classifier import load_run
 
 
-def load_reward_model(model_dir: Path, echo=None, key: str = "model"):
-    """(model, tokenizer, max_length) of a reward run; anything else is one line."""
+def load_reward_model(model_dir: Path, echo=None, key: str = "model", granted: frozenset[str] | None = None):
+    """(model, tokenizer, max_length) of a reward run; anything else is one line. `granted`: what the
+    command lets the run's recipe.yaml do; None (a GRPO recipe's reward.model) grants nothing."""
     from tune.models.run_dir import run_recipe
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise TuneError(f"{key}: {model_dir}: no such folder (give the output dir of a `train.method: reward` run)")
-    recipe = run_recipe(model_dir) if (model_dir / "recipe.yaml").is_file() else None
+    try:
+        recipe = run_recipe(model_dir, granted) if (model_dir / "recipe.yaml").is_file() else None
+    except TuneError as exc:
+        raise TuneError([f"{key}: {problem}" for problem in exc.problems]) from None
     method = recipe.train.method if recipe is not None else None
     if method != "reward" or not (model_dir / "adapter_config.json").is_file():
         found = f"a train.method: {method} run" if method else "not a finished tune run"
         raise TuneError(f"{key}: {model_dir} is {found}, not a reward model (give the output dir of a "
                         "`train.method: reward` run)")
-    if recipe.model.trust_remote_code or recipe.model.allow_pickle:
-        flag = "trust_remote_code" if recipe.model.trust_remote_code else "allow_pickle"
-        raise TuneError(f"{key}: {model_dir} was trained with model.{flag}: true, which would run code from its "
-                        "base when loaded here; retrain it without, or merge it and check the result yourself")
-    model, tokenizer, _, recipe = load_run(model_dir, echo)
+    model, tokenizer, _, recipe = load_run(model_dir, echo, granted)
     return model, tokenizer, recipe.data.max_length
 
 
@@ -50,7 +50,8 @@ def score(model, tokenizer, conversations: list[list[dict]], max_length: int, ba
     return scores
 
 
-def predict_file(model_dir: Path, data_file: Path, out_file: Path, echo=None) -> int:
+def predict_file(model_dir: Path, data_file: Path, out_file: Path, echo=None,
+                 granted: frozenset[str] = frozenset()) -> int:
     """Each row with its score: {prompt, completion} rows get `reward`; {prompt, chosen, rejected} rows get
     `reward_chosen`, `reward_rejected` and `prefers_chosen`. JSONL only: rows may hold chat messages."""
     from tune.data.preference import as_messages
@@ -60,7 +61,7 @@ def predict_file(model_dir: Path, data_file: Path, out_file: Path, echo=None) ->
 
     if Path(out_file).suffix.lower() != ".jsonl":
         raise TuneError(f"--out: {out_file}: a reward model writes .jsonl")
-    model, tokenizer, max_length = load_reward_model(model_dir, echo, key="MODEL_DIR")
+    model, tokenizer, max_length = load_reward_model(model_dir, echo, "MODEL_DIR", granted)
     data = DataSection(train=str(data_file), format="preference")
     rows = load_rows(data, data.train, "--data", Path.cwd(), seed=0)
     sides = ("completion",) if rows and "completion" in rows[0][1] else ("chosen", "rejected")

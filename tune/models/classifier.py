@@ -42,8 +42,9 @@ def read_labels(model_dir: Path) -> list[str]:
     return json.loads(path.read_text(encoding="utf-8"))["labels"]
 
 
-def load_run(model_dir: Path, echo=None):
-    """(model, tokenizer, label names, recipe) of a finished classify run, ready for inference."""
+def load_run(model_dir: Path, echo=None, granted: frozenset[str] | None = frozenset()):
+    """(model, tokenizer, label names, recipe) of a finished classify run, ready for inference. `granted`:
+    what the command lets the run's recipe.yaml do (tune/models/run_dir.py refuse_ungranted)."""
     from peft import PeftModel
     from transformers import AutoTokenizer
 
@@ -53,7 +54,7 @@ def load_run(model_dir: Path, echo=None):
     model_dir = Path(model_dir)
     if not (model_dir / "adapter_config.json").is_file():
         raise TuneError(f"{model_dir}: not a finished run (no adapter_config.json)")
-    recipe = run_recipe(model_dir)
+    recipe = run_recipe(model_dir, granted)
     if recipe is None:
         raise TuneError(f"{model_dir}: adapter without recipe.yaml, so its base model is unknown")
     check_safetensors(model_dir / "adapter_model.safetensors")

@@ -1,6 +1,11 @@
 """A `tune run` output dir read back: PEFT adapter config, resolved recipe and the base model it names
 (what DPO continues from, and what merge and export start from). Every problem is found here, before
-anything heavy is loaded."""
+anything heavy is loaded.
+
+A run dir may come from someone else, and its recipe.yaml with it: the model.trust_remote_code and
+model.allow_pickle it sets (both run code when the base loads) count only when the command using the run
+dir grants them too (--trust-remote-code, --allow-pickle). A grant never turns on what the recipe did not
+ask for."""
 
 from __future__ import annotations
 
@@ -15,6 +20,30 @@ from tune.models.gguf import gguf_path, hf_folder
 from tune.models.resolve import PACKAGED_GGUF, built_on_first_use, looks_local, resolve_model
 
 SUPPORTED_PEFT = ("LORA",)  # LoRA, rsLoRA and DoRA all save as peft_type LORA
+GRANT_FLAGS = {"trust_remote_code": "--trust-remote-code", "allow_pickle": "--allow-pickle"}
+
+
+def grants(trust_remote_code: bool = False, allow_pickle: bool = False) -> frozenset[str]:
+    """What a command's --trust-remote-code and --allow-pickle let a run dir's recipe.yaml do."""
+    return frozenset(flag for flag, given in (("trust_remote_code", trust_remote_code),
+                                              ("allow_pickle", allow_pickle)) if given)
+
+
+def refuse_ungranted(recipe, recipe_path: Path, granted: frozenset[str] | None,
+                     flags: tuple[str, ...] = tuple(GRANT_FLAGS)) -> None:
+    """One line unless every one of `flags` the recipe sets is in `granted`. granted=None: no flag of this
+    command can grant them (a GRPO recipe's reward.model is loaded inside `tune run`)."""
+    model = recipe.get("model") if isinstance(recipe, dict) else None
+    model = model if isinstance(model, dict) else {}
+    refused = [flag for flag in flags if model.get(flag) is True and flag not in (granted or ())]
+    if not refused:
+        return
+    settings = " and ".join(f"model.{flag}: true" for flag in refused)
+    remedy = ("retrain it without" if granted is None else
+              f"pass {' '.join(GRANT_FLAGS[flag] for flag in refused)} if you trust where this run dir and its "
+              "base came from")
+    raise TuneError(f"{recipe_path}: {settings} would run code from its base ({model.get('name')}) when loaded "
+                    f"here; {remedy}")
 
 
 @dataclass
@@ -48,9 +77,11 @@ class AdapterRun:
         return self.recipe.get("model", {}).get("quantization", "none") != "none"
 
 
-def read_adapter_dir(path: Path, base: str | None = None, echo=None) -> AdapterRun:
+def read_adapter_dir(path: Path, base: str | None = None, echo=None,
+                     granted: frozenset[str] = frozenset()) -> AdapterRun:
     """The run dir at `path`; `base` overrides the base model its recipe names. `echo` hears about a GGUF
-    base being converted or built."""
+    base being converted or built. `granted`: see refuse_ungranted; only trust_remote_code counts, because merge and
+    export load safetensors only."""
     path = Path(path)
     if not path.is_dir():
         raise TuneError(f"{path}: no such folder")
@@ -82,6 +113,7 @@ def read_adapter_dir(path: Path, base: str | None = None, echo=None) -> AdapterR
         problems.append(f"{path}: no recipe.yaml, so the base model is unknown; name it with --base")
     if problems:
         raise TuneError(problems)
+    refuse_ungranted(recipe, path / "recipe.yaml", granted, ("trust_remote_code",))
 
     model = recipe.get("model", {}) if isinstance(recipe, dict) else {}
     name = base or model.get("name")
@@ -125,18 +157,22 @@ def checkpoint_files(base: str) -> list[Path] | None:
     return [single] if single.is_file() else None
 
 
-def run_recipe(model_dir: Path):
-    """The resolved recipe an adapter dir was trained with, or None for a plain model folder."""
-    from tune.recipe import Recipe
+def run_recipe(model_dir: Path, granted: frozenset[str] | None = frozenset()):
+    """The resolved recipe an adapter dir was trained with, or None for a plain model folder. `granted`:
+    see refuse_ungranted."""
+    from tune.recipe import load, read_yaml
 
     path = Path(model_dir) / "recipe.yaml"
-    return Recipe.model_validate(yaml.safe_load(path.read_text())) if path.is_file() else None
+    if not path.is_file():
+        return None
+    refuse_ungranted(read_yaml(path)[0], path, granted)
+    return load(path)
 
 
 def check_fits_base(adapter_dir: Path, model_name: str, source: str) -> None:
     """`model.adapter`: a run dir whose adapter training continues must have been trained on this base."""
-    try:
-        run = read_adapter_dir(adapter_dir)
+    try:  # only the run's base name is read: the base loads under this recipe's own model section
+        run = read_adapter_dir(adapter_dir, granted=frozenset(GRANT_FLAGS))
     except TuneError as exc:
         raise TuneError([f"model.adapter: {problem}" for problem in exc.problems]) from None
     if run.base != source:
