@@ -129,3 +129,21 @@ def test_a_run_dirs_own_recipe_cannot_make_a_command_run_code(trained, tmp_path)
     from tune.models.run_dir import grants, read_adapter_dir
 
     assert read_adapter_dir(trained("lora"), granted=grants(True, True)).trust_remote_code is False  # not asked for
+
+
+def test_a_damaged_recipe_in_a_run_dir_is_one_line_per_problem(trained, tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from tune.cli import app
+
+    run = tmp_path / "sent"
+    shutil.copytree(trained("lora"), run)
+    lines = (run / "recipe.yaml").read_text().splitlines()
+    number = next(i for i, line in enumerate(lines, start=1) if line.strip().startswith("learning_rate:"))
+    lines[number - 1] = lines[number - 1].replace("learning_rate:", "learnig_rate:")
+    (run / "recipe.yaml").write_text("\n".join(lines) + "\n")
+    result = CliRunner().invoke(app, ["generate", str(run), "--prompt", "hi"])
+    assert (result.exit_code, result.stderr) == (
+        2, f"{run / 'recipe.yaml'}:{number}: train.learnig_rate: unknown key; did you mean 'learning_rate'?\n")
