@@ -245,3 +245,30 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_last_complete_one(tiny_model,
     monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", original)
     result = train(recipe_io.load(recipe), recipe, echo=lambda line: None, resume=True)
     assert result.summary["resumed_from"] == str(out / "checkpoints" / "checkpoint-4")
+
+
+def test_tokens_per_second_after_a_resume_counts_only_the_steps_this_process_trained(tiny_model, tmp_path,
+                                                                                     monkeypatch):
+    import shutil
+    from types import SimpleNamespace
+
+    from tune.train import run as skeleton
+
+    recipe = write_recipe(tmp_path / "r.yaml", train={"max_steps": 8, "save_steps": 4})
+    train(recipe_io.load(recipe), recipe, echo=lambda line: None)
+    out = tmp_path / "out"
+    for name in ("adapter_model.safetensors", "adapter_config.json", "run.json"):
+        (out / name).unlink()
+    shutil.rmtree(out / "checkpoints" / "checkpoint-8")  # as if it died during step 5
+    halfway = json.loads((out / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())["epoch"]
+
+    monkeypatch.setattr(skeleton, "time", SimpleNamespace(perf_counter=iter([100.0, 110.0]).__next__))  # 10 s
+    lines = []
+    result = train(recipe_io.load(recipe), recipe, echo=lines.append, resume=True)
+    tokens = int(next(line for line in lines if line.startswith("data: ")).split(", ")[1].split()[0])
+    end = json.loads((out / "checkpoints" / "checkpoint-8" / "trainer_state.json").read_text())["epoch"]
+    assert result.summary["resumed_from"] == str(out / "checkpoints" / "checkpoint-4")
+    assert 0 < halfway < end
+    assert result.summary["train_seconds"] == 10.0
+    assert result.summary["trained_tokens_per_second"] == round(tokens * (end - halfway) / 10.0, 1)
+

@@ -91,7 +91,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         eval_dataset=Dataset.from_list(data.eval) if data.eval else None,
         callbacks=skeleton.callbacks(run),
     )
-    parameters = skeleton.attach(run, trainer)
+    parameters = skeleton.attach(run, trainer, pair_accuracy="rewards/accuracies")
     run.echo(lm_head.install(trainer, run.on_gpu, run.sharded))
     adapter_line = (f"continuing the adapter of {start} (reference: that SFT model)" if start else
                     f"{recipe.adapter.method} r={recipe.adapter.r} (reference: the base, adapter off)")

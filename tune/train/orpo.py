@@ -52,7 +52,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         train_dataset=Dataset.from_list(train_rows), eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
         callbacks=skeleton.callbacks(run),
     )
-    parameters = skeleton.attach(run, trainer)
+    parameters = skeleton.attach(run, trainer, pair_accuracy="rewards/accuracies")
     run.echo(f"model: {run.source} ({model.dtype}, quantization {recipe.model.quantization}), {recipe.adapter.method} "
              f"r={recipe.adapter.r} (no reference model): {parameters[0]:,} trainable of {parameters[1]:,} parameters; "
              f"orpo beta {config.beta}")

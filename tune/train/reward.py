@@ -59,7 +59,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         model=model, args=config, processing_class=tokenizer, train_dataset=Dataset.from_list(train_rows),
         eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None, callbacks=skeleton.callbacks(run),
     )
-    parameters = skeleton.attach(run, trainer)
+    parameters = skeleton.attach(run, trainer, pair_accuracy="accuracy")
     run.echo(f"model: {run.source} ({base.dtype}, quantization {recipe.model.quantization}) as a reward model "
              f"(one score), {recipe.adapter.method} r={recipe.adapter.r} + head: {parameters[0]:,} trainable of "
              f"{parameters[1]:,} parameters")

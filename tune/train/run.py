@@ -69,6 +69,7 @@ class Run:
 class Trained:
     seconds: float
     peak_gpu_bytes: int | None  # what `tune plan` estimates
+    epochs: float  # trained by this process: a resumed run's checkpoint brought the rest
 
 
 def start(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, console=None,
@@ -132,15 +133,19 @@ def callbacks(run: Run) -> list:
     return found + ([ProgressBar(run.console)] if run.console and run.console.is_terminal else [])
 
 
-def attach(run: Run, trainer) -> tuple[int, int]:
-    """The built trainer made ours: our lines instead of its printer, one TensorBoard writer, the
-    processes' agreement, and a disk that can hold its checkpoints. Returns (trainable, total) parameters."""
+def attach(run: Run, trainer, pair_accuracy: str | None = None) -> tuple[int, int]:
+    """The built trainer made ours: our lines instead of its printer, one TensorBoard writer, its pair
+    accuracy (the key it logs, if any) over all pairs, the processes' agreement, and a disk that can hold its
+    checkpoints. Returns (trainable, total) parameters."""
     from transformers import PrinterCallback
 
     from tune.models.load import autocast_adapter_inputs
     from tune.train.callbacks import keep_tensorboard_open
+    from tune.train.pairs import count_pairs
 
     trainer.remove_callback(PrinterCallback)  # MetricsLog prints the lines users read
+    if pair_accuracy:
+        count_pairs(trainer, pair_accuracy)
     if run.precision == "bf16-autocast":
         autocast_adapter_inputs(trainer.model)
     keep_tensorboard_open(trainer)
@@ -218,6 +223,7 @@ def fit(run: Run, trainer, has_eval: bool, out_of_memory_hint: str = "") -> Trai
     run.echo(device_line(run, trainer.model))
     if run.on_gpu:
         torch.cuda.reset_peak_memory_stats()
+    begun = resumed_epoch(run.resume_from)
     started = time.perf_counter()
     try:
         trainer.train(resume_from_checkpoint=str(run.resume_from) if run.resume_from else None)
@@ -245,7 +251,17 @@ def fit(run: Run, trainer, has_eval: bool, out_of_memory_hint: str = "") -> Trai
     close_tensorboard(trainer)
     if run.main:
         plot_losses(run.metrics.records, run.out_dir / "loss_curve.png")
-    return Trained(seconds, peak)
+    return Trained(seconds, peak, (trainer.state.epoch or 0.0) - begun)
+
+
+def resumed_epoch(checkpoint: Path | None) -> float:
+    """Where in the data a checkpoint stopped (in epochs), as the Trainer restores it."""
+    import json
+
+    state = checkpoint / "trainer_state.json" if checkpoint else None
+    if state is None or not state.is_file():
+        return 0.0
+    return json.loads(state.read_text(encoding="utf-8")).get("epoch") or 0.0
 
 
 def disk_full(exc: Exception, folder: Path) -> bool:
@@ -284,7 +300,7 @@ def summary(run: Run, trainer, trained: Trained, parameters: tuple[int, int], to
         "peak_gpu_memory_bytes": trained.peak_gpu_bytes,
         "resumed_from": str(run.resume_from) if run.resume_from else None,
         "trainable_parameters": parameters[0], "total_parameters": parameters[1],
-        "trained_tokens_per_second": round(tokens_per_epoch * trainer.state.epoch / max(trained.seconds, 1e-9), 1),
+        "trained_tokens_per_second": round(tokens_per_epoch * trained.epochs / max(trained.seconds, 1e-9), 1),
         "precision": run.precision,
         "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
         "eval_loss": evals[-1] if evals else None, "device": "cuda" if run.on_gpu else "cpu",
