@@ -58,21 +58,11 @@ def validate(recipe: Path = typer.Argument(help="Recipe YAML file."),
              overrides: list[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
     """Check a recipe and its data files without loading any model."""
     from tune import recipe as recipe_io
-    from tune.data.classification import label_warnings
-    from tune.data.prepare import check
-    from tune.models.layers import adapter_findings
-    from tune.models.resolve import model_problems
-    from tune.train.distributed import check as distributed_check
+    from tune.train.checks import findings
 
     try:
         parsed = recipe_io.load(recipe, overrides)
-        recipe_dir = recipe.resolve().parent
-        problems = model_problems(parsed.model) + check(parsed.data, recipe_dir)
-        problems += distributed_check(parsed, recipe_dir)  # e.g. a DeepSpeed config file
-        layer_problems, warnings = adapter_findings(parsed)  # the base's config and weight names, not its weights
-        problems += layer_problems
-        if parsed.data.format == "classification" and not problems:
-            warnings += label_warnings(parsed.data, recipe_dir)
+        problems, warnings = findings(parsed, recipe.resolve().parent)  # what `tune run` checks first, too
         if problems:
             raise TuneError([f"{recipe}: {problem}" for problem in problems])
     except TuneError as exc:

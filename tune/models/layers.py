@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tune.errors import TuneError
 from tune.models.resolve import resolve_model
+from tune.output import listed
 
 EMBEDDINGS = ("embed", "wte", "wpe", "lm_head")  # 2-D weights that `all-linear` leaves alone
 
@@ -60,7 +61,7 @@ def adapter_findings(recipe) -> tuple[list[str], list[str]]:
             if not found:
                 names = sorted({name.rsplit(".", 1)[-1] for name in shapes})
                 problems.append(f"adapter.target_modules: '{target}' matches no layer of {recipe.model.name} "
-                                f"(its layers are named {', '.join(names[:12])}{', ...' if len(names) > 12 else ''})")
+                                f"(its layers are named {listed(names)})")
             chosen |= found
     else:
         return [], []  # a regular expression: PEFT matches it against the built model

@@ -15,7 +15,7 @@ from tune.data.classification import class_weights, prepare_labelled
 from tune.infer.metrics import classification_report, report_lines, write_report
 from tune.models.classifier import LABELS_FILE, load_base
 from tune.models.load import load_tokenizer, lora_config
-from tune.output import write_json
+from tune.output import listed, write_json
 from tune.recipe import Recipe
 from tune.train import distributed
 from tune.train import run as skeleton
@@ -41,8 +41,8 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     weights = class_weights(recipe.train.class_weights, names, [row["labels"] for row in data.train])
     counts = Counter(row["labels"] for row in data.train)
     run.echo(f"data: {len(data.train)} train / {len(data.eval)} eval examples, labels "
-             + ", ".join(f"{name} {counts[i]}" for i, name in enumerate(names))
-             + (f"; class weights {', '.join(f'{w:.3g}' for w in weights)}" if weights else ""))
+             + listed(f"{name} {counts[i]}" for i, name in enumerate(names))
+             + (f"; class weights {listed(f'{w:.3g}' for w in weights)}" if weights else ""))
     distributed.agree(recipe=recipe.model_dump(mode="json"), data=data.fingerprint)
 
     # ---- model and trainer

@@ -50,13 +50,13 @@ def check_before_launch(recipe, recipe_path: Path, nproc: int, resume: bool, sin
     import torch
 
     from tune.train import distributed
-    from tune.data.prepare import check
     from tune.train.checkpoints import plan_output_dir
+    from tune.train.checks import findings
 
     recipe_dir = Path(recipe_path).resolve().parent
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     problems = distributed.requirements(recipe, gpus, nproc)  # the package first: its line says what to install
-    problems = problems or check(recipe.data, recipe_dir) + distributed.check(recipe, recipe_dir)
+    problems = problems or findings(recipe, recipe_dir)[0]  # rank 0 prints the warnings, once
     if problems:
         raise TuneError(problems)
     # Rank 0 plans the dir again and finds the same; incomplete checkpoints are reported (and removed) here.

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from tune.data.prepare import check
 from tune.errors import TrainingError, TuneError
 from tune.models.resolve import model_source
 from tune.output import clear_dir, move_into, versions, write_json, write_text
@@ -75,13 +74,14 @@ class Trained:
 def start(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, console=None,
           metric_keys: tuple[str, ...] = (), allow_data_change: bool = False) -> Run:
     """Everything checked before the first slow load: the output dir is writable, none of the run's inputs,
-    and either fresh or an unfinished run of this same recipe; the trackers asked for are installed; the
-    data files read."""
+    and either fresh or an unfinished run of this same recipe; the trackers asked for are installed; what
+    `tune validate` checks (checks.py) holds, its warnings printed."""
     quiet_libraries()
     import torch
 
     from tune.train.callbacks import MetricsLog, check_installed
     from tune.train.checkpoints import plan_output_dir
+    from tune.train.checks import findings
 
     recipe_dir = Path(recipe_path).resolve().parent
     out_dir = Path(recipe.output.dir)
@@ -98,9 +98,11 @@ def start(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     distributed.check_resume(resume_from)
     if recipe.model.trust_remote_code:
         echo("warning: model.trust_remote_code is true: Python code from the model's repository will run")
-    problems = check(recipe.data, recipe_dir)  # missing files and bad first rows, before slow loads
+    problems, warnings = findings(recipe, recipe_dir)  # what `tune validate` reports, before slow loads
     if problems:
         raise TuneError(problems)
+    for line in warnings:
+        echo(f"warning: {line}")
     return Run(recipe=recipe, recipe_path=Path(recipe_path), source=model_source(recipe.model, echo), out_dir=out_dir,
                resume_from=resume_from, main=main, echo=echo, console=console,
                on_gpu=torch.cuda.is_available(), sharded=distributed.shards_weights(recipe, recipe_dir),
