@@ -272,3 +272,84 @@ def test_tokens_per_second_after_a_resume_counts_only_the_steps_this_process_tra
     assert result.summary["train_seconds"] == 10.0
     assert result.summary["trained_tokens_per_second"] == round(tokens * (end - halfway) / 10.0, 1)
 
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 70 MiB filesystem (tmpfs): room for the run's disk check (64 MiB spare), little more."""
+    import shutil
+
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command to make a small filesystem with")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=70m", "tmpfs", str(disk)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"mounting a tmpfs needs root (CAP_SYS_ADMIN): {mounted.stderr.strip() or mounted.returncode}")
+    yield disk
+    subprocess.run(["umount", "--lazy", str(disk)], check=True)
+
+
+def test_a_disk_filled_by_another_process_during_a_checkpoint_stops_the_run_cleanly(tiny_model, tmp_path, small_disk,
+                                                                                   monkeypatch):
+    import shutil
+
+    from transformers import Trainer
+    from typer.testing import CliRunner
+
+    from tune.cli import app
+    from tune.train import run as skeleton
+
+    original, filler = Trainer._save_checkpoint, small_disk / "filler"
+
+    def filled_before_step_4(self, *args, **kwargs):
+        if self.state.global_step == 4:  # another process takes all but ~200 kB: the optimizer state no longer fits
+            take = shutil.disk_usage(small_disk).free - 200_000
+            subprocess.run([sys.executable, "-c", "import sys; open(sys.argv[1], 'wb').write(bytes(int(sys.argv[2])))",
+                            str(filler), str(take)], check=True)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "_save_checkpoint", filled_before_step_4)
+    raised = []  # what the writer itself raised
+    disk_full = skeleton.disk_full
+    monkeypatch.setattr(skeleton, "disk_full", lambda exc, *a, **kw: raised.append(exc) or disk_full(exc, *a, **kw))
+    out = small_disk / "out"
+    recipe = write_recipe(tmp_path / "r.yaml", train={"max_steps": 6, "save_steps": 2}, output={"dir": str(out)})
+    result = CliRunner().invoke(app, ["run", str(recipe)])
+    assert result.exit_code == 3, result.output
+    assert type(raised[0]) is RuntimeError and "unexpected pos" in str(raised[0])  # torch.save, not an OSError
+    assert result.stderr == (f"the disk is full at step 4: the checkpoint being written was removed; the last complete "
+                             f"checkpoint is {out / 'checkpoints' / 'checkpoint-2'}; continue by running the same "
+                             f"`tune run {recipe} ...` command (and --set options) with --resume (free space first)\n")
+    assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.is_dir()) == ["checkpoint-2"]
+
+    filler.unlink()
+    monkeypatch.setattr(Trainer, "_save_checkpoint", original)
+    resumed = CliRunner().invoke(app, ["run", str(recipe), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert f"resuming from {out / 'checkpoints' / 'checkpoint-2'}" in resumed.stdout
+    assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_any_other_failure_while_writing_a_checkpoint_stops_the_run_the_same_way(tiny_model, tmp_path, monkeypatch):
+    import errno
+
+    from transformers import Trainer
+
+    original = Trainer._save_rng_state
+
+    def fails_at_step_4(self, output_dir):
+        if self.state.global_step == 4:
+            raise OSError(errno.EIO, "Input/output error")
+        return original(self, output_dir)
+
+    monkeypatch.setattr(Trainer, "_save_rng_state", fails_at_step_4)
+    recipe = write_recipe(tmp_path / "r.yaml", train={"max_steps": 6, "save_steps": 2})
+    with pytest.raises(TrainingError) as caught:  # plenty of free space: not a full disk
+        train(recipe_io.load(recipe), recipe, echo=lambda line: None)
+    out = tmp_path / "out"
+    assert caught.value.problems == [f"writing a checkpoint failed (OSError: [Errno 5] Input/output error) at step 4: "
+                                     f"the checkpoint being written was removed; the last complete checkpoint is "
+                                     f"{out / 'checkpoints' / 'checkpoint-2'}; continue by running the same `tune run "
+                                     f"{recipe} ...` command (and --set options) with --resume (fix that first)"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.is_dir()) == ["checkpoint-2"]

@@ -72,6 +72,29 @@ def latest_complete(folder: Path, warn=print) -> Path | None:
     return None
 
 
+class CheckpointWriteFailed(Exception):
+    """Writing a checkpoint failed (torch.save, safetensors, a JSON file, its manifest); `error` says why."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
+
+
+def report_write_failures(trainer) -> None:
+    """Whatever fails while the built trainer writes a checkpoint arrives as CheckpointWriteFailed, so the
+    run stops the way a full disk stops it. A disk filled mid-write is not always an OSError: torch.save
+    reports `[enforce fail at inline_container.cc:672] . unexpected pos 40896 vs 40784`."""
+    save = trainer._save_checkpoint
+
+    def saving(*args, **kwargs):
+        try:
+            return save(*args, **kwargs)
+        except Exception as exc:
+            raise CheckpointWriteFailed(exc) from exc
+
+    trainer._save_checkpoint = saving
+
+
 class CheckpointManifest(TrainerCallback):
     """After the Trainer saves checkpoint-N: write its manifest, then drop the oldest complete ones."""
 
@@ -86,7 +109,10 @@ class CheckpointManifest(TrainerCallback):
         if not state.is_world_process_zero:
             return
         checkpoint = self.folder / f"{PREFIX}{state.global_step}"
-        write_manifest(checkpoint, state.global_step)
+        try:
+            write_manifest(checkpoint, state.global_step)
+        except Exception as exc:
+            raise CheckpointWriteFailed(exc) from exc
         older = [p for p in all_checkpoints(self.folder) if step_of(p) < state.global_step]
         for stale in older[: max(0, len(older) - (self.keep - 1))]:
             shutil.rmtree(stale, ignore_errors=True)
@@ -170,9 +196,10 @@ def _flatten(data: dict, prefix: str = "") -> dict:
     return flat
 
 
-def stopped(run, step: int, why: str) -> TuneError:
-    """Ctrl-C or a full disk during training: the checkpoint being written (no manifest yet) is removed, and
-    the one line says where the run stopped, what is kept and the command that continues it."""
+def stopped(run, step: int, why: str, first: str = "free space first") -> TuneError:
+    """Ctrl-C, a full disk or a failed checkpoint write during training: the checkpoint being written (no
+    manifest yet) is removed, and the one line says where the run stopped, what is kept and the command that
+    continues it (after `first`)."""
     from tune.errors import Interrupted
 
     for checkpoint in all_checkpoints(run.checkpoints):
@@ -184,8 +211,7 @@ def stopped(run, step: int, why: str) -> TuneError:
             "no checkpoint was complete yet, so the next run starts from step 0")
     if why == "interrupted":
         return Interrupted(f"interrupted at step {step}: {kept}")
-    return TrainingError(f"{why} at step {step}: the checkpoint being written was removed; {kept} "
-                         "(free space first)")
+    return TrainingError(f"{why} at step {step}: the checkpoint being written was removed; {kept} ({first})")
 
 
 def input_paths(recipe, recipe_path: Path) -> dict[str, Path]:

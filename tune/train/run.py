@@ -143,9 +143,11 @@ def attach(run: Run, trainer, pair_accuracy: str | None = None) -> tuple[int, in
 
     from tune.models.load import autocast_adapter_inputs
     from tune.train.callbacks import keep_tensorboard_open
+    from tune.train.checkpoints import report_write_failures
     from tune.train.pairs import count_pairs
 
     trainer.remove_callback(PrinterCallback)  # MetricsLog prints the lines users read
+    report_write_failures(trainer)
     if pair_accuracy:
         count_pairs(trainer, pair_accuracy)
     if run.precision == "bf16-autocast":
@@ -219,7 +221,7 @@ def fit(run: Run, trainer, has_eval: bool, out_of_memory_hint: str = "") -> Trai
     import torch
 
     from tune.train.callbacks import close_tensorboard
-    from tune.train.checkpoints import stopped
+    from tune.train.checkpoints import CheckpointWriteFailed, stopped
     from tune.train.records import plot_losses
 
     run.echo(device_line(run, trainer.model))
@@ -241,6 +243,12 @@ def fit(run: Run, trainer, has_eval: bool, out_of_memory_hint: str = "") -> Trai
         raise TrainingError(f"{run.resume_from}: refused to load a checkpoint file that holds more than tensors "
                             f"({str(exc).splitlines()[0][:160]}); delete that checkpoint, or rerun with "
                             "--overwrite") from None
+    except CheckpointWriteFailed as failed:
+        if disk_full(failed.error, run.out_dir, writing=True):
+            raise stopped(run, trainer.state.global_step, "the disk is full") from None
+        said = (str(failed.error).strip().splitlines() or ["no message"])[0][:160]
+        raise stopped(run, trainer.state.global_step, f"writing a checkpoint failed ({type(failed.error).__name__}: "
+                      f"{said})", first="fix that first") from None
     except Exception as exc:
         if not disk_full(exc, run.out_dir):
             raise
@@ -266,15 +274,16 @@ def resumed_epoch(checkpoint: Path | None) -> float:
     return json.loads(state.read_text(encoding="utf-8")).get("epoch") or 0.0
 
 
-def disk_full(exc: Exception, folder: Path) -> bool:
+def disk_full(exc: Exception, folder: Path, writing: bool = False) -> bool:
     """A full disk, as each writer reports it: OSError ENOSPC (Python), "file write failed" (torch.save),
-    StorageFull (safetensors)."""
+    StorageFull (safetensors); and any failed checkpoint write (`writing`) on a disk now nearly full, since
+    torch.save may only say "unexpected pos"."""
     text = str(exc)
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return True
     if "No space left on device" in text or "StorageFull" in text:
         return True
-    return "file write failed" in text and shutil.disk_usage(folder.resolve()).free < (64 << 20)
+    return (writing or "file write failed" in text) and shutil.disk_usage(folder.resolve()).free < (64 << 20)
 
 
 def save(run: Run, trainer, tokenizer, **save_kwargs) -> Path | None:
