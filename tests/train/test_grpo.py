@@ -118,13 +118,13 @@ def test_the_guard_keeps_the_best_adapter_within_the_probe_bar_and_stops_early(t
 
     from tune.models.load import lora_config
     from tune.recipe import AdapterSection
-    from tune.train.guard import Evaluation, RewardGuard
+    from tune.train.guard import Evaluation, Guard
 
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), lora_config(AdapterSection(r=4)))
     script = {1: (0.2, 1.0), 2: (0.5, 0.8), 3: (0.9, 0.5), 4: (1.0, 0.25), 5: (1.0, 1.0)}  # step: (reward, kept)
     added, lines = [], []
     metrics = type("Metrics", (), {"add": lambda self, record, max_steps: added.append(record)})()
-    guard = RewardGuard(lambda m, step: Evaluation(step, script[step][0], {}, script[step][1]), every=1,
+    guard = Guard(lambda m, step: Evaluation(step, script[step][0], {}, script[step][1]), every=1,
                         min_kept_share=0.75, stop_after=2, metrics=metrics, echo=lines.append)
     state, control, weights = TrainerState(max_steps=5), TrainerControl(), {}
     for step in range(1, 5):

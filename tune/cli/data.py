@@ -1,4 +1,4 @@
-"""`tune data preview` and `tune data check`: the data as the trainer will see it."""
+"""`tune data preview`, `check` and `augment`: the data as the trainer will see it."""
 
 from __future__ import annotations
 
@@ -63,6 +63,25 @@ def data_check(recipe: Path = typer.Argument(help="Recipe YAML file."),
     if report.errors:
         fail(TuneError(report.errors[:20] + ([f"... and {len(report.errors) - 20} more"] if len(report.errors) > 20 else [])))
     out.print("data check: OK", markup=False)
+
+
+@data_app.command("augment")
+def data_augment(recipe: Path = typer.Argument(help="Recipe YAML file with a data.augment section."),
+                 out_file: Path = typer.Option(..., "--out", help="JSONL file to write the generated rows to."),
+                 overrides: list[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
+    """Write the rewordings, statements and reverse questions data.augment would train on, for review."""
+    from tune import recipe as recipe_io
+    from tune.cli.console import say_err
+    from tune.infer.augment import augment_file
+    from tune.quiet import quiet_libraries
+
+    quiet_libraries()
+    try:
+        parsed = recipe_io.load(recipe, overrides)
+        note = augment_file(parsed, recipe.resolve().parent, out_file, say_err)
+    except TuneError as exc:
+        fail(exc)
+    out.print(f"{note}; wrote {out_file}", markup=False)
 
 
 def _tokenizer(recipe):

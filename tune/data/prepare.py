@@ -97,6 +97,6 @@ def prepare(data: DataSection, tokenizer, template: str, recipe_dir: Path | None
     if report.truncated or report.dropped:
         notes.append(f"{report.truncated} examples truncated and {report.dropped} dropped "
                      f"(over data.max_length={data.max_length}; longest {report.longest} tokens)")
-    return Prepared(train, evaluation, fingerprint, report, notes)
+    return Prepared(train, evaluation, fingerprint, report, notes, train_rows)
 
 

@@ -115,6 +115,22 @@ def score(sets: list[ProbeSet], before: list[list[str]], after: list[list[str]])
     return rows, shares
 
 
+def known(shares: dict) -> list[str]:
+    """The sets the base mostly answers right (at least half): what the model must keep. A set the base mostly
+    fails holds new facts and measures learning, not forgetting."""
+    return [name for name, s in shares.items() if s["base_share"] >= 0.5]
+
+
+def kept_share(sets: list[ProbeSet], before: list[list[str]], after: list[list[str]]) -> float | None:
+    """The share of the base's right answers the tuned model still gets right, pooled over the known sets
+    (None when there is none, or the base got nothing right)."""
+    shares = score(sets, before, after)[1]
+    names = known(shares)
+    right = sum(shares[n]["base_correct"] for n in names)
+    still = sum(round(shares[n]["kept"] * shares[n]["base_correct"]) for n in names if shares[n]["kept"] is not None)
+    return still / right if right else None
+
+
 def summary_lines(shares: dict) -> list[str]:
     lines = []
     for name, s in shares.items():

@@ -22,6 +22,7 @@ class Prepared:
     fingerprint: dict
     report: LengthReport
     notes: list[str] = field(default_factory=list)
+    train_rows: list[tuple[str, dict]] = field(default_factory=list)  # (where, row) before tokenizing
 
 
 def load_rows(data: DataSection, spec, key: str, recipe_dir: Path | None, seed: int,

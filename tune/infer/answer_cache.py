@@ -68,3 +68,58 @@ def base_answerer(model, tokenizer, recipe, source: str, template: str):
         return [tuple(item) for item in found]
 
     return answer
+
+
+def cached_sampler(model, tokenizer, source: str, setting: dict):
+    """sample_batch through the TUNE_HOME cache: generate(texts, samples) -> samples texts per text.
+    `setting`: everything besides the texts that decides the samples (model, sampling knobs, seed)."""
+    import torch
+
+    from tune.infer.generate import sample_batch
+    from tune.models.load import cpu_has_bf16
+
+    hardware = torch.cuda.get_device_name() if model.device.type == "cuda" else f"cpu bf16={cpu_has_bf16()}"
+
+    def generate(texts: list[str], samples: int) -> list[list[str]]:
+        what = setting | {"texts": texts, "samples": samples, "hardware": hardware, "weights": str(model.dtype)}
+        return cached_answers(source, what, lambda: sample_batch(
+            model, tokenizer, texts, samples, setting["max_new_tokens"], setting["temperature"], setting["top_p"],
+            setting["seed"]))
+
+    return generate
+
+
+def augment_generator(model, tokenizer, recipe, source: str, template: str, echo):
+    """data.augment's (generate(texts, samples), score(pairs)): the base being tuned (already loaded), or
+    augment.model loaded here, sampling through the TUNE_HOME cache; the round trip is scored by the same
+    model, with the run's chat template."""
+    settings = recipe.data.augment
+    if settings.model is not None:
+        from tune.models.load import load_model, load_tokenizer
+        from tune.models.resolve import model_source
+
+        section = recipe.model.model_copy(update={"name": settings.model, "gguf_file": None, "revision": None,
+                                                  "quantization": "none", "adapter": None})
+        source = model_source(section, echo)
+        model, tokenizer = load_model(section, source), load_tokenizer(section, source)
+        echo(f"augment: generating with {settings.model}")
+    setting = {"generator": settings.model or recipe.model.model_dump(mode="json"), "seed": recipe.train.seed,
+               **settings.model_dump(mode="json", include={"temperature", "top_p", "max_new_tokens"})}
+    own_template = template if settings.model is None else (tokenizer.chat_template or template)
+    return cached_sampler(model, tokenizer, source, setting), round_trip_scorer(model, tokenizer, own_template)
+
+
+def round_trip_scorer(model, tokenizer, template: str):
+    """score(pairs) -> how likely the model finds each (question, answer) pair's answer after its question."""
+    from tune.data.conversation import tokenize
+    from tune.infer.generate import answer_logprobs
+
+    def score(pairs: list[tuple[str, str]]) -> list[float]:
+        examples = []
+        for question, answer in pairs:
+            example = tokenize([{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+                               tokenizer, template)
+            examples.append({"input_ids": example.input_ids, "labels": example.labels})
+        return answer_logprobs(model, tokenizer, examples)
+
+    return score

@@ -162,3 +162,69 @@ def generate_batch(model, tokenizer, conversations: list[list[dict]], max_new_to
         tokenizer.padding_side = side
         model.train(model_was_training)
     return answers
+
+
+def sample_batch(model, tokenizer, texts: list[str], samples: int, max_new_tokens: int, temperature: float,
+                 top_p: float, seed: int, batch_size: int = 16) -> list[list[str]]:
+    """`samples` sampled one-line continuations of each raw text (no chat template: few-shot prompts that
+    base and chat models alike continue); a sequence stops at its first line break, as a few-shot answer
+    ends there (a model continuing the pattern would otherwise write max_new_tokens every time). Seeded:
+    the same call repeats exactly on the same machine and software, so its results can be cached."""
+    import torch
+
+    from tune.models.load import cpu_has_bf16
+
+    autocast = model.device.type == "cpu" and model.dtype in (torch.float32, torch.bfloat16) and cpu_has_bf16()
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    model_was_training = model.training
+    model.eval()
+    results = []
+    try:
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(texts[start:start + batch_size], add_special_tokens=False, padding=True,
+                              return_tensors="pt").to(model.device)
+            torch.manual_seed(seed + start)
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
+                                        top_p=top_p, top_k=None, num_return_sequences=samples, pad_token_id=pad,
+                                        eos_token_id=tokenizer.eos_token_id, stop_strings=["\n"],
+                                        tokenizer=tokenizer)
+            decoded = tokenizer.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+            cut = [text.strip().split("\n")[0] for text in decoded]
+            results += [cut[i:i + samples] for i in range(0, len(cut), samples)]
+    finally:
+        tokenizer.padding_side = side
+        model.train(model_was_training)
+    return results
+
+
+def answer_logprobs(model, tokenizer, examples: list[dict], batch_size: int = 16) -> list[float]:
+    """The mean log-probability per trained token of each tokenized example ({input_ids, labels}): how
+    likely the model finds the answer after the question."""
+    import torch
+
+    from tune.models.load import cpu_has_bf16
+
+    autocast = model.device.type == "cpu" and model.dtype in (torch.float32, torch.bfloat16) and cpu_has_bf16()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    model_was_training = model.training
+    model.eval()
+    means = []
+    try:
+        for start in range(0, len(examples), batch_size):
+            batch = examples[start:start + batch_size]
+            width = max(len(e["input_ids"]) for e in batch)
+            ids = torch.tensor([e["input_ids"] + [pad] * (width - len(e["input_ids"])) for e in batch], device=model.device)
+            labels = torch.tensor([e["labels"] + [-100] * (width - len(e["labels"])) for e in batch], device=model.device)
+            mask = torch.tensor([[1] * len(e["input_ids"]) + [0] * (width - len(e["input_ids"])) for e in batch],
+                                device=model.device)
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
+            targets = labels[:, 1:]
+            picked = torch.log_softmax(logits[:, :-1], -1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+            counted = targets != -100
+            means += ((picked * counted).sum(1) / counted.sum(1).clamp(min=1)).tolist()
+    finally:
+        model.train(model_was_training)
+    return means

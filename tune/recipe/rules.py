@@ -14,12 +14,13 @@ class Accepts:
     packing: bool = False  # data.packing: several examples per row
     probes: tuple[str, ...] = ()  # formats whose rows are chats the model can answer: data.probes
     replay: bool = False  # data.replay: base-model answers mixed into the training rows
+    augment: tuple[str, ...] = ()  # formats whose question/answer rows data.augment rewrites
     continues_adapter: bool = False  # model.adapter: continue a trained adapter instead of a fresh one
 
 
 METHODS = {
     "sft": Accepts(formats=("instruction", "chat", "completion"), packing=True, probes=("instruction", "chat"),
-                   replay=True),
+                   replay=True, augment=("instruction", "chat")),
     "dpo": Accepts(formats=("preference",), continues_adapter=True),
     "orpo": Accepts(formats=("preference",)),
     "kto": Accepts(formats=("unpaired",)),
@@ -45,11 +46,31 @@ def method_problem(recipe) -> str | None:
     if data.probes and data.format not in accepts.probes:
         return (f"data.probes: needs train.method: sft on instruction or chat data, or grpo, not {method} on "
                 f"{data.format} data")
+    if data.augment is not None and data.format not in accepts.augment:
+        return (f"data.augment: rewrites question-and-answer rows (train.method: sft on instruction or chat data), "
+                f"not {method} on {data.format} data; remove data.augment")
+    if recipe.train.keep == "best":
+        problem = _keep_best_problem(recipe)
+        if problem:
+            return problem
     if recipe.model.adapter is not None and not accepts.continues_adapter:
         able = [name for name, other in METHODS.items() if other.continues_adapter]
         return (f"model.adapter: continuing a trained adapter is supported for train.method: "
                 f"{' or '.join(able)}, not {method}")
     return _section_problem(recipe)
+
+
+def _keep_best_problem(recipe) -> str | None:
+    if recipe.train.method != "sft":
+        instead = "; GRPO's guard is grpo.keep" if recipe.train.method == "grpo" else ""
+        return f"train.keep: best applies to train.method: sft, not {recipe.train.method}{instead}"
+    if recipe.train.eval_steps is None:
+        return "train.keep: best compares evaluations made every train.eval_steps; set train.eval_steps"
+    augment = recipe.data.augment
+    if not recipe.data.probes and not (augment and augment.rewordings and augment.heldout):
+        return ("train.keep: best needs something to compare: data.probes, or data.augment with held-out "
+                "rewordings (augment.heldout > 0)")
+    return None
 
 
 def _section_problem(recipe) -> str | None:

@@ -51,6 +51,19 @@ class WeightedSource(Section):
 SourceList = str | list[str | WeightedSource]
 
 
+class AugmentSection(Section):
+    rewordings: int = Field(4, ge=0, le=32, description="Rewordings of each question kept per row (held-out ones included); 0 = none.")
+    statements: int = Field(2, ge=0, le=16, description="The answer as plain statements per row, trained as text: the answer itself, then model-written restatements; 0 = none.")
+    reverse: int = Field(0, ge=0, le=8, description="Questions asked the other way round per row (the answer's name -> what the question was about); 0 = none.")
+    heldout: float = Field(0.25, ge=0.0, le=0.5, description="Share of each row's rewordings never trained on: the run's own unseen-wording check (printed, and what train.keep: best selects by).")
+    samples: int = Field(12, ge=1, le=64, description="Candidates sampled per row and kind; the filters keep the usable ones.")
+    round_trip: float | None = Field(0.5, ge=0.0, le=10.0, description="Keep a rewording or reverse question only when the generator finds the row's answer after it at most this many nats per token less likely than after the row's own question (it asks the same thing); the likeliest are kept first; null = off.")
+    model: str | None = Field(None, description="The generator: any model name tune resolves (folder, hub id, GGUF, packaged); default the base being tuned.")
+    temperature: float = Field(1.0, gt=0, le=2.0, description="Sampling temperature of the generator.")
+    top_p: float = Field(0.95, gt=0, le=1.0, description="Nucleus sampling mass of the generator.")
+    max_new_tokens: int = Field(48, ge=8, le=512, description="Longest candidate in tokens.")
+
+
 class DataSection(Section):
     train: SourceList = Field(description="Training data: files (JSONL, JSON, CSV, Parquet, TXT), globs, folders, saved datasets or hub ids; a list may give {path, weight}.")
     eval: SourceList | None = Field(None, description="Held-out data in the same format as train; omit to use eval_fraction.")
@@ -80,6 +93,7 @@ class DataSection(Section):
     replay_prompts: str = Field("general", description="sft: prompts the base model answers for replay: general (bundled everyday prompts) or a file of instruction/prompt rows.")
     probes: list[str] = Field(default_factory=list, description="sft/grpo: files of {question, expected} answered greedily before and after training; the run prints and saves (probes.md) a before/after table and the share whose answer contains the expected text as whole words or a whole number.")
     probe_max_new_tokens: int = Field(48, ge=1, le=1024, description="sft/grpo: longest probe answer in tokens.")
+    augment: AugmentSection | None = Field(None, description="sft on instruction or chat rows: each question reworded, its answer restated (and optionally asked in reverse) by a model before training; rows in augment.jsonl, `tune data augment` writes them for review.")
 
     @model_validator(mode="after")
     def _check(self) -> DataSection:
@@ -138,6 +152,9 @@ class TrainSection(Section):
         default_factory=list, description="Trackers to log to besides metrics.jsonl (each needs its package installed).")
     save_steps: int = Field(250, ge=1, description="Write a resumable checkpoint every this many steps (and at the last step).")
     keep_checkpoints: int = Field(2, ge=1, description="Complete checkpoints kept on disk; older ones are deleted.")
+    keep: Literal["final", "best"] = Field("final", description="sft: best = at every eval_steps answer the unseen wordings (held-out rewordings, probe sets the base mostly fails) and the probe sets it mostly knows, and keep the adapter with the best unseen-wording accuracy whose kept share stays at or above min_kept_share.")
+    min_kept_share: float = Field(0.85, ge=0.0, le=1.0, description="sft with keep: best: the least share of the base's right probe answers an adapter must keep to be chosen.")
+    stop_after: int | None = Field(None, ge=1, description="sft with keep: best: stop once this many evaluations in a row fall under min_kept_share.")
     use_liger_kernel: bool | Literal["auto"] = Field("auto", description="GPU: Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused cross-entropy; `pip install liger-kernel`); auto = on for SFT on a CUDA GPU when installed.")
     torch_compile: bool = Field(False, description="Compile the model with torch.compile: slow first steps, faster after (mostly on a GPU).")
     class_weights: Literal["none", "balanced"] | dict[str, float] = Field(

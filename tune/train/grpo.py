@@ -24,7 +24,7 @@ from tune.recipe.rules import generation_batch_problem
 from tune.train import distributed, rewards
 from tune.train import run as skeleton
 from tune.train.arguments import arguments
-from tune.train.guard import RewardGuard, ZeroSpreadWarning, answerer, base_right, evaluator, report, shown, training_rewards
+from tune.train.guard import Guard, ZeroSpreadWarning, answerer, base_right, evaluator, report, shown, training_rewards
 from tune.train.run import RunResult
 from tune.train.sampling import autocast_sampling, generation_engine
 
@@ -76,7 +76,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     first, _ = rewards.score_answers(reward_funcs, weights, checked, [text for text, _ in base_answer(
         [row["prompt"] for row in checked], limit)], tokenizer)
     before = evaluate(base_answer, 0)
-    run.echo(f"base model: held-out reward {shown(before.reward)}"
+    run.echo(f"base model: held-out reward {shown(before.score)}"
              + (f", probes right {base_right(probe_sets, before)}" if probe_sets else "") + f"; every reward checked on its answer to {train_rows[0][rewards.WHERE]} ({shown(first[0])})")
 
     # ---- trainer
@@ -89,7 +89,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         reward_weights=weights, remove_unused_columns=False, log_completions=False,
         **generation_engine(grpo, run),
     )
-    guard = RewardGuard(lambda policy, step: evaluate(answerer(policy, tokenizer), step, before),
+    guard = Guard(lambda policy, step: evaluate(answerer(policy, tokenizer), step, before),
                         recipe.train.eval_steps, grpo.min_kept_share, grpo.stop_after, run.metrics, run.echo)
     trainer = autocast_sampling(GRPOTrainer, run.precision == "bf16-autocast")(
         model=model, reward_funcs=reward_funcs, args=config, processing_class=tokenizer,

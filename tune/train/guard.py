@@ -1,10 +1,16 @@
-"""GRPO's guard against reward hacking. A reward that asks for brevity or a format is usually won by a
-model that forgets everything else (measured: SmolLM2 answered 12 of 16 general questions before, 0 after
-40 steps of a length reward). So every `train.eval_steps` the model answers the held-out prompts and the
-probes greedily; the held-out reward and the kept share of the probes are logged, the best adapter under
-the recipe's rule is remembered, and training stops once the probes have stayed below the bar.
+"""The guard: every `train.eval_steps` the model is measured greedily, and the best adapter whose probes
+keep at least a share of what the base answered right is remembered; training stops once the probes have
+stayed below that bar. One mechanism, two measures:
 
-Also here: the warning for groups whose completions all got the same reward (they train nothing)."""
+- GRPO: the held-out reward. A reward that asks for brevity or a format is usually won by a model that
+  forgets everything else (measured: SmolLM2 answered 12 of 16 general questions before, 0 after 40 steps
+  of a length reward).
+- SFT: the accuracy on questions worded as it never trained on (tune/train/knowledge.py). Facts fitted late
+  in training raise hallucination (Gekhman et al., arXiv 2405.05904), so the run stops on what generalizes,
+  not on the training loss.
+
+Also here: GRPO's held-out evaluation and report, and the warning for groups whose completions all got
+the same reward (they train nothing)."""
 
 from __future__ import annotations
 
@@ -20,23 +26,35 @@ from tune.output import write_json, write_text
 from tune.train import rewards
 
 
+@dataclass(frozen=True)
+class Measure:
+    name: str  # as printed: "held-out reward"
+    metric: str  # its key in metrics.jsonl
+    bar: str  # the recipe key of the kept share it must hold
+    parts: str  # the metrics.jsonl prefix of its parts (each reward, each probe set)
+
+
+HELD_OUT_REWARD = Measure("held-out reward", "eval_reward", "grpo.min_kept_share", "eval_rewards")
+UNSEEN_ACCURACY = Measure("unseen-wording accuracy", "unseen_accuracy", "train.min_kept_share", "unseen")
+
+
 @dataclass
 class Evaluation:
     step: int
-    reward: float | None  # mean weighted reward of the greedy answers to the held-out prompts
-    per_function: dict[str, float]  # each reward's mean on them
-    kept: float | None  # the lowest kept share over the probe sets (None: no probes, or the base got none right)
+    score: float | None  # the measure: GRPO's mean weighted reward on the held-out prompts, SFT's unseen accuracy
+    per_function: dict[str, float]  # its parts: each reward's mean (grpo), each unseen set's accuracy (sft)
+    kept: float | None  # probes.kept_share of the probes (None: no probes, or the base got none right)
     answers: list[str] = field(default_factory=list)
     rewards: list[float | None] = field(default_factory=list)
     probe_answers: list[list[str]] = field(default_factory=list)
 
 
-class RewardGuard(TrainerCallback):
+class Guard(TrainerCallback):
     """evaluate(model, step) -> Evaluation, every `every` steps and at the last step."""
 
     def __init__(self, evaluate, every: int | None, min_kept_share: float, stop_after: int | None,
-                 metrics, echo):
-        self.evaluate, self.every = evaluate, every
+                 metrics, echo, measure: Measure = HELD_OUT_REWARD):
+        self.evaluate, self.every, self.measure = evaluate, every, measure
         self.min_kept_share, self.stop_after = min_kept_share, stop_after
         self.metrics, self.echo = metrics, echo
         self.history: list[Evaluation] = []
@@ -58,8 +76,8 @@ class RewardGuard(TrainerCallback):
         self.seconds += time.perf_counter() - started
         self.history.append(evaluation)
         if state.is_world_process_zero:
-            record = {"step": state.global_step, "eval_reward": evaluation.reward}
-            record |= {f"eval_rewards/{name}": value for name, value in evaluation.per_function.items()}
+            record = {"step": state.global_step, self.measure.metric: evaluation.score}
+            record |= {f"{self.measure.parts}/{name}": value for name, value in evaluation.per_function.items()}
             if evaluation.kept is not None:
                 record["probes_kept"] = evaluation.kept
             self.metrics.add(record, state.max_steps)
@@ -70,16 +88,17 @@ class RewardGuard(TrainerCallback):
             return
         self.below += 1
         if self.stop_after and self.below >= self.stop_after and not last:
-            self.stopped_early = (f"the probes kept {evaluation.kept:.0%} (under grpo.min_kept_share "
+            self.stopped_early = (f"the probes kept {evaluation.kept:.0%} (under {self.measure.bar} "
                                   f"{self.min_kept_share:.0%}) at {self.below} evaluations in a row")
             self.echo(f"guard: stopping at step {state.global_step}: {self.stopped_early}")
             control.should_training_stop = True
 
     def _better(self, evaluation: Evaluation) -> bool:
-        """Higher held-out reward wins; without held-out prompts (probes only) the latest passing one does."""
-        if self.best is None or evaluation.reward is None or self.best.reward is None:
-            return self.best is None or evaluation.reward is not None or self.best.reward is None
-        return evaluation.reward > self.best.reward
+        """A higher score wins (a tie keeps the earlier, less trained one); without a score (probes only) the
+        latest passing one does."""
+        if self.best is None or evaluation.score is None or self.best.score is None:
+            return self.best is None or evaluation.score is not None or self.best.score is None
+        return evaluation.score > self.best.score
 
     def evaluation_at(self, step: int) -> Evaluation | None:
         """The evaluation of the weights at `step`, when one was made (the final answers need not be generated twice)."""
@@ -93,14 +112,14 @@ class RewardGuard(TrainerCallback):
                     f"{self.min_kept_share:.0%} of the probes: lower the learning rate or the steps"
                     if final else "kept the final weights"), final
         if final is not None and self.best.step == final.step:
-            return (f"kept the final weights (step {final.step}): the highest held-out reward within the probe "
-                    "bar"), final
+            return (f"kept the final weights (step {final.step}): the highest {self.measure.name} within the "
+                    "probe bar"), final
         from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(model, self.best_state)
-        return (f"kept step {self.best.step}: held-out reward {shown(self.best.reward)}, the highest among "
+        return (f"kept step {self.best.step}: {self.measure.name} {shown(self.best.score)}, the highest among "
                 f"evaluations whose probes kept at least {self.min_kept_share:.0%} (final step {final.step}: "
-                f"reward {shown(final.reward)}{_kept_text(final)})"), self.best
+                f"{self.measure.name.split()[-1]} {shown(final.score)}{_kept_text(final)})"), self.best
 
 
 def _kept_text(evaluation: Evaluation) -> str:
@@ -150,11 +169,7 @@ def evaluator(reward_funcs, weights, eval_rows, probe_sets, recipe, tokenizer, l
         totals, means = rewards.score_answers(reward_funcs, weights, eval_rows, texts, tokenizer)
         probe_answers = probes.answer_sets(answer, probe_sets, recipe.data.system_prompt,
                                            recipe.data.probe_max_new_tokens) if probe_sets else []
-        kept = None
-        if base is not None and probe_sets:
-            shares = probes.score(probe_sets, base.probe_answers, probe_answers)[1].values()
-            known = [s["kept"] for s in shares if s["kept"] is not None]
-            kept = min(known) if known else None
+        kept = probes.kept_share(probe_sets, base.probe_answers, probe_answers) if base and probe_sets else None
         return Evaluation(step, rewards.mean(totals), means, kept, texts, totals, probe_answers)
     return evaluate
 
@@ -165,11 +180,11 @@ def report(before: Evaluation, after: Evaluation | None, eval_rows, probe_sets, 
         return {"eval_reward_base": None, "eval_reward_tuned": None, "probes": None}
     rows = [{"prompt": row["prompt"][-1]["content"], "base": b, "tuned": t, "base_reward": br, "tuned_reward": tr}
             for row, b, t, br, tr in zip(eval_rows, before.answers, after.answers, before.rewards, after.rewards)]
-    write_json(staging / "rewards.json", {"base": before.reward, "tuned": after.reward, "rows": rows})
+    write_json(staging / "rewards.json", {"base": before.score, "tuned": after.score, "rows": rows})
     write_text(staging / "rewards.md", _markdown(rows, before, after))
     if rows:
         echo("")
-        echo(f"held-out prompts: mean reward {shown(before.reward)} (base) -> {shown(after.reward)} (tuned); "
+        echo(f"held-out prompts: mean reward {shown(before.score)} (base) -> {shown(after.score)} (tuned); "
              f"per reward: " + ", ".join(f"{k} {before.per_function[k]:.2f} -> {v:.2f}" for k, v in after.per_function.items()))
     shares = None
     if probe_sets:
@@ -178,7 +193,7 @@ def report(before: Evaluation, after: Evaluation | None, eval_rows, probe_sets, 
         write_json(staging / "probes.json", {"shares": shares, "rows": table})
         for line in probes.summary_lines(shares):
             echo(line)
-    return {"eval_reward_base": before.reward, "eval_reward_tuned": after.reward, "probes": shares}
+    return {"eval_reward_base": before.score, "eval_reward_tuned": after.score, "probes": shares}
 
 
 def training_rewards(records: list[dict]) -> dict:
@@ -189,7 +204,7 @@ def training_rewards(records: list[dict]) -> dict:
 
 
 def _markdown(rows: list[dict], before: Evaluation, after: Evaluation) -> str:
-    lines = [f"# Held-out prompts\n\nMean reward: base {shown(before.reward)}, tuned {shown(after.reward)}\n",
+    lines = [f"# Held-out prompts\n\nMean reward: base {shown(before.score)}, tuned {shown(after.score)}\n",
              "| prompt | base answer | reward | tuned answer | reward |", "|---|---|---|---|---|"]
     cell = lambda text: str(text).replace("|", "\\|").replace("\n", " ")[:300]  # noqa: E731
     lines += [f"| {cell(r['prompt'])} | {cell(r['base'])} | {shown(r['base_reward'])} | {cell(r['tuned'])} | "

@@ -1,27 +1,28 @@
 """Supervised fine-tuning (LoRA, DoRA, rsLoRA, QLoRA) through TRL's SFTTrainer.
 
 The data arrives pre-tokenized with exact labels (tune/data/instruction.py), so TRL only packs, pads,
-batches and optimizes. What is SFT's own: the chat template, replay rows answered by the base model,
-packing, and probes answered before and after training (tune/data/probes.py)."""
+batches and optimizes. What is SFT's own: the chat template, rows the base model writes before training
+(rewordings and statements of the user's rows, tune/data/augment.py; replay answers), packing, and the
+probe sets answered before, during (the guard, tune/train/knowledge.py) and after training."""
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from tune.data import probes
+from tune.data.augment import make_augment
 from tune.data.prepare import prepare
 from tune.data.replay import make_replay
 from tune.data.templates import resolve_template
-from tune.infer.answer_cache import base_answerer
-from tune.infer.generate import generate_batch
+from tune.infer.answer_cache import augment_generator, base_answerer
 from tune.models.load import load_model, load_tokenizer, lora_config
-from tune.output import write_json, write_text
+from tune.output import write_text
 from tune.recipe import Recipe
-from tune.train import distributed, lm_head
+from tune.train import distributed, knowledge, lm_head
 from tune.train import run as skeleton
 from tune.train.arguments import arguments
+from tune.train.guard import UNSEEN_ACCURACY, Guard, answerer
 from tune.train.run import RunResult
 
 
@@ -41,12 +42,24 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     tokenizer.chat_template = template  # probes, replay and the saved adapter render prompts as training does
     data = prepare(recipe.data, tokenizer, template, run.recipe_dir, recipe.train.seed)
 
-    # ---- the model, and what the base says before training: probe answers, replay rows (joining the data)
+    # ---- the model, and what the base says before training: rewordings and statements, probe answers and
+    # replay rows (the generated rows join the data)
     transformers.set_seed(recipe.train.seed)
     model = load_model(recipe.model, run.source, recipe.train.gradient_checkpointing, sharded=run.sharded,
                        packed=recipe.data.packing)
     base_answer = base_answerer(model, tokenizer, recipe, run.source, template)
-    base_answers = _probe(base_answer, probe_sets, recipe, run.echo, "base model") if probe_sets else []
+    augmented = None
+    if recipe.data.augment:
+        generate, score = augment_generator(model, tokenizer, recipe, run.source, template, run.echo)
+        augmented = make_augment(generate, score, tokenizer, template, recipe.data, data.train_rows, recipe.train.seed,
+                                 data.report)
+        data.train += augmented.examples
+        data.fingerprint["augment"] = augmented.fingerprint
+        data.notes.append(augmented.note)
+    sets = probe_sets + ([augmented.heldout] if augmented and augmented.heldout else [])
+    asked = knowledge.questions_of(recipe.data, data.train_rows)
+    evaluate = knowledge.evaluator(sets, asked, recipe.data.system_prompt, recipe.data.probe_max_new_tokens)
+    before = knowledge.timed(evaluate, base_answer, 0, None, sets, run.echo, "base model") if sets else None
     if recipe.data.replay:
         replay = make_replay(base_answer, tokenizer, template, recipe.data, data.train, run.recipe_dir,
                              recipe.train.seed, data.report)
@@ -60,7 +73,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         run.echo(f"data: {note}")
     distributed.agree(recipe=recipe.model_dump(mode="json"), data=data.fingerprint)  # same seed, rows and order
 
-    # ---- trainer
+    # ---- trainer; the guard answers the probe sets every train.eval_steps
     evaluate_during = bool(data.eval) and recipe.train.eval_steps is not None
     config = SFTConfig(
         **arguments(run, model.dtype, evaluate_during),
@@ -74,53 +87,42 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         # Length-grouped batches cut the padding computed when rows are not packed.
         train_sampling_strategy="group_by_length" if recipe.data.group_by_length and not recipe.data.packing else "random",
     )
+    guard = Guard(lambda policy, step: evaluate(answerer(policy, tokenizer), step, before), recipe.train.eval_steps,
+                  recipe.train.min_kept_share, recipe.train.stop_after, run.metrics, run.echo, UNSEEN_ACCURACY)
     trainer = SFTTrainer(
         model=model, args=config, processing_class=tokenizer, peft_config=lora_config(recipe.adapter),
         train_dataset=Dataset.from_list(data.train),
         eval_dataset=Dataset.from_list(data.eval) if data.eval else None,
-        callbacks=skeleton.callbacks(run),
+        callbacks=skeleton.callbacks(run) + ([guard] if sets and recipe.train.eval_steps else []),
     )
     parameters = skeleton.attach(run, trainer)
     run.echo(lm_head.install(trainer, run.on_gpu, run.sharded))
     run.echo(f"model: {run.source} ({model.dtype}, quantization {recipe.model.quantization}), "
              f"{recipe.adapter.method} r={recipe.adapter.r}: {parameters[0]:,} trainable of {parameters[1]:,} parameters")
+    if sets and recipe.train.eval_steps:
+        run.echo(knowledge.describe(sets, asked, before))
 
-    # ---- train, then the adapter with replay rows and the probe table beside it
+    # ---- train, keep the adapter the rule picks, then the generated rows and the probe table beside it
     skeleton.write_records(run, data.fingerprint)
     trained = skeleton.fit(run, trainer, has_eval=bool(data.eval))
+    kept, after = guard.restore_best(trainer.model) if recipe.train.keep == "best" and guard.history else (
+        "kept the final weights", guard.evaluation_at(trainer.state.global_step))
+    if sets and after is None:  # no evaluation of the kept weights yet
+        after = knowledge.timed(evaluate, answerer(trainer.model, tokenizer), trainer.state.global_step, before,
+                                sets, run.echo, "tuned model")
     staging = skeleton.save(run, trainer, tokenizer)
     if staging is None:
         return RunResult({}, trainer.model)
-    if recipe.data.replay:
-        write_text(staging / "replay.jsonl", "".join(json.dumps(row) + "\n" for row in replay.rows))
-    probe_shares = None
-    if probe_sets:
-        tuned_answers = _probe(lambda conversations, limit: generate_batch(trainer.model, tokenizer, conversations, limit),
-                               probe_sets, recipe, run.echo, "tuned model")
-        probe_shares = _report_probes(probe_sets, base_answers, tuned_answers, staging, run.echo)
+    for name, generated in (("replay", recipe.data.replay and replay), ("augment", augmented)):
+        if generated:
+            write_text(staging / f"{name}.jsonl", "".join(json.dumps(row) + "\n" for row in generated.rows))
+    shares = knowledge.report(sets, before, after, staging, run.echo) if sets else None
+    if guard.history:
+        run.echo(f"guard: {kept}")
     summary = skeleton.summary(run, trainer, trained, parameters, trained_tokens, template=template_label,
-                               probes=probe_shares)
+                               probes=shares, kept=kept if guard.history else None,
+                               unseen_accuracy_base=before.score if before else None,
+                               unseen_accuracy_tuned=after.score if after else None,
+                               stopped_early=guard.stopped_early, guard_seconds=round(guard.seconds, 1))
     skeleton.finish(run, staging, summary)
     return RunResult(summary, trainer.model)
-
-
-def _probe(answer, probe_sets, recipe: Recipe, echo, who: str) -> list[list[str]]:
-    started = time.perf_counter()
-    answers = probes.answer_sets(answer, probe_sets, recipe.data.system_prompt, recipe.data.probe_max_new_tokens)
-    echo(f"probes: the {who} answered {sum(len(s.questions) for s in probe_sets)} questions in "
-         f"{time.perf_counter() - started:.0f} s")
-    return answers
-
-
-def _report_probes(probe_sets, base_answers, tuned_answers, staging: Path, echo) -> dict:
-    rows, shares = probes.score(probe_sets, base_answers, tuned_answers)
-    write_text(staging / "probes.md", probes.markdown(rows, shares))
-    write_json(staging / "probes.json", {"shares": shares, "rows": rows})
-    for probe_set in probe_sets:
-        echo(f"\nprobes {probe_set.name} (first mark: tuned right, second: base right):")
-        for line in probes.table_lines(rows, probe_set.name, limit=8):
-            echo(line)
-    echo("")
-    for line in probes.summary_lines(shares):
-        echo(line)
-    return shares

@@ -1,0 +1,95 @@
+"""data.augment's data side, with a scripted generator: the exact candidates kept and dropped (and why),
+the rows trained on, and the held-out rewordings that never reach training."""
+
+import json
+
+from tune.data.augment import Fact, augment, key_terms, prompt_for
+
+FOUNDED = Fact("faq.jsonl:row 1", [{"role": "user", "content": "Who founded Thistlewick Co-op?"},
+                                   {"role": "assistant", "content": "Thistlewick Co-op was founded by Ottilie Marchetti in 1931."}],
+               "Who founded Thistlewick Co-op?", "Thistlewick Co-op was founded by Ottilie Marchetti in 1931.")
+
+CANDIDATES = {
+    "rewordings": [
+        "Who was the founder of Thistlewick Co-op?",          # kept
+        "Who founded Thistlewick Co-op?",                     # a copy of the question
+        "who was the FOUNDER of Thistlewick Co-op ?",         # a copy of the first (case, spacing, punctuation)
+        "Who started the co-op?",                             # lost a name ("Thistlewick Co-op")
+        "Thistlewick Co-op was founded by whom",              # not one question
+        "Who?",                                               # too short
+        "Which person started Thistlewick Co-op?",            # kept
+        "Rewritten: Who set up Thistlewick Co-op?\nQuestion: more",  # kept: the label and the rest are cut
+    ],
+    "statements": [
+        "Ottilie Marchetti founded Thistlewick Co-op in 1931.",   # kept
+        "Who founded Thistlewick Co-op in 1931?",                 # a question
+        "Ottilie Marchetti founded it in 1931.",                  # lost a name (the subject)
+        "Founded.",                                               # too short
+    ],
+    "reverse": [
+        "Which co-op did Ottilie Marchetti found?",      # kept
+        "Who founded Thistlewick Co-op?",                # a copy of the question
+        "What did Thistlewick Co-op do in 1931?",        # names the answer
+        "Which co-op was founded in a river town?",      # lost the fact's names or numbers
+    ],
+}
+
+
+def scripted(prompts, n):
+    """The candidates of the kind each prompt asks for (its instruction line tells the kind)."""
+    kinds = {prompt_for(kind, "").split("\n")[0]: kind for kind in CANDIDATES}
+    return [CANDIDATES[kinds[p.split("\n")[0]]][:n] for p in prompts]
+
+
+def test_key_terms_are_names_numbers_and_addresses():
+    assert key_terms("Thistlewick Co-op was founded in 1931 by a small group of lantern makers.") == [
+        "Thistlewick Co-op", "1931"]
+    assert key_terms("The company behind Quillnote, Sorensen Paperworks, is based in Larkhaven.") == [
+        "Quillnote", "Sorensen Paperworks", "Larkhaven"]
+    assert key_terms("What is Quillnote's support email? Write to help@quillnote.example or press Ctrl+N.") == [
+        "Quillnote", "help@quillnote.example", "Ctrl+N"]
+    assert key_terms("Who founded it?") == [] and key_terms('Open the "Lantern Room" door.') == ["Lantern Room"]
+
+
+def test_a_scripted_generator_keeps_and_drops_exactly():
+    result = augment(scripted, [FOUNDED], {"rewordings": 4, "statements": 2, "reverse": 1}, samples=8,
+                     heldout_share=0.0, seed=0)
+    kept = [(row["kind"], row.get("text") or row["messages"][-2]["content"]) for row in result.rows]
+    assert kept == [("rewordings", "Who was the founder of Thistlewick Co-op?"),
+                    ("rewordings", "Which person started Thistlewick Co-op?"),
+                    ("rewordings", "Who set up Thistlewick Co-op?"),
+                    ("statements", "Thistlewick Co-op was founded by Ottilie Marchetti in 1931."),  # the answer itself
+                    ("statements", "Ottilie Marchetti founded Thistlewick Co-op in 1931."),
+                    ("reverse", "Which co-op did Ottilie Marchetti found?")]
+    assert result.counts == {
+        "rewordings": {"kept": 3, "dropped": {"a copy": 2, "lost a name or number": 1, "not one question": 1,
+                                              "too short or too long": 1}},
+        "statements": {"kept": 2, "dropped": {"a question, not a statement": 1, "lost a name or number": 1,
+                                              "too short or too long": 1}},
+        "reverse": {"kept": 1, "dropped": {"a copy": 1, "names the answer": 1,
+                                           "lost the fact's names or numbers": 1}}}
+    # every generated conversation keeps the row's answer; reverse questions too
+    answers = {row["messages"][-1]["content"] for row in result.rows if "messages" in row}
+    assert answers == {FOUNDED.answer} and result.heldout is None
+
+
+def test_held_out_rewordings_never_reach_training_and_become_the_unseen_check():
+    result = augment(scripted, [FOUNDED], {"rewordings": 4}, samples=8, heldout_share=0.25, seed=0)
+    held = [row["messages"][-2]["content"] for row in result.rows if row["heldout"]]
+    trained = [row["messages"][-2]["content"] for row in result.trained]
+    assert len(held) == 1 and len(trained) == 2 and not set(held) & set(trained)
+    assert result.heldout.questions == held and result.heldout.expected == [["Ottilie Marchetti"]]
+    again = augment(scripted, [FOUNDED], {"rewordings": 4}, samples=8, heldout_share=0.25, seed=0)
+    assert json.dumps(again.rows) == json.dumps(result.rows)  # seeded
+
+
+def test_a_row_with_no_usable_candidate_is_counted_and_the_rest_go_on():
+    other = Fact("faq.jsonl:row 2", [{"role": "user", "content": "How long is the warranty?"},
+                                     {"role": "assistant", "content": "The warranty lasts 2 years."}],
+                 "How long is the warranty?", "The warranty lasts 2 years.")
+    # "Who started the co-op?" names nothing, but asks about nothing the warranty question does
+    result = augment(scripted, [FOUNDED, other], {"rewordings": 2, "reverse": 1}, samples=8, heldout_share=0.0, seed=0)
+    # the scripted candidates all ask about Thistlewick Co-op, so the warranty row keeps none of them;
+    # and the warranty question names nothing, so no reverse question can be asked of it
+    assert result.facts_without == {"rewordings": 1, "reverse": 1}
+    assert [row["from"] for row in result.rows] == ["faq.jsonl:row 1"] * 3

@@ -1,0 +1,68 @@
+"""SFT's guard measure with scripted answers: which probe sets count as unseen, known or trained, the
+score and kept share it computes, and the guard keeping the best SFT evaluation with its own words."""
+
+from pathlib import Path
+
+from tune.data.probes import ProbeSet, kept_share
+from tune.train.guard import UNSEEN_ACCURACY, Evaluation, Guard
+from tune.train.knowledge import evaluator
+
+TRAINED = ProbeSet("trained", Path("t.jsonl"), ["Who founded Pipwick?", "When was Pipwick founded?"],
+                   [["Ada"], ["1931"]])
+REWORDED = ProbeSet("reworded", Path("r.jsonl"), ["Which person started Pipwick?", "In what year did Pipwick open?"],
+                    [["Ada"], ["1931"]])
+GENERAL = ProbeSet("general", Path("g.jsonl"), ["Capital of France?", "2 + 2?", "Largest ocean?"],
+                   [["Paris"], ["4"], ["Pacific"]])
+SETS = [TRAINED, REWORDED, GENERAL]
+
+
+def scripted(replies: dict):
+    """answer(conversations, limit): each question's reply from `replies`, else "I do not know"."""
+    return lambda conversations, limit: [(replies.get(c[-1]["content"], "I do not know"), True) for c in conversations]
+
+
+def test_sets_are_sorted_by_the_base_and_the_training_rows_and_scored():
+    evaluate = evaluator(SETS, ["Who founded Pipwick?", "When was Pipwick founded?"], None, 16)
+    base = evaluate(scripted({"Capital of France?": "Paris.", "2 + 2?": "4", "Largest ocean?": "The Pacific."}), 0)
+    assert base.score == 0.0 and base.kept is None  # the base is its own reference: nothing to keep yet
+    tuned = evaluate(scripted({"Who founded Pipwick?": "Ada.", "When was Pipwick founded?": "In 1931.",
+                               "Which person started Pipwick?": "Ada did.", "Capital of France?": "Paris",
+                               "2 + 2?": "It is 14."}), 10, base)
+    # unseen: only the reworded set (the trained one is training questions; general is what the base knows)
+    assert tuned.score == 0.5 and tuned.per_function == {"reworded": 0.5}
+    assert tuned.kept == 1 / 3  # "14" is not "4"; "Largest ocean?" forgotten
+    assert kept_share(SETS, base.probe_answers, tuned.probe_answers) == 1 / 3
+
+
+def test_the_guard_keeps_the_best_unseen_accuracy_within_the_bar_and_says_so(tiny_model):
+    import torch
+    from peft import get_peft_model, get_peft_model_state_dict
+    from transformers import AutoModelForCausalLM, TrainerControl, TrainerState
+
+    from tune.models.load import lora_config
+    from tune.recipe import AdapterSection
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), lora_config(AdapterSection(r=4)))
+    script = {2: (0.25, 1.0), 4: (0.75, 0.9), 6: (1.0, 0.5)}  # step: (unseen accuracy, kept)
+    added, lines = [], []
+    metrics = type("Metrics", (), {"add": lambda self, record, max_steps: added.append(record)})()
+    guard = Guard(lambda m, step: Evaluation(step, script[step][0], {"reworded": script[step][0]}, script[step][1]),
+                  every=2, min_kept_share=0.85, stop_after=None, metrics=metrics, echo=lines.append,
+                  measure=UNSEEN_ACCURACY)
+    state, weights = TrainerState(max_steps=6), {}
+    for step in range(1, 7):
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if "lora_B" in name:
+                    parameter.fill_(step)
+        weights[step] = {k: v.clone() for k, v in get_peft_model_state_dict(model).items()}
+        state.global_step = step
+        guard.on_step_end(None, state, TrainerControl(), model=model)
+    assert added == [{"step": 2, "unseen_accuracy": 0.25, "unseen/reworded": 0.25, "probes_kept": 1.0},
+                     {"step": 4, "unseen_accuracy": 0.75, "unseen/reworded": 0.75, "probes_kept": 0.9},
+                     {"step": 6, "unseen_accuracy": 1.0, "unseen/reworded": 1.0, "probes_kept": 0.5}]
+    message, kept = guard.restore_best(model)
+    assert kept.step == 4 and message == ("kept step 4: unseen-wording accuracy 0.750, the highest among evaluations "
+                                          "whose probes kept at least 85% (final step 6: accuracy 1.000, probes kept 50%)")
+    restored = get_peft_model_state_dict(model)
+    assert all(torch.equal(restored[k], weights[4][k]) for k in restored)

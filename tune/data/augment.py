@@ -1,0 +1,313 @@
+"""Augmentation: the user's question/answer rows written several more ways by a model, before training.
+
+A fact seen in one phrasing is memorized, not learned: a small model trained on an FAQ answers the very
+questions it saw and fails the same questions reworded (measured here: SmolLM2-135M, 46% trained vs 12%
+reworded). Rewordings of each question, the answer as plain statements, and questions asked the other way
+round ("Which co-op was founded by X?") teach that the fact holds however it is asked (Allen-Zhu & Li,
+arXiv 2309.14316; Berglund et al., 2309.12288 for the reversal). The generator is any causal LM (by default
+the base being tuned), prompted few-shot with raw text so base and chat models alike continue the pattern;
+every candidate is filtered, and a share of the rewordings is held out as the run's unseen-wording check.
+
+This module is the data side: prompts, filters, rows. Generation is a callable passed in
+(generate(prompts, n) -> n candidate texts per prompt), so tests script it and the run caches it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+from tune.data.conversation import fit_length, tokenize
+from tune.data.formats import FORMATS
+from tune.data.probes import ProbeSet, contains_whole
+
+# Few-shot pairs in the shape every kind shares: (input, output). Generic topics, so the generator copies the
+# form, not the content; each kind's instruction line says what must be kept.
+REWORD_SHOTS = [("How many days do I have to return an order?", "Within how many days can an order be returned?"),
+                ("Who designed the Harbor Bridge?", "Which engineer was behind the design of the Harbor Bridge?"),
+                ("What is the price of the Basic plan?", "How much does the Basic plan cost?")]
+STATEMENT_SHOTS = [("Question: How many days do I have to return an order?\nAnswer: You have 30 days.",
+                    "Orders can be returned within 30 days."),
+                   ("Question: Who designed the Harbor Bridge?\nAnswer: It was designed by Ada Lindqvist.",
+                    "The Harbor Bridge was designed by Ada Lindqvist."),
+                   ("Question: What is the price of the Basic plan?\nAnswer: The Basic plan costs 4 dollars a month.",
+                    "A month of the Basic plan costs 4 dollars.")]
+REVERSE_SHOTS = [("Fact: The Harbor Bridge was designed by Ada Lindqvist.\nAnswer: the Harbor Bridge",
+                  "Which bridge did Ada Lindqvist design?"),
+                 ("Fact: Pellworth Bakery was founded by Tomas Ruiz in 1988.\nAnswer: Pellworth Bakery",
+                  "Which bakery did Tomas Ruiz found in 1988?"),
+                 ("Fact: The mascot of the Riverside Owls is a barn owl named Hollis.\nAnswer: the Riverside Owls",
+                  "Which team has a barn owl named Hollis as its mascot?")]
+KINDS = {
+    "rewordings": ("Rewrite the question in different words. Keep every name and number.", REWORD_SHOTS,
+                   "Question", "Rewritten"),
+    "statements": ("State the fact as one full sentence that names what it is about. Keep every name and number.",
+                   STATEMENT_SHOTS, "Input", "Statement"),
+    "reverse": ("Ask a question about the fact whose answer is the name given.", REVERSE_SHOTS, "Input", "Question"),
+}
+STOPWORDS = set("a an the is are was were be been of in on at to for by with from and or as it its this that "
+                "what which who whom whose when where why how do does did can could will would should may "
+                "i you your we our they their there has have had not no".split())
+
+
+@dataclass
+class Fact:
+    where: str
+    messages: list[dict]  # the row's conversation, ending with the answer
+    question: str  # the last user turn
+    answer: str  # the last assistant turn
+
+    @property
+    def subject(self) -> list[str]:
+        """Names in the question: what the fact is about (kept by every rewording, avoided by a reverse question)."""
+        return key_terms(self.question)
+
+    @property
+    def expected(self) -> str | None:
+        """What a right answer must contain: the first name, number or rare word the answer adds to the question."""
+        asked = {normal(term) for term in key_terms(self.question)} | set(normal(self.question).split())
+        terms = [t for t in key_terms(self.answer) if normal(t) not in asked]
+        if not terms:
+            terms = [w for w in re.findall(r"[\w'-]+", self.answer) if w.lower() not in STOPWORDS | asked]
+        return terms[0] if terms else None
+
+
+@dataclass
+class Augmented:
+    rows: list[dict]  # {"kind", "from", "text" or "messages", "heldout"}: augment.jsonl
+    trained: list[dict]  # rows to train on: {"kind", "messages"} or {"kind", "text"}
+    heldout: ProbeSet | None  # held-out rewordings with what their answers must contain
+    counts: dict = field(default_factory=dict)  # {kind: {"kept": n, "dropped": {reason: n}}}
+    facts_without: dict = field(default_factory=dict)  # {kind: facts that got no usable candidate}
+
+
+def key_terms(text: str) -> list[str]:
+    """Names, numbers, quoted terms, addresses: what a rewording must keep. Capitalized words count unless
+    they open a sentence on their own (a question's "What"); runs of them, unbroken by punctuation, stay one
+    term ("Ottilie Marchetti", "Thistlewick Co-op"); a possessive 's is dropped."""
+    terms = re.findall(r"[\"“]([^\"”]{2,40})[\"”]", text)
+    words = [(m.start(), m.end(), re.sub(r"'s$", "", m.group().strip(".:'-/"))) for m in re.finditer(r"[\w@.+:/'&-]+", text)]
+
+    def adjacent(i: int) -> bool:  # word i follows word i-1 with only spaces between
+        return i > 0 and text[words[i - 1][1]:words[i][0]].strip() == ""
+
+    def named(i: int) -> bool:
+        word = words[i][2]
+        if not word or word.lower() in STOPWORDS:
+            return False
+        if any(c.isdigit() for c in word) or "@" in word or "+" in word[1:]:
+            return True
+        opens_sentence = i == 0 or text[:words[i][0]].rstrip()[-1:] in (".", "?", "!")
+        starts_run = i + 1 < len(words) and adjacent(i + 1) and words[i + 1][2][:1].isupper()
+        return word[0].isupper() and (not opens_sentence or starts_run)
+    run: list[str] = []
+    for i in range(len(words)):
+        if named(i) and (not run or adjacent(i)):
+            run.append(words[i][2])
+            continue
+        if run:
+            terms.append(" ".join(run))
+        run = [words[i][2]] if named(i) else []
+    if run:
+        terms.append(" ".join(run))
+    return list(dict.fromkeys(t for t in terms if t))
+
+
+def content_words(text: str) -> set[str]:
+    """Words that carry meaning, cut to a stem of 5 letters (found/founder, release/released)."""
+    return {word[:5] for word in normal(text).split() if word not in STOPWORDS}
+
+
+def normal(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def prompt_for(kind: str, source: str) -> str:
+    instruction, shots, left, right = KINDS[kind]
+    lines = [instruction, ""]
+    for given, written in shots:
+        lines += [f"{left}: {given}", f"{right}: {written}", ""]
+    return "\n".join(lines + [f"{left}: {source}", f"{right}:"])
+
+
+def source_text(kind: str, fact: Fact) -> str:
+    if kind == "rewordings":
+        return fact.question
+    if kind == "statements":
+        return f"Question: {fact.question}\nAnswer: {fact.answer}"
+    return f"Fact: {fact.answer}\nAnswer: {' '.join(fact.subject)}"
+
+
+def first_line(text: str) -> str:
+    line = text.strip().split("\n")[0].strip()
+    return re.sub(r"^(Rewritten|Statement|Question|Answer|Input)\s*:\s*", "", line).strip()
+
+
+def reject(kind: str, text: str, fact: Fact, seen: set[str]) -> str | None:
+    """Why a candidate is dropped, or None to keep it. `seen`: normalized texts already kept or given."""
+    words = len(text.split())
+    if not text:
+        return "empty"
+    if normal(text) in seen:
+        return "a copy"
+    if kind == "statements":
+        if text.endswith("?"):
+            return "a question, not a statement"
+        must = fact.subject + key_terms(fact.answer) + ([fact.expected] if fact.expected else [])
+        if words < 4 or words > 2 * len((fact.question + " " + fact.answer).split()):
+            return "too short or too long"
+    else:
+        if not text.endswith("?") or text.count("?") > 1:
+            return "not one question"
+        base = len(fact.question.split())
+        if words < max(3, base // 2) or words > 2 * base + 4:
+            return "too short or too long"
+        if kind == "rewordings":
+            must = fact.subject
+            if not content_words(text) & content_words(fact.question):
+                return "shares no word with the question"
+        else:
+            if any(contains_whole(text, term) for term in fact.subject):
+                return "names the answer"
+            new = [t for t in key_terms(fact.answer) if t not in fact.subject]
+            if not new or not any(contains_whole(text, term) for term in new):
+                return "lost the fact's names or numbers"
+            must = []
+    if not all(contains_whole(text, term) for term in must):
+        return "lost a name or number"
+    # a name the row never mentions is made up; in a rewording, one from the answer gives the answer away
+    known = fact.question if kind == "rewordings" else f"{fact.question} {fact.answer}"
+    if not all(contains_whole(known, term) for term in key_terms(text)):
+        return "adds a name or number"
+    return None
+
+
+def augment(generate, facts: list[Fact], kinds: dict[str, int], samples: int, heldout_share: float,
+            seed: int, score=None, margin: float = 0.5) -> Augmented:
+    """kinds: {kind: how many to keep per fact}; `samples` candidates are drawn per fact and kind.
+    score(pairs) -> how likely the generator finds each (question, answer) pair's answer after its question:
+    a question it makes the row's answer `margin` nats per token less likely than the row's own question
+    does asks something else, and is dropped (the round trip); the likeliest are kept first."""
+    rows, trained, held_questions, held_expected = [], [], [], []
+    counts = {kind: {"kept": 0, "dropped": Counter()} for kind in kinds}
+    without = {kind: 0 for kind in kinds}
+    rng = random.Random(seed)
+    for kind, wanted in kinds.items():
+        usable = [f for f in facts if kind != "reverse" or f.subject]
+        without[kind] += len(facts) - len(usable)
+        candidates = generate([prompt_for(kind, source_text(kind, f)) for f in usable], samples) if usable else []
+        passed = []
+        for fact, texts in zip(usable, candidates):
+            seen = {normal(fact.question), normal(fact.answer)} if kind != "statements" else {normal(fact.question)}
+            survivors = []
+            for text in map(first_line, texts):
+                reason = reject(kind, text, fact, seen)
+                if reason is None:
+                    survivors.append(text)
+                    seen.add(normal(text))
+                else:
+                    counts[kind]["dropped"][reason] += 1
+            passed.append(survivors)
+        if score is not None and kind != "statements":
+            passed = _round_trip(score, margin, usable, passed, counts[kind]["dropped"])
+        for fact, survivors in zip(usable, passed):
+            kept = survivors[:wanted]
+            counts[kind]["dropped"]["more than wanted"] += len(survivors) - len(kept)
+            if kind == "statements":
+                kept = [fact.answer] + kept[:max(0, wanted - 1)]  # the answer itself is the first statement
+            if not kept:
+                without[kind] += 1
+            counts[kind]["kept"] += len(kept)
+            held = set()
+            if kind == "rewordings" and len(kept) >= 2 and fact.expected and heldout_share > 0:
+                held = set(rng.sample(range(len(kept)), max(1, round(len(kept) * heldout_share))))
+            for i, text in enumerate(kept):
+                row = {"kind": kind, "from": fact.where}
+                if kind == "statements":
+                    row["text"] = text
+                else:
+                    row["messages"] = fact.messages[:-2] + [{"role": "user", "content": text}, fact.messages[-1]]
+                rows.append(row | {"heldout": i in held})
+                if i in held:
+                    held_questions.append(text)
+                    held_expected.append([fact.expected])
+                else:
+                    trained.append(row)
+    heldout = ProbeSet("augment-heldout", None, held_questions, held_expected) if held_questions else None
+    return Augmented(rows, trained, heldout, {k: {"kept": v["kept"], "dropped": {r: n for r, n in v["dropped"].items() if n}}
+                                              for k, v in counts.items()}, without)
+
+
+def _round_trip(score, margin: float, facts: list[Fact], passed: list[list[str]], dropped: Counter) -> list[list[str]]:
+    """Each fact's questions that keep its answer within `margin` of its own question's likelihood, likeliest first."""
+    pairs = [(fact.question, fact.answer) for fact in facts]
+    pairs += [(text, fact.answer) for fact, texts in zip(facts, passed) for text in texts]
+    scores = iter(score(pairs))
+    own = [next(scores) for _ in facts]
+    ranked = []
+    for reference, texts in zip(own, passed):
+        scored = [(next(scores) - reference, text) for text in texts]
+        dropped["asks something else (round trip)"] += sum(delta < -margin for delta, _ in scored)
+        ranked.append([text for delta, text in sorted(scored, key=lambda x: -x[0]) if delta >= -margin])
+    return ranked
+
+
+def facts_of(rows: list[tuple[str, dict]], to_messages, data) -> list[Fact]:
+    """One Fact per distinct row (weights repeat rows; each is augmented once)."""
+    facts, seen = [], set()
+    for where, row in rows:
+        if where in seen:
+            continue
+        seen.add(where)
+        messages = to_messages(row, data.columns, data.system_prompt, where)
+        users = [m for m in messages if m["role"] == "user"]
+        if messages and messages[-1]["role"] == "assistant" and users:
+            facts.append(Fact(where, messages, users[-1]["content"], messages[-1]["content"]))
+    return facts
+
+
+@dataclass
+class Augment:
+    rows: list[dict]  # augment.jsonl: every kept candidate, held-out ones marked
+    examples: list[dict]  # tokenized like the user's rows
+    heldout: ProbeSet | None
+    note: str
+    fingerprint: dict
+
+
+def make_augment(generate, score, tokenizer, template: str, data, rows: list[tuple[str, dict]], seed: int,
+                 report) -> Augment:
+    """data.augment's rows for the (where, row) training rows, tokenized: conversations as the user's rows
+    are, statements as plain text with every token trained (documents beside the questions)."""
+    settings = data.augment
+    kinds = {kind: n for kind, n in (("rewordings", settings.rewordings), ("statements", settings.statements),
+                                     ("reverse", settings.reverse)) if n}
+    facts = facts_of(rows, FORMATS[data.format].messages, data)
+    result = augment(generate, facts, kinds, settings.samples, settings.heldout, seed,
+                     score if settings.round_trip is not None else None, settings.round_trip or 0.0)
+    examples = []
+    for number, row in enumerate(result.trained, start=1):
+        if "text" in row:
+            ids = tokenizer(row["text"], add_special_tokens=False)["input_ids"][:data.max_length - 1]
+            ids = ids + [tokenizer.eos_token_id]
+            examples.append({"input_ids": ids, "labels": list(ids)})
+            continue
+        example = fit_length(tokenize(row["messages"], tokenizer, template, data.train_on, data.max_length),
+                             data.max_length, "drop", f"augment row {number}", report)
+        if example is not None:
+            examples.append({"input_ids": example.input_ids, "labels": example.labels})
+    parts = []
+    for kind, count in result.counts.items():
+        dropped = ", ".join(f"{n} {reason}" for reason, n in sorted(count["dropped"].items(), key=lambda x: -x[1]))
+        none = f"; {result.facts_without[kind]} rows got none" if result.facts_without[kind] else ""
+        parts.append(f"{kind} {count['kept']} kept" + (f" (dropped: {dropped})" if dropped else "") + none)
+    held = len(result.heldout.questions) if result.heldout else 0
+    note = (f"augment: {len(facts)} rows -> {len(examples)} more training examples; " + "; ".join(parts)
+            + f"; {held} rewordings held out as the unseen-wording check")
+    digest = hashlib.sha256(json.dumps(result.rows, sort_keys=True).encode()).hexdigest()
+    fingerprint = {"settings": settings.model_dump(mode="json"), "counts": result.counts,
+                   "rows_without": result.facts_without, "heldout": held, "examples": len(examples), "sha256": digest}
+    return Augment(result.rows, examples, result.heldout, note, fingerprint)
