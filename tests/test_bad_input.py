@@ -181,3 +181,24 @@ def test_probe_file_row_without_expected(tmp_path, out, tiny_model):
     path = write_recipe(tmp_path / "r.yaml", data={"probes": [str(probes)]})
     expect_one_line(run(path), f"{probes}:row 2: needs 'expected': the text a right answer contains "
                                "(or a list of such texts)", out)
+
+
+def test_augment_on_a_format_it_cannot_serve(tmp_path, out):
+    path = write_recipe(tmp_path / "r.yaml", data={"format": "completion", "augment": {}})
+    expect_one_line(run(path), f"{path}:{line_of(path, 'augment')}: data.augment: rewrites question-and-answer rows "
+                               "(train.method: sft on instruction or chat data), not sft on completion data; remove "
+                               "data.augment", out)
+
+
+def test_keep_best_needs_evaluations_and_something_to_compare(tmp_path, out):
+    path = write_recipe(tmp_path / "r.yaml", train={"keep": "best"})
+    expect_one_line(run(path), f"{path}:{line_of(path, 'keep')}: train.keep: best compares evaluations made every "
+                               "train.eval_steps; set train.eval_steps", out)
+    path = write_recipe(tmp_path / "r.yaml", train={"keep": "best", "eval_steps": 4})
+    expect_one_line(run(path), f"{path}:{line_of(path, 'keep')}: train.keep: best needs something to compare: "
+                               "data.probes, or data.augment with held-out rewordings (augment.heldout > 0)", out)
+
+
+def test_an_augment_model_that_cannot_be_found(tiny_model, tmp_path, out):
+    path = write_recipe(tmp_path / "r.yaml", data={"augment": {"model": "./models/nope"}})
+    expect_one_line(run(path), "data.augment.model: no such folder: ./models/nope", out)

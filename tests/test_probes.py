@@ -98,3 +98,48 @@ def _run(path):
     from tune.train.sft import train
 
     return train(recipe_io.load(path), path, **QUIET).summary
+
+
+def test_augmented_rows_train_and_the_guard_keeps_the_best_unseen_accuracy(tiny_model, tmp_path, monkeypatch):
+    """data.augment end to end on the tiny model, with a scripted generator (the random model writes no
+    usable question): held-out rewordings become the augment-heldout probe set, the rest train, and
+    train.keep: best evaluates every eval_steps and says which step it kept, in run.json too."""
+    import tune.infer.generate
+    from tune.data.augment import KINDS
+
+    rows = [row for row in map(json.loads, SAMPLE_DATA.read_text().splitlines()) if row.get("instruction", "").endswith("?")][:8]
+    data = tmp_path / "faq.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    reword, state = KINDS["rewordings"][0], KINDS["statements"][0]
+
+    def sample_batch(model, tokenizer, texts, samples, max_new_tokens, temperature, top_p, seed):
+        out = []
+        for text in texts:
+            source = text.rsplit("\n", 2)[-2].split(": ", 1)[1]  # the row's question (or "Answer: ..." line)
+            if text.startswith(reword):
+                out.append([f"Tell me: {source}", f"Quick question: {source}", f"Please answer: {source}"])
+            else:
+                out.append([f"It is known that {source.lower()}" if text.startswith(state) else "?"])
+        return out
+
+    monkeypatch.setattr(tune.infer.generate, "sample_batch", sample_batch)
+    path = write_recipe(tmp_path / "r.yaml", data={"train": str(data), "augment": {"rewordings": 3, "statements": 1, "heldout": 0.34,
+                                                              "round_trip": None}, "probe_max_new_tokens": 6},
+                        train={"eval_steps": 4, "keep": "best", "min_kept_share": 0.0, "max_steps": 8})
+    summary = _run(path)
+    out = tmp_path / "out"
+    written = [json.loads(line) for line in (out / "augment.jsonl").read_text().splitlines()]
+    held = [r["messages"][-2]["content"] for r in written if r["heldout"]]
+    assert len(written) == 8 * 4 and len(held) == 8  # 3 rewordings (1 held out) and the answer, per row
+    assert all(q.startswith(("Tell me: ", "Quick question: ", "Please answer: ")) for q in held)
+    fingerprint = json.loads((out / "data_fingerprint.json").read_text())["augment"]
+    assert fingerprint["counts"]["rewordings"] == {"kept": 24, "dropped": {}} and fingerprint["heldout"] == 8
+    assert fingerprint["examples"] == 8 * 3  # the held-out rewordings never reach training
+    record = json.loads((out / "probes.json").read_text())
+    assert [r["question"] for r in record["rows"]] == held and summary["probes"]["augment-heldout"]["questions"] == 8
+    evaluations = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "unseen_accuracy" in r]
+    assert [r["step"] for r in evaluations] == [4, 8]
+    best = max(evaluations, key=lambda r: r["unseen_accuracy"])  # a tie keeps the earlier step
+    assert summary["kept"].startswith(f"kept step {best['step']}: unseen-wording accuracy" if best["step"] == 4
+                                      else "kept the final weights (step 8): the highest unseen-wording accuracy")
+    assert summary["unseen_accuracy_tuned"] == best["unseen_accuracy"]

@@ -93,3 +93,27 @@ def test_a_row_with_no_usable_candidate_is_counted_and_the_rest_go_on():
     # and the warranty question names nothing, so no reverse question can be asked of it
     assert result.facts_without == {"rewordings": 1, "reverse": 1}
     assert [row["from"] for row in result.rows] == ["faq.jsonl:row 1"] * 3
+
+
+def test_generated_candidates_are_cached_by_content(tiny_model, monkeypatch):
+    """A second run asks nothing of the model; a changed prompt, sample count or sampling knob asks again."""
+    import torch
+
+    from tune.infer import answer_cache, generate
+
+    calls = []
+
+    def sample_batch(model, tokenizer, texts, samples, max_new_tokens, temperature, top_p, seed):
+        calls.append((texts, samples, temperature))
+        return [[f"{text} #{i}" for i in range(samples)] for text in texts]
+
+    monkeypatch.setattr(generate, "sample_batch", sample_batch)
+    model = type("Model", (), {"device": torch.device("cpu"), "dtype": torch.float32})()
+    setting = {"generator": "tiny", "seed": 1, "temperature": 1.0, "top_p": 0.95, "max_new_tokens": 48}
+    first = answer_cache.cached_sampler(model, None, str(tiny_model), setting)(["a", "b"], 2)
+    again = answer_cache.cached_sampler(model, None, str(tiny_model), setting)(["a", "b"], 2)
+    assert first == again == [["a #0", "a #1"], ["b #0", "b #1"]] and len(calls) == 1
+    answer_cache.cached_sampler(model, None, str(tiny_model), setting)(["a", "c"], 2)
+    answer_cache.cached_sampler(model, None, str(tiny_model), setting)(["a", "b"], 3)
+    answer_cache.cached_sampler(model, None, str(tiny_model), setting | {"temperature": 0.7})(["a", "b"], 2)
+    assert len(calls) == 4

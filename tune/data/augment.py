@@ -71,7 +71,8 @@ class Fact:
         asked = {normal(term) for term in key_terms(self.question)} | set(normal(self.question).split())
         terms = [t for t in key_terms(self.answer) if normal(t) not in asked]
         if not terms:
-            terms = [w for w in re.findall(r"[\w'-]+", self.answer) if w.lower() not in STOPWORDS | asked]
+            terms = [w for w in re.findall(r"[\w-]+", self.answer)
+                     if len(w) > 1 and w.lower() not in STOPWORDS and normal(w) not in asked]
         return terms[0] if terms else None
 
 
@@ -196,7 +197,8 @@ def augment(generate, facts: list[Fact], kinds: dict[str, int], samples: int, he
     without = {kind: 0 for kind in kinds}
     rng = random.Random(seed)
     for kind, wanted in kinds.items():
-        usable = [f for f in facts if kind != "reverse" or f.subject]
+        # a question of several lines (an instruction with its input) cannot be reworded on one line
+        usable = [f for f in facts if (kind != "reverse" or f.subject) and (kind == "statements" or "\n" not in f.question)]
         without[kind] += len(facts) - len(usable)
         candidates = generate([prompt_for(kind, source_text(kind, f)) for f in usable], samples) if usable else []
         passed = []

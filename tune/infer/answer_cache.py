@@ -9,6 +9,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from tune.errors import TuneError
 from tune.paths import tune_home
 
 
@@ -89,18 +90,31 @@ def cached_sampler(model, tokenizer, source: str, setting: dict):
     return generate
 
 
-def augment_generator(model, tokenizer, recipe, source: str, template: str, echo):
-    """data.augment's (generate(texts, samples), score(pairs)): the base being tuned (already loaded), or
-    augment.model loaded here, sampling through the TUNE_HOME cache; the round trip is scored by the same
-    model, with the run's chat template."""
-    settings = recipe.data.augment
-    if settings.model is not None:
-        from tune.models.load import load_model, load_tokenizer
-        from tune.models.resolve import model_source
+def generator_source(recipe, echo):
+    """(model section, local source) of data.augment.model, resolved (a GGUF converted) now, so a name that
+    cannot be found stops the run before anything is loaded or written; None: the base generates."""
+    from tune.models.resolve import model_source
 
-        section = recipe.model.model_copy(update={"name": settings.model, "gguf_file": None, "revision": None,
-                                                  "quantization": "none", "adapter": None})
-        source = model_source(section, echo)
+    settings = recipe.data.augment
+    if settings is None or settings.model is None:
+        return None
+    section = recipe.model.model_copy(update={"name": settings.model, "gguf_file": None, "revision": None,
+                                              "quantization": "none", "adapter": None})
+    try:
+        return section, model_source(section, echo)
+    except TuneError as exc:
+        raise TuneError([f"data.augment.model: {problem.removeprefix('model.name: ')}" for problem in exc.problems]) from None
+
+
+def augment_generator(model, tokenizer, recipe, source: str, template: str, echo, generator=None):
+    """data.augment's (generate(texts, samples), score(pairs)): the base being tuned (already loaded), or
+    the generator_source model loaded here, sampling through the TUNE_HOME cache; the round trip is scored
+    by the same model, with the run's chat template."""
+    settings = recipe.data.augment
+    if generator is not None:
+        from tune.models.load import load_model, load_tokenizer
+
+        section, source = generator
         model, tokenizer = load_model(section, source), load_tokenizer(section, source)
         echo(f"augment: generating with {settings.model}")
     setting = {"generator": settings.model or recipe.model.model_dump(mode="json"), "seed": recipe.train.seed,

@@ -16,7 +16,7 @@ def augment_file(recipe, recipe_dir: Path, out: Path, echo) -> str:
     from tune.data.augment import make_augment
     from tune.data.prepare import prepare
     from tune.data.templates import resolve_template
-    from tune.infer.answer_cache import augment_generator
+    from tune.infer.answer_cache import augment_generator, generator_source
     from tune.models.load import load_model, load_tokenizer
     from tune.models.resolve import model_source
     from tune.output import write_text
@@ -29,9 +29,10 @@ def augment_file(recipe, recipe_dir: Path, out: Path, echo) -> str:
     template, _ = resolve_template(recipe.data.template, tokenizer, recipe_dir)
     tokenizer.chat_template = template
     data = prepare(recipe.data, tokenizer, template, recipe_dir, recipe.train.seed)
+    generator = generator_source(recipe, echo)
     transformers.set_seed(recipe.train.seed)
     model = load_model(recipe.model, source)
-    generate, score = augment_generator(model, tokenizer, recipe, source, template, echo)
+    generate, score = augment_generator(model, tokenizer, recipe, source, template, echo, generator)
     augmented = make_augment(generate, score, tokenizer, template, recipe.data, data.train_rows, recipe.train.seed,
                              data.report)
     write_text(out, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in augmented.rows))

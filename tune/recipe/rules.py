@@ -49,6 +49,8 @@ def method_problem(recipe) -> str | None:
     if data.augment is not None and data.format not in accepts.augment:
         return (f"data.augment: rewrites question-and-answer rows (train.method: sft on instruction or chat data), "
                 f"not {method} on {data.format} data; remove data.augment")
+    if recipe.train.epochs == "auto" and method != "sft":
+        return f"train.epochs: auto sizes SFT by the rows each fact has; give train.method: {method} a number"
     if recipe.train.keep == "best":
         problem = _keep_best_problem(recipe)
         if problem:

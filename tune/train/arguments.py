@@ -9,9 +9,9 @@ from tune.recipe import Recipe
 from tune.train import distributed
 
 
-def arguments(run, dtype, evaluate_during: bool) -> dict:
+def arguments(run, dtype, evaluate_during: bool, epochs: float | None = None) -> dict:
     """The TrainingArguments keys every method shares; a method adds its own and passes them all to its
-    config class (SFTConfig, DPOConfig, TrainingArguments, ...)."""
+    config class (SFTConfig, DPOConfig, TrainingArguments, ...). `epochs`: what train.epochs: auto came to."""
     from tune.train.callbacks import liger_kernel
 
     train = run.recipe.train
@@ -20,7 +20,7 @@ def arguments(run, dtype, evaluate_during: bool) -> dict:
     return dict(
         output_dir=str(run.checkpoints),
         max_steps=train.max_steps or -1,
-        num_train_epochs=train.epochs,
+        num_train_epochs=epochs or train.epochs,
         learning_rate=train.learning_rate,
         lr_scheduler_type=train.lr_scheduler,
         warmup_steps=train.warmup_ratio,

@@ -53,6 +53,16 @@ def describe(sets: list[probes.ProbeSet], trained_questions: list[str], base: Ev
                                                if trained else ""))
 
 
+EXPOSURES = 12  # times train.epochs: auto trains each fact: the SmolLM2 FAQ runs reached their bars at 12-13
+
+
+def auto_epochs(user_rows: int, generated_rows: int) -> int:
+    """Passes that train each of the user's rows about EXPOSURES times, its generated rows counted."""
+    import math
+
+    return max(1, math.ceil(EXPOSURES * user_rows / max(1, user_rows + generated_rows)))
+
+
 def questions_of(data, rows: list[tuple[str, dict]]) -> list[str]:
     """The last user turn of every training row (what `trained` sets are recognized by)."""
     to_messages = FORMATS[data.format].messages

@@ -15,7 +15,7 @@ from tune.data.augment import make_augment
 from tune.data.prepare import prepare
 from tune.data.replay import make_replay
 from tune.data.templates import resolve_template
-from tune.infer.answer_cache import augment_generator, base_answerer
+from tune.infer.answer_cache import augment_generator, base_answerer, generator_source
 from tune.models.load import load_model, load_tokenizer, lora_config
 from tune.output import write_text
 from tune.recipe import Recipe
@@ -41,6 +41,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     template, template_label = resolve_template(recipe.data.template, tokenizer, run.recipe_dir)
     tokenizer.chat_template = template  # probes, replay and the saved adapter render prompts as training does
     data = prepare(recipe.data, tokenizer, template, run.recipe_dir, recipe.train.seed)
+    generator = generator_source(recipe, run.echo)
 
     # ---- the model, and what the base says before training: rewordings and statements, probe answers and
     # replay rows (the generated rows join the data)
@@ -48,9 +49,9 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     model = load_model(recipe.model, run.source, recipe.train.gradient_checkpointing, sharded=run.sharded,
                        packed=recipe.data.packing)
     base_answer = base_answerer(model, tokenizer, recipe, run.source, template)
-    augmented = None
+    augmented, users = None, len(data.train)
     if recipe.data.augment:
-        generate, score = augment_generator(model, tokenizer, recipe, run.source, template, run.echo)
+        generate, score = augment_generator(model, tokenizer, recipe, run.source, template, run.echo, generator)
         augmented = make_augment(generate, score, tokenizer, template, recipe.data, data.train_rows, recipe.train.seed,
                                  data.report)
         data.train += augmented.examples
@@ -66,6 +67,11 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         data.train += replay.examples
         data.fingerprint["replay"] = replay.fingerprint
         data.notes.append(replay.note)
+    epochs = None
+    if recipe.train.epochs == "auto":
+        epochs = knowledge.auto_epochs(users, len(augmented.examples) if augmented else 0)
+        data.notes.append(f"train.epochs: auto = {epochs}: each of your {users} rows about {knowledge.EXPOSURES} "
+                          "times, its generated rows counted")
     trained_tokens = sum(sum(label != -100 for label in row["labels"]) for row in data.train)
     run.echo(f"data: {len(data.train)} train / {len(data.eval)} eval examples, {trained_tokens} trained tokens "
              f"per epoch, template {template_label}")
@@ -76,7 +82,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     # ---- trainer; the guard answers the probe sets every train.eval_steps
     evaluate_during = bool(data.eval) and recipe.train.eval_steps is not None
     config = SFTConfig(
-        **arguments(run, model.dtype, evaluate_during),
+        **arguments(run, model.dtype, evaluate_during, epochs),
         max_length=recipe.data.max_length,
         # BFD packing is padding-free: rows are flattened with per-example position_ids, from which
         # transformers builds a block-diagonal mask (SDPA/eager) or cu_seq_lens (FlashAttention), and the

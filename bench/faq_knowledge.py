@@ -1,0 +1,150 @@
+"""Knowledge that generalizes: an FAQ trained by `tune run` under several recipes, each run's adapter then
+scored outside tune (plain transformers + PEFT, greedy, the chat template) on the FAQ's own questions, on
+hand-written rewordings the run never saw, on reverse questions, and on general questions the base model
+answers right (kept share = forgetting). Prints one table, each row with its wall time.
+
+An FAQ file holds one fact per row: {question, answer, expected, rewordings: [...], reverse?: {question,
+expected}}. Two are bundled: bench/faq/quillnote.jsonl (a made-up note app, written for this benchmark)
+and, built from data_templates/smollm2-domain, the co-op of the demo recipe (--faq coop).
+
+    python bench/faq_knowledge.py --faq bench/faq/quillnote.jsonl --variants plain,augment,augment+guard
+
+The runs use recipes/smollm2-domain.yaml with only data, probes and the variant's keys changed, so what is
+measured is what a user gets when they swap in their FAQ. Needs `tune models get smollm2-135m-instruct`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+GENERAL = REPO / "data_templates" / "smollm2-domain" / "probes-general.jsonl"
+# What each variant changes in recipes/smollm2-domain.yaml (which has augmentation and the guard on).
+OFF = ["data.augment=null", "train.keep=final", "train.eval_steps=null"]
+VARIANTS = {
+    "plain": OFF + ["train.epochs=4"],  # the user's rows as they are, as the recipe trained them before
+    "plain-auto": OFF,  # the same, trained as long as epochs: auto does without augmentation (12 passes)
+    "rewordings": ["data.augment.statements=0", "train.keep=final", "train.eval_steps=null"],
+    "augment": ["train.keep=final", "train.eval_steps=null"],  # + statements
+    "augment+reverse": ["data.augment.reverse=2", "train.keep=final", "train.eval_steps=null"],
+    "augment+guard": [],  # the recipe as bundled
+}
+
+
+def coop_faq() -> list[dict]:
+    folder = REPO / "data_templates" / "smollm2-domain"
+    read = lambda name: [json.loads(line) for line in (folder / name).read_text().splitlines() if line.strip()]  # noqa: E731
+    trained, heldout = read("probes-trained.jsonl"), read("probes-heldout.jsonl")
+    reverse = {row["from"]: row for row in read("probes-reverse.jsonl")}
+    rows = []
+    for row, probe, other in zip(read("faq.jsonl"), trained, heldout):
+        fact = {"question": row["instruction"], "answer": row["output"], "expected": probe["expected"],
+                "rewordings": [other["question"]]}
+        if row["instruction"] in reverse:
+            fact["reverse"] = {k: reverse[row["instruction"]][k] for k in ("question", "expected")}
+        rows.append(fact)
+    return rows
+
+
+def write_inputs(faq: list[dict], folder: Path) -> None:
+    lines = lambda rows: "".join(json.dumps(r) + "\n" for r in rows)  # noqa: E731
+    (folder / "faq.jsonl").write_text(lines({"instruction": f["question"], "output": f["answer"]} for f in faq))
+
+
+def score_sets(faq: list[dict]) -> dict[str, list[tuple[str, list[str]]]]:
+    expected = lambda value: value if isinstance(value, list) else [value]  # noqa: E731
+    general = [json.loads(line) for line in GENERAL.read_text().splitlines() if line.strip()]
+    return {"trained": [(f["question"], expected(f["expected"])) for f in faq],
+            "reworded": [(q, expected(f["expected"])) for f in faq for q in f["rewordings"]],
+            "reverse": [(f["reverse"]["question"], expected(f["reverse"]["expected"])) for f in faq if "reverse" in f],
+            "general": [(g["question"], expected(g["expected"])) for g in general]}
+
+
+def answers(model, tokenizer, questions: list[str]) -> list[str]:
+    """Greedy answers with plain transformers: the chat template, left padding, 48 new tokens."""
+    import torch
+
+    tokenizer.padding_side = "left"
+    out = []
+    for start in range(0, len(questions), 16):
+        texts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
+                                               add_generation_prompt=True) for q in questions[start:start + 16]]
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            ids = model.generate(**batch, max_new_tokens=48, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+        out += tokenizer.batch_decode(ids[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    return out
+
+
+def score(base_dir: str, run_dir: Path | None, sets: dict) -> dict[str, list[bool]]:
+    from tune.data.probes import contains  # whole words or numbers, case and spacing ignored (tune first: no hub kernels)
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    if run_dir is not None:
+        model = PeftModel.from_pretrained(model, str(run_dir))
+    model.eval()
+    flat = [item for items in sets.values() for item in items]
+    said = iter(answers(model, tokenizer, [q for q, _ in flat]))
+    return {name: [contains(next(said), facts) for _, facts in items] for name, items in sets.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--faq", default="bench/faq/quillnote.jsonl", help="an FAQ jsonl, or `coop` (the demo's)")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--set", action="append", default=[], help="more recipe overrides for every run")
+    args = parser.parse_args()
+    faq = coop_faq() if args.faq == "coop" else [json.loads(l) for l in Path(args.faq).read_text().splitlines() if l.strip()]
+    home = Path(os.environ.get("TUNE_HOME", Path.home() / ".cache" / "tune"))
+    base_dir = str(home / "models" / "smollm2-135m-instruct")
+    sets = score_sets(faq)
+    work = Path(tempfile.mkdtemp(prefix="faq-bench-"))
+    write_inputs(faq, work)
+    base = score(base_dir, None, sets)
+    print(f"FAQ {args.faq}: {len(faq)} facts; scored {', '.join(f'{k} {len(v)}' for k, v in sets.items())}")
+    header = "| variant | trained | reworded (unseen) | reverse | general kept | run s | kept step |"
+    rows = [header, "|---|---|---|---|---|---|---|",
+            f"| base model | {mean(base['trained'])} | {mean(base['reworded'])} | {mean(base['reverse'])} | "
+            f"{sum(base['general'])}/{len(base['general'])} right | | |"]
+    for name in args.variants.split(","):
+        out = work / f"run-{name}"
+        command = [sys.executable, "-m", "tune", "run", str(REPO / "recipes" / "smollm2-domain.yaml"),
+                   "--set", f"data.train={work / 'faq.jsonl'}", "--set", "data.eval=null",
+                   "--set", f"data.probes=[{GENERAL}]", "--set", f"output.dir={out}", "--set", "output.overwrite=true"]
+        for override in VARIANTS[name] + args.set:
+            command += ["--set", override]
+        started = time.perf_counter()
+        result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+        seconds = time.perf_counter() - started
+        if result.returncode:
+            print(f"{name}: tune run failed:\n{result.stderr[-2000:]}")
+            continue
+        (work / f"{name}.log").write_text(result.stdout + result.stderr)
+        tuned = score(base_dir, out, sets)
+        kept = [t for b, t in zip(base["general"], tuned["general"]) if b]
+        summary = json.loads((out / "run.json").read_text())
+        kept_step = (summary.get("kept") or "").split(":")[0].replace("kept ", "")
+        rows.append(f"| {name} | {mean(tuned['trained'])} | {mean(tuned['reworded'])} | {mean(tuned['reverse'])} | "
+                    f"{sum(kept) / max(1, len(kept)):.2f} | {seconds:.0f} | {kept_step} |")
+        print(rows[-1], flush=True)
+    print("\n".join(rows))
+    print(f"(runs and logs in {work})")
+
+
+def mean(flags: list[bool]) -> str:
+    return f"{sum(flags) / len(flags):.2f}" if flags else "n/a"
+
+
+if __name__ == "__main__":
+    main()
