@@ -96,3 +96,61 @@ def test_validate_checks_rows_against_declared_labels(tmp_path):
     data = DataSection(train=str(data_file), format="classification", labels=["neg", "pos"])
     assert check(data, tmp_path) == [f"{data_file}:row 2: label 'maybe' is not in data.labels (neg, pos)"]
     assert check(DataSection(train=str(data_file), format="classification"), tmp_path) == []
+
+
+def test_label_lists_in_messages_are_cut_to_twelve():
+    names = [f"label-{i}" for i in range(20_000)]
+    shown = "label-0, label-1, label-2, label-3, label-4, label-5, label-6, label-7, label-8, label-9, label-10, label-11"
+    with pytest.raises(DataError) as caught:
+        cls.label_ids([("e.jsonl:row 1", "a", None, "other")], {name: i for i, name in enumerate(names)})
+    assert caught.value.problems == [f"e.jsonl:row 1: label 'other' is not in the label set ({shown}, ... (19,988 more))"]
+    with pytest.raises(DataError) as caught:
+        cls.check_row({"text": "a", "label": "other"}, {}, names, "e.jsonl:row 1")
+    assert caught.value.problems == [f"e.jsonl:row 1: label 'other' is not in data.labels ({shown}, ... (19,988 more))"]
+    with pytest.raises(DataError) as caught:
+        cls.class_weights({"other": 2.0}, names, [0, 1])
+    assert caught.value.problems == [f"train.class_weights: 'other' is not a label ({shown}, ... (19,988 more))"]
+
+
+def test_label_warning_reads_labels_already_in_hand():
+    assert cls.label_warning([f"id-{i}" for i in range(40)]) == (
+        "data.train: 40 labels over 40 rows, 40 of them on a single row; a classifier cannot learn a label from one "
+        "example (is data.columns.label the label column?)")
+    assert cls.label_warning([f"id-{i % 20}" for i in range(40)]) is None  # two rows each
+    assert cls.label_warning([str(i) for i in range(19)]) is None  # too few labels to judge
+
+
+def test_a_report_on_many_labels_prints_the_largest_twelve_and_stores_no_matrix(tmp_path):
+    from tune.infer.metrics import MATRIX_JSON, MATRIX_PNG
+
+    names = [f"label-{i}" for i in range(20_000)]
+    # label-i has i % 5 + 1 rows; every row of label-4 is predicted as label-3, the rest right
+    true = [i for i in range(20_000) for _ in range(i % 5 + 1)]
+    predicted = [3 if t == 4 else t for t in true]
+    report = classification_report(true, predicted, names)
+    assert report["confusion_matrix"]["matrix"] is None
+    assert report["confusion_matrix"]["omitted"] == ("20,000 labels: the matrix is stored for at most 100; "
+                                                     "most_confused holds its largest cells off the diagonal")
+    assert report["most_confused"] == [{"true": "label-4", "predicted": "label-3", "count": 5}]
+    lines = report_lines(report)
+    assert lines[0] == "accuracy 0.9999, macro-F1 0.9999 on 60000 examples"
+    assert lines[2:15] == [
+        "label-4      0.0000  0.0000  0.0000        5",
+        "label-9      1.0000  1.0000  1.0000        5",
+        *[f"label-{i}     1.0000  1.0000  1.0000        5" for i in range(14, 60, 5)],
+        "... 19,988 more labels with 59,940 examples, mean f1 1.0000 (every label in eval_metrics.json)"]
+    assert lines[15:] == ["most confused (true -> predicted): label-4 -> label-3 5"]
+    write_report(report, tmp_path)
+    assert json.loads((tmp_path / MATRIX_JSON).read_text())["matrix"] is None
+    assert not (tmp_path / MATRIX_PNG).exists()
+    assert sum(path.stat().st_size for path in tmp_path.iterdir()) < 4_000_000
+
+
+def test_a_report_on_thirteen_labels_keeps_its_matrix_but_prints_the_confusions():
+    names = [f"c{i}" for i in range(13)]
+    report = classification_report(list(range(13)) + [0], list(range(13)) + [1], names)
+    assert len(report["confusion_matrix"]["matrix"]) == 13
+    lines = report_lines(report)
+    assert lines[2:4] == ["c0        1.0000  0.5000  0.6667        2", "c1        0.5000  1.0000  0.6667        1"]
+    assert lines[-2:] == ["... 1 more labels with 1 examples, mean f1 1.0000 (every label in eval_metrics.json)",
+                          "most confused (true -> predicted): c0 -> c1 1"]

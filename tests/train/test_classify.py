@@ -162,3 +162,29 @@ def test_minilm_sentiment_recipe_reaches_its_bar(tmp_path):
     print(f"minilm-sentiment: accuracy {summary['accuracy']:.4f} in {time.perf_counter() - started:.0f} s "
           f"({summary['train_seconds']:.0f} s training)")
     assert summary["accuracy"] >= 0.90  # its time is reported, not asserted: timings belong in bench/
+
+
+def test_twenty_thousand_labels_print_short_lines_and_leave_a_small_output_dir(tiny_model, tmp_path):
+    from typer.testing import CliRunner
+
+    from tests.conftest import write_recipe
+    from tune.cli import app
+
+    train_file, eval_file = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
+    train_file.write_text("".join(json.dumps({"text": f"ticket {i}", "label": f"code-{i}"}) + "\n" for i in range(20_000)))
+    eval_file.write_text("".join(json.dumps({"text": f"new ticket {i}", "label": f"code-{i}"}) + "\n"
+                                 for i in range(0, 20_000, 100)))
+    recipe = write_recipe(tmp_path / "r.yaml", data={"train": str(train_file), "eval": str(eval_file),
+                                                     "format": "classification", "max_length": 16},
+                          train={"method": "classify", "max_steps": 1, "batch_size": 2})
+    result = CliRunner().invoke(app, ["run", str(recipe)])  # before: a MemoryError (a 3.2 GB matrix) at the eval
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) < 400, max(lines, key=len)[:300]
+    table = lines.index("label       precision  recall      f1  support")
+    assert lines[table + 13].startswith("... 19,988 more labels with 188 examples, mean f1 ")
+    out = tmp_path / "out"
+    assert json.loads((out / "confusion_matrix.json").read_text())["matrix"] is None
+    assert not (out / "confusion_matrix.png").exists()
+    assert f"adapter: {out} (eval_metrics.json, loss_curve.png)" in lines
+    assert sum(path.stat().st_size for path in out.rglob("*") if path.is_file()) < 30_000_000

@@ -68,7 +68,9 @@ def print_summary(summary: dict) -> None:
     ]
     if summary.get("method") == "classify":  # a classifier has labels to score, not text to generate
         lines[1] += f", accuracy {summary['accuracy']:.4f}, macro-F1 {summary['macro_f1']:.4f}" if summary.get("accuracy") is not None else ""
-        lines[2] = f"adapter: {summary['output_dir']} (eval_metrics.json, confusion_matrix.png, loss_curve.png)"
+        written = [name for name in ("eval_metrics.json", "confusion_matrix.png", "loss_curve.png")
+                   if (Path(summary["output_dir"]) / name).is_file()]  # no plot above 100 labels, no report without eval
+        lines[2] = f"adapter: {summary['output_dir']}" + (f" ({', '.join(written)})" if written else "")
         lines[3] = f"next: tune eval {summary['output_dir']} --data FILE   or   tune predict {summary['output_dir']} --data FILE --out preds.jsonl"
     if summary.get("method") == "reward":
         accuracy = summary.get("eval_pairwise_accuracy")

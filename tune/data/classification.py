@@ -13,6 +13,7 @@ from pathlib import Path
 from tune.data.conversation import MAX_CHARS_PER_TOKEN
 from tune.data.rows import load_rows, sha256, train_eval_rows
 from tune.errors import DataError
+from tune.output import listed
 
 
 def row_fields(row: dict, columns: dict[str, str], where: str, need_label: bool = True) -> tuple[str, str | None, str | None]:
@@ -40,7 +41,7 @@ def check_row(row: dict, columns: dict[str, str], labels: list | None, where: st
     if labels is not None:
         names = declared_names(labels)
         if label not in names:
-            raise DataError(f"{where}: label '{label}' is not in data.labels ({', '.join(names)})")
+            raise DataError(f"{where}: label '{label}' is not in data.labels ({listed(names)})")
 
 
 def declared_names(labels: list) -> list[str]:
@@ -78,7 +79,7 @@ def label_ids(rows: list[tuple], label2id: dict[str, int]) -> list[int]:
     if unknown:
         where, label = unknown[0]
         more = f" ({len(unknown) - 1} more rows like it)" if len(unknown) > 1 else ""
-        raise DataError(f"{where}: label '{label}' is not in the label set ({', '.join(label2id)}){more}")
+        raise DataError(f"{where}: label '{label}' is not in the label set ({listed(label2id)}){more}")
     return [label2id[label] for _, _, _, label in rows]
 
 
@@ -114,7 +115,7 @@ def class_weights(setting, names: list[str], train_ids: list[int]) -> list[float
         return [len(train_ids) / (len(names) * counts[i]) for i in range(len(names))]
     unknown = [name for name in setting if name not in names]
     if unknown:
-        raise DataError(f"train.class_weights: '{unknown[0]}' is not a label ({', '.join(names)})")
+        raise DataError(f"train.class_weights: '{unknown[0]}' is not a label ({listed(names)})")
     if any(weight <= 0 for weight in setting.values()):
         raise DataError("train.class_weights: every weight must be > 0")
     return [float(setting.get(name, 1.0)) for name in names]
@@ -147,20 +148,26 @@ def prepare_labelled(data, tokenizer, recipe_dir: Path | None, seed: int) -> Lab
 
 
 def label_warnings(data, recipe_dir: Path | None) -> list[str]:
-    """For `tune validate`: a label column that gives nearly every row its own label is almost always the
-    wrong column (an id or the text), and a classifier cannot learn a label from one example."""
+    """For `tune validate`: label_warning on the train rows of local files (validate does not download)."""
     from tune.data.sources import resolve_sources
     from tune.errors import TuneError
 
     try:
         if any(source.hub_id for source in resolve_sources(data.train, recipe_dir, "data.train")):
-            return []  # validate does not download
+            return []
         rows = read_labelled(data, data.train, "data.train", recipe_dir, seed=0)
     except TuneError:
         return []  # the row checks report it
-    counts = Counter(label for *_, label in rows)
+    warning = label_warning([label for *_, label in rows])
+    return [warning] if warning else []
+
+
+def label_warning(labels: list[str]) -> str | None:
+    """A label column that gives nearly every row its own label is almost always the wrong column (an id or
+    the text), and a classifier cannot learn a label from one example. `labels`: one per train row."""
+    counts = Counter(labels)
     singles = sum(1 for count in counts.values() if count == 1)
     if len(counts) < 20 or singles <= len(counts) / 2:
-        return []
-    return [f"data.train: {len(counts)} labels over {len(rows)} rows, {singles} of them on a single row; a "
-            "classifier cannot learn a label from one example (is data.columns.label the label column?)"]
+        return None
+    return (f"data.train: {len(counts)} labels over {len(labels)} rows, {singles} of them on a single row; a "
+            "classifier cannot learn a label from one example (is data.columns.label the label column?)")
