@@ -180,3 +180,103 @@ def test_a_csv_header_naming_a_column_twice_is_refused(tmp_path):
 def test_empty_trailing_header_columns_are_not_duplicates(tmp_path):
     source = one(tmp_path, "d.csv", "prompt,completion,,\na,b,,\n")  # what Excel leaves after the last column
     assert [{k: v for k, v in row.items() if k} for row in read_rows(source)] == [{"prompt": "a", "completion": "b"}]
+
+
+def saved_splits(tmp_path):
+    import datasets
+
+    train = [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(4)]
+    test = [{"prompt": f"t{i}", "completion": f"b{i}"} for i in range(2)]
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(train),
+                          "test": datasets.Dataset.from_list(test)}).save_to_disk(str(tmp_path / "saved"))
+    return tmp_path / "saved", train, test
+
+
+def test_a_source_names_its_own_split(tmp_path):
+    from tune.data.rows import train_eval_rows
+    from tune.recipe import DataSection
+
+    saved, train, test = saved_splits(tmp_path)
+    data = DataSection(train=str(saved), eval=[{"path": str(saved), "split": "test"}])
+    got_train, got_eval = train_eval_rows(data, tmp_path, seed=0)
+    assert got_train == [(f"{saved}:row {n}", row) for n, row in enumerate(train, start=1)]
+    assert got_eval == [(f"{saved}[test]:row {n}", row) for n, row in enumerate(test, start=1)]
+    with pytest.raises(DataError) as caught:
+        train_eval_rows(DataSection(train=str(saved), eval=[{"path": str(saved), "split": "validation"}]), tmp_path, 0)
+    assert caught.value.problems == [f"{saved}[validation]: no split 'validation' (has train, test); set this "
+                                     "source's split"]
+
+
+def test_an_eval_of_the_train_split_is_refused(tmp_path):
+    # `train: org/ds` with `eval: org/ds` read data.split for both: the training rows were the eval
+    from tune.data.rows import train_eval_rows
+    from tune.recipe import DataSection
+
+    saved, _, _ = saved_splits(tmp_path)
+    with pytest.raises(DataError) as caught:
+        train_eval_rows(DataSection(train=str(saved), eval=str(saved)), tmp_path, seed=0)
+    assert caught.value.problems == [
+        f"data.eval: 4 of 4 eval rows are also train rows (e.g. eval {saved}:row 1 is train {saved}:row 1), so eval "
+        "loss would measure training data; give data.eval rows of its own: another file, or a split of its own "
+        "({path: ..., split: test}); or set data.allow_eval_overlap: true"]
+    allowed = DataSection(train=str(saved), eval=str(saved), allow_eval_overlap=True)
+    assert len(train_eval_rows(allowed, tmp_path, seed=0)[1]) == 4
+
+
+def test_rows_are_compared_by_the_fields_the_format_reads(tmp_path):
+    from tune.data.overlap import shared_rows
+    from tune.recipe import DataSection
+
+    data = DataSection(train="t.jsonl", columns={"completion": "answer"})
+    train = [("t:row 1", {"id": 1, "prompt": "q", "answer": "a"}), ("t:row 2", {"id": 2, "prompt": "q", "answer": "b"})]
+    evaluation = [("e:row 1", {"id": 9, "prompt": "q", "answer": "b"}), ("e:row 2", {"id": 2, "prompt": "q", "answer": "c"})]
+    assert shared_rows(data, train, evaluation) == [("e:row 1", "t:row 2")]  # another id, the same example
+    chat = DataSection(train="t.jsonl", format="chat")
+    sharegpt = {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}
+    assert shared_rows(chat, [("t:row 1", sharegpt)], [("e:row 1", sharegpt), ("e:row 2", {"conversations": []})]) == [
+        ("e:row 1", "t:row 1")]  # no field of the format: the whole row, never every row alike
+
+
+def test_a_hub_source_passes_its_own_split_and_revision(tmp_path, monkeypatch):
+    import datasets
+
+    from tune.data.rows import train_eval_rows
+    from tune.recipe import DataSection
+
+    asked = []
+
+    def load_dataset(name, split, revision):
+        asked.append((name, split, revision))
+        return datasets.Dataset.from_list([{"prompt": f"{split} {i}", "completion": "a"} for i in range(2)])
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    data = DataSection(train="org/ds", eval=[{"path": "org/ds", "split": "validation", "revision": "v2"}],
+                       revision="v1")
+    train, evaluation = train_eval_rows(data, tmp_path, seed=0)
+    assert asked == [("org/ds", "train", "v1"), ("org/ds", "validation", "v2")]
+    assert [where for where, _ in evaluation] == ["hub:org/ds[validation]:row 1", "hub:org/ds[validation]:row 2"]
+
+
+def test_run_refuses_and_check_counts_the_same_overlap(tiny_model, tmp_path):
+    from typer.testing import CliRunner
+
+    from tests.conftest import write_recipe
+    from tune.cli import app
+
+    saved, _, _ = saved_splits(tmp_path)
+    recipe = write_recipe(tmp_path / "r.yaml", data={"train": str(saved), "eval": str(saved)})
+    refused = (f"data.eval: 4 of 4 eval rows are also train rows (e.g. eval {saved}:row 1 is train {saved}:row 1), "
+               "so eval loss would measure training data; give data.eval rows of its own: another file, or a split "
+               "of its own ({path: ..., split: test}); or set data.allow_eval_overlap: true\n")
+    for command in (["run"], ["data", "check"]):
+        result = CliRunner().invoke(app, [*command, str(recipe)])
+        assert (result.exit_code, result.stderr) == (2, refused)
+    partly = tmp_path / "eval.jsonl"  # one of three eval rows is a train row: check warns, run goes on
+    partly.write_text('{"prompt": "q1", "completion": "a1"}\n{"prompt": "x", "completion": "y"}\n'
+                      '{"prompt": "z", "completion": "w"}\n')
+    recipe = write_recipe(tmp_path / "r.yaml", data={"train": str(saved), "eval": str(partly)})
+    result = CliRunner().invoke(app, ["data", "check", str(recipe)])
+    assert result.exit_code == 0, result.stderr
+    assert "train/eval overlap: 1 identical examples" in result.output
+    assert (f"warning: 1 eval examples also appear in train (e.g. eval {partly}:row 1 is train {saved}:row 2): eval "
+            "loss will look too good") in result.output

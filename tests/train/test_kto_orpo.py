@@ -39,7 +39,8 @@ def test_kto_trains_on_unpaired_rows_and_weights_the_two_kinds(tiny_model, tmp_p
 
 def test_orpo_lowers_the_loss_without_a_reference_and_logs_pair_accuracy(tiny_model, tmp_path):
     pairs = REPO / "data_templates" / "preference.jsonl"
-    path = write_recipe(tmp_path / "r.yaml", data={"train": str(pairs), "format": "preference", "eval": str(pairs)},
+    path = write_recipe(tmp_path / "r.yaml", data={"train": str(pairs), "format": "preference", "eval": str(pairs),
+                                                   "allow_eval_overlap": True},
                         train={"method": "orpo", "max_steps": 8, "eval_steps": 4})
     lines = []
     result = orpo_train(recipe_io.load(path), path, echo=lines.append)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tune.data.preference import BadPair
 from tune.data.formats import FORMATS
+from tune.data.overlap import shared_rows
 from tune.data.rows import load_rows, train_eval_rows
 from tune.data.templates import resolve_template
 from tune.errors import TuneError
@@ -47,7 +48,6 @@ def check_all(recipe: Recipe, recipe_dir: Path, tokenizer) -> CheckReport:
     train, evaluation = train_eval_rows(data, recipe_dir, recipe.train.seed)
     splits = {"train": train, "eval": evaluation} if evaluation or data.eval is not None else {"train": train}
     report.lines.append(f"format {data.format}, template {label}, max_length {data.max_length}")
-    digests: dict[str, set] = {}
     for name, rows in splits.items():
         lengths, roles, seen, duplicates, over = [], Counter(), {}, 0, 0
         for where, row in rows:
@@ -65,16 +65,16 @@ def check_all(recipe: Recipe, recipe_dir: Path, tokenizer) -> CheckReport:
             seen.setdefault(digest, where)
             lengths.append(view.tokens)
             over += view.tokens > data.max_length and not view.chunked
-        digests[name] = set(seen)
         report.lines.append(_summary(name, len(rows), lengths, over, duplicates, roles, data.format))
         if lengths and over == len(lengths):  # never for chunked text: over stays 0
             report.errors.append(f"data.max_length: all {over} {name} examples are longer than {data.max_length} "
                                  "tokens; raise data.max_length")
-    if "eval" in digests:
-        shared = len(digests["train"] & digests["eval"])
-        report.lines.append(f"train/eval overlap: {shared} identical examples")
+    if "eval" in splits:  # run's identity; an eval mostly of train rows never gets here (train_eval_rows refuses it)
+        shared = shared_rows(data, train, evaluation)
+        report.lines.append(f"train/eval overlap: {len(shared)} identical examples")
         if shared:
-            report.warnings.append(f"{shared} eval examples also appear in train: eval loss will look too good")
+            report.warnings.append(f"{len(shared)} eval examples also appear in train (e.g. eval {shared[0][0]} is "
+                                   f"train {shared[0][1]}): eval loss will look too good")
     return report
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tune.data.conversation import LengthReport
+from tune.data.overlap import refuse_trained_eval
 from tune.data.sources import Source, read_rows, resolve_sources
 from tune.errors import DataError
 from tune.recipe import DataSection
@@ -49,7 +50,10 @@ def train_eval_rows(data: DataSection, recipe_dir: Path | None, seed: int,
             raise DataError(f"data.eval_fraction: holding out {data.eval_fraction:g} of {len(held)} row leaves none to "
                             "train on; give data.eval (a file of its own) or more rows")
         sources = [(source, [item for n, item in kept if n == number]) for number, (source, _) in enumerate(sources)]
-    return [item for source, rows in sources for item in _weighted(rows, source.weight, seed)], evaluation
+    train = [item for source, rows in sources for item in _weighted(rows, source.weight, seed)]
+    if data.eval is not None:
+        refuse_trained_eval(data, train, evaluation)
+    return train, evaluation
 
 
 def _read_sources(data: DataSection, spec, key: str, recipe_dir: Path | None,

@@ -17,26 +17,32 @@ FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 
 @dataclass(frozen=True)
 class Source:
-    """One place rows come from: a file (`path`), a folder saved by `datasets` (`saved`), or a hub id."""
+    """One place rows come from: a file (`path`), a folder saved by `datasets` (`saved`), or a hub id; `split`
+    and `revision` are the source's own (a {path, split, revision} entry), else data.split/data.revision."""
 
     spec: str
     path: Path | None = None
     saved: Path | None = None
     hub_id: str | None = None
     weight: float = 1.0
+    split: str | None = None
+    revision: str | None = None
 
     def __str__(self) -> str:
-        return str(self.path or self.saved) if (self.path or self.saved) else f"hub:{self.hub_id}"
+        name = str(self.path or self.saved) if (self.path or self.saved) else f"hub:{self.hub_id}"
+        return f"{name}[{self.split}]" if self.split else name  # train and test rows of one folder stay apart
 
 
 def resolve_sources(spec, recipe_dir: Path | None, key: str) -> list[Source]:
-    """Expand data.train/data.eval (a string, or a list of strings and {path, weight}) into Sources."""
+    """Expand data.train/data.eval (a string, or a list of strings and {path, weight, split, revision}) into
+    Sources."""
     items = [spec] if isinstance(spec, str) else list(spec)
     sources, problems = [], []
     for item in items:
-        name, weight = (item, 1.0) if isinstance(item, str) else (item.path, item.weight)
+        name, own = (item, {}) if isinstance(item, str) else (
+            item.path, {"weight": item.weight, "split": item.split, "revision": item.revision})
         try:
-            sources += [Source(name, weight=weight, **found) for found in _expand(name, recipe_dir, key)]
+            sources += [Source(name, **own, **found) for found in _expand(name, recipe_dir, key)]
         except DataError as exc:
             problems += exc.problems
     if problems:
@@ -76,9 +82,9 @@ def _looks_like_hub_id(item: str) -> bool:
 
 
 def read_rows(source: Source, split: str = "train", limit: int | None = None, revision: str | None = None) -> list[dict]:
-    """All rows (or the first `limit`) as dicts."""
+    """All rows (or the first `limit`) as dicts. `split` and `revision` serve a source that names none."""
     if source.hub_id or source.saved:
-        return _read_dataset(source, split, limit, revision)
+        return _read_dataset(source, source.split or split, limit, source.revision or revision)
     path = source.path
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
@@ -204,7 +210,8 @@ def _read_dataset(source: Source, split: str, limit: int | None, revision: str |
             dataset = datasets.load_from_disk(str(source.saved))
             if isinstance(dataset, datasets.DatasetDict):
                 if split not in dataset:
-                    raise DataError(f"{source}: no split '{split}' (has {', '.join(dataset)}); set data.split")
+                    where = "this source's split" if source.split else "data.split"
+                    raise DataError(f"{source}: no split '{split}' (has {', '.join(dataset)}); set {where}")
                 dataset = dataset[split]
         else:
             dataset = datasets.load_dataset(source.hub_id, split=split, revision=revision)

@@ -46,6 +46,8 @@ FORMAT_FIELDS = {
 class WeightedSource(Section):
     path: str = Field(description="File, glob, folder, saved dataset folder, or hub dataset id.")
     weight: float = Field(1.0, gt=0, le=100, description="Rows drawn per row of the source: 2 = every row twice, 0.5 = a seeded half.")
+    split: str | None = Field(None, description="Split of this hub dataset or saved DatasetDict (e.g. test for data.eval); default data.split.")
+    revision: str | None = Field(None, description="Hub branch, tag or commit of this source; default data.revision.")
 
 
 SourceList = str | list[str | WeightedSource]
@@ -65,10 +67,11 @@ class AugmentSection(Section):
 
 
 class DataSection(Section):
-    train: SourceList = Field(description="Training data: files (JSONL, JSON, CSV, Parquet, TXT), globs, folders, saved datasets or hub ids; a list may give {path, weight}.")
+    train: SourceList = Field(description="Training data: files (JSONL, JSON, CSV, Parquet, TXT), globs, folders, saved datasets or hub ids; a list may give {path, weight, split, revision}.")
     eval: SourceList | None = Field(None, description="Held-out data in the same format as train; omit to use eval_fraction.")
     eval_fraction: float = Field(0.0, ge=0.0, le=0.5, description="Share of train rows held out for eval when `eval` is not given (fixed seed).")
-    split: str = Field("train", description="Split to read from a hub dataset or a saved DatasetDict.")
+    allow_eval_overlap: bool = Field(False, description="Let data.eval be mostly train rows (e.g. to read the trained pairs' margins); otherwise an eval of which half or more of the rows are train rows is refused.")
+    split: str = Field("train", description="Split to read from a hub dataset or a saved DatasetDict, for train and eval alike; a {path, split} entry names its own.")
     revision: str | None = Field(None, description="Hub dataset branch, tag or commit to pin.")
     format: Literal["instruction", "chat", "completion", "classification", "preference", "prompt", "unpaired"] = Field(
         "instruction", description="Row shape: instruction = {instruction, input?, output} or {prompt, completion}; chat = messages/conversations; completion = raw text; classification = {text, text_pair?, label}; preference = {prompt, chosen, rejected}; prompt = {prompt, system?, ...columns for the rewards}; unpaired = {prompt, completion, label: true|false}.")
