@@ -93,3 +93,82 @@ def test_grpo_optimizes_a_reward_model_and_refuses_a_run_that_is_not_one(reward_
     assert caught.value.problems == [f"reward.model: {tmp_path / 'out'} is a train.method: grpo run, not a reward "
                                      "model (give the output dir of a `train.method: reward` run)"]
     assert not (tmp_path / "second").exists()
+
+
+def test_predict_presents_the_prompt_as_training_did(reward_run, tmp_path):
+    # before: the row's system column, the run's data.system_prompt and its data.columns were ignored
+    import shutil
+
+    import yaml
+
+    from tune.infer.reward_model import load_reward_model, score
+
+    out = reward_run[0] / "out"
+    note, shout = "Sure, here is a short note about the river. Thank you.", "NO!!! RIVER??? NO!!!"
+    user = {"role": "user", "content": "Tell me about the river."}
+    model, tokenizer, max_length = load_reward_model(out)
+
+    def predicted(run, rows):
+        (tmp_path / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        result = CliRunner().invoke(app, ["predict", str(run), "--data", str(tmp_path / "rows.jsonl"),
+                                          "--out", str(tmp_path / "scores.jsonl")])
+        assert result.exit_code == 0, result.output + result.stderr
+        return [json.loads(line)["reward"] for line in (tmp_path / "scores.jsonl").read_text().splitlines()]
+
+    def expected(system, reply):
+        return score(model, tokenizer, [[{"role": "system", "content": system}, user,
+                                         {"role": "assistant", "content": reply}]], max_length)[0]
+
+    got = predicted(out, [{"prompt": user["content"], "completion": note, "system": "Shout at me."}])
+    assert got == pytest.approx([expected("Shout at me.", note)], abs=1e-5)
+    assert got != pytest.approx(score(model, tokenizer, [[user, {"role": "assistant", "content": note}]], max_length),
+                                abs=1e-3)  # the system turn changes the score: the test can tell
+
+    run = tmp_path / "run"  # the same model, as if trained with a system prompt and its own column names
+    shutil.copytree(out, run)
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    recipe["data"] |= {"system_prompt": "Be kind.", "columns": {"prompt": "question", "chosen": "good", "rejected": "bad"}}
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"question": user["content"], "good": note, "bad": shout}) + "\n")
+    result = CliRunner().invoke(app, ["predict", str(run), "--data", str(tmp_path / "rows.jsonl"),
+                                      "--out", str(tmp_path / "scores.jsonl")])
+    assert result.exit_code == 0, result.output + result.stderr
+    row = json.loads((tmp_path / "scores.jsonl").read_text())
+    assert [row["reward_chosen"], row["reward_rejected"]] == pytest.approx(
+        [expected("Be kind.", note), expected("Be kind.", shout)], abs=1e-5)
+
+
+def test_a_reward_model_that_would_score_cut_completions_is_named_with_numbers(reward_run, tmp_path):
+    from tune.infer.reward_model import length_findings
+
+    out = reward_run[0] / "out"  # trained with data.max_length 64
+
+    def findings(rows, completion, weight=1):
+        (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        source = [{"path": str(tmp_path / "prompts.jsonl"), "weight": weight}]
+        path = write_recipe(tmp_path / "g.yaml", data={"train": source, "format": "prompt"},
+                            train={"method": "grpo"}, reward={"model": str(out)},
+                            grpo={"num_generations": 4, "max_completion_length": completion})
+        return length_findings(recipe_io.load(path), tmp_path)
+
+    rows = [{"prompt": "Tell me about the river."}, {"prompt": "Tell me about the stone, the cloud and the apple."}]
+    assert findings(rows, 16) == ([], [])
+    assert findings(rows, 40, weight=2) == ([], [  # prompts counted once, however often a weight repeats them
+        f"reward.model: {out} scores 64 tokens at most (its data.max_length): 1 of 2 prompts plus "
+        f"grpo.max_completion_length 40 go over it (longest {tmp_path / 'prompts.jsonl'}:row 2: 33 tokens with the "
+        "chat template, leaving 31 for the completion), so the end of a longer completion would not be scored; "
+        "lower grpo.max_completion_length to 31, or train the reward model with data.max_length 73"])
+    assert findings(rows + [{"prompt": " ".join(WORDS * 3)}], 16) == ([
+        f"reward.model: {out} scores 64 tokens at most (its data.max_length), but the prompt "
+        f"{tmp_path / 'prompts.jsonl'}:row 3 takes 166 with the chat template, so it would read none of that prompt's "
+        "completions; shorten the prompt, or train the reward model with data.max_length 182"], [])
+    hub = write_recipe(tmp_path / "g.yaml", data={"train": "org/prompts", "format": "prompt"}, train={"method": "grpo"},
+                       reward={"model": str(out)}, grpo={"num_generations": 4, "max_completion_length": 64})
+    assert length_findings(recipe_io.load(hub), tmp_path) == ([], [  # validate downloads nothing: no prompt to measure
+        f"reward.model: {out} scores 64 tokens at most (its data.max_length); grpo.max_completion_length 64 alone "
+        "reaches it, so a long completion would be scored on its beginning only"])
+    path = write_recipe(tmp_path / "g.yaml", data={"train": str(tmp_path / "prompts.jsonl"), "format": "prompt"},
+                        train={"method": "grpo"}, reward={"model": str(tmp_path)})
+    assert length_findings(recipe_io.load(path), tmp_path) == ([
+        f"reward.model: {tmp_path} is not a finished tune run, not a reward model (give the output dir of a "
+        "`train.method: reward` run)"], [])

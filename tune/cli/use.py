@@ -177,7 +177,7 @@ def evaluate(model_dir: Path = typer.Argument(help="A `tune run` output dir or a
 
 
 def predict(model_dir: Path = typer.Argument(help="The output dir of a `train.method: classify` or `reward` run."),
-            data: Path = typer.Option(..., "--data", help="classify: rows with the run's text (and text_pair) columns; reward: {prompt, completion} or {prompt, chosen, rejected} rows."),
+            data: Path = typer.Option(..., "--data", help="classify: rows with the run's text (and text_pair) columns; reward: {prompt, completion} or {prompt, chosen, rejected} rows, and system when a row has its own (the run's data.columns apply)."),
             out_file: Path = typer.Option(..., "--out", help="Where to write: .jsonl or .csv (classify)."),
             trust_remote_code: bool = TRUST_REMOTE_CODE, allow_pickle: bool = ALLOW_PICKLE) -> None:
     """Label every row of --data (its predicted label and each label's probability), or score it with a
