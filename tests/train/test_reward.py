@@ -172,3 +172,9 @@ def test_a_reward_model_that_would_score_cut_completions_is_named_with_numbers(r
     assert length_findings(recipe_io.load(path), tmp_path) == ([
         f"reward.model: {tmp_path} is not a finished tune run, not a reward model (give the output dir of a "
         "`train.method: reward` run)"], [])
+    # validate and run make this check through the one list of findings they share
+    from tune.train.checks import findings as shared
+
+    rows.append({"prompt": " ".join(WORDS * 3)})
+    problems, _ = findings(rows, 16)
+    assert shared(recipe_io.load(tmp_path / "g.yaml"), tmp_path)[0] == problems and len(problems) == 1

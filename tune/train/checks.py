@@ -21,6 +21,11 @@ def findings(recipe, recipe_dir: Path | None) -> tuple[list[str], list[str]]:
     problems += distributed_check(recipe, recipe_dir)  # e.g. a DeepSpeed config file
     layer_problems, warnings = adapter_findings(recipe)  # the base's config and weight names, not its weights
     problems += layer_problems
+    if recipe.reward is not None and recipe.reward.model and not problems:  # prompts the reward model would cut
+        from tune.infer.reward_model import length_findings
+
+        reward_problems, reward_warnings = length_findings(recipe, recipe_dir)
+        problems, warnings = problems + reward_problems, warnings + reward_warnings
     if recipe.data.format == "classification" and not problems:
         warnings += label_warnings(recipe.data, recipe_dir)
     return problems, warnings
