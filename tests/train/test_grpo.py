@@ -264,3 +264,34 @@ def test_a_column_trl_reserves_is_one_line(row, expected):
     with pytest.raises(DataError) as caught:
         row_to_prompt(row, {}, None, "f.jsonl:row 2")
     assert caught.value.problems == [f"f.jsonl:row 2: {expected}"]
+
+
+@pytest.mark.parametrize("overlength", ["truncate", "drop", "error"])
+def test_a_prompt_over_max_length_follows_data_overlength(overlength, tiny_model, tmp_path, monkeypatch):
+    # data.max_length bounds a prompt as TRL renders it for sampling (and is vLLM's context with the completion):
+    # a 71-token prompt cannot be cut without changing the question, so truncate drops it as drop does
+    from tune.train import run as skeleton
+
+    long = "Ana has 3 apples. " * 6 + "How many?"
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": text}) + "\n" for text in
+                            ["What is 2 plus 2?", long, "What is 3 plus 5?", "What is 9 plus 1?"]))
+    path = grpo_recipe(tmp_path, ["rewards.py:constant"], data={"train": str(rows), "max_length": 40,
+                                                               "overlength": overlength})
+    if overlength == "error":
+        with pytest.raises(TuneError) as caught:
+            lines_of(path)
+        assert caught.value.problems == [f"{rows}:row 2: 71 tokens, over data.max_length=40 (raise max_length, or set "
+                                         "data.overlength: truncate or drop)"]
+        assert not (tmp_path / "out").exists()
+        return
+    built, lines = [], []
+    monkeypatch.setattr(skeleton, "fit", lambda run, trainer, **kwargs: built.append(trainer) or 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # stopped where training would start
+        grpo_train(recipe_io.load(path), path, echo=lines.append)
+    assert "data: 0 prompts truncated and 1 dropped (over data.max_length=40; longest 71 tokens)" in lines
+    trainer = built[0]
+    prompts = [row["prompt"] for row in trainer.train_dataset]
+    assert [p[0]["content"] for p in prompts] == ["What is 2 plus 2?", "What is 3 plus 5?", "What is 9 plus 1?"]
+    assert [len(ids) for ids in trainer._tokenize_prompts(prompts)[0]] == [14, 14, 14]  # as TRL renders them
+    assert len(trainer._tokenize_prompts([[{"role": "user", "content": long}]])[0][0]) == 71

@@ -76,3 +76,100 @@ def test_kto_needs_both_kinds_of_rows(tiny_model, tmp_path):
     assert caught.value.problems == ["data.train: every row is desirable; KTO needs both desirable (label true) and "
                                      "undesirable (label false) completions"]
     assert not (tmp_path / "out").exists()
+
+
+# Every preference method trains on the tokens SFT trains on, fitted to data.max_length by data.overlength.
+# In tiny-llama tokens: pair 2's chosen reply is 73 tokens after a 12-token prompt (85 in all), pair 3's
+# prompt alone is 84 (89 with its longer reply); the rest fit in 48.
+PAIRS = [{"prompt": "What is 7 plus 8?", "chosen": "15.", "rejected": "16."},
+         {"prompt": "Name a colour.", "chosen": "Blue, like the sky on a clear day. " * 3, "rejected": "Red."},
+         {"prompt": "Tell me a story about a cat. " * 4, "chosen": "No.", "rejected": "Once."},
+         {"prompt": "Capital of Peru?", "chosen": "Lima.", "rejected": "Cusco."}]
+UNPAIRED = [{"prompt": "What is 7 plus 8?", "completion": "15.", "label": True},
+            {"prompt": "What is 7 plus 8?", "completion": "16.", "label": False},
+            {"prompt": "Name a colour.", "completion": PAIRS[1]["chosen"], "label": True},
+            {"prompt": PAIRS[2]["prompt"], "completion": "Once.", "label": False},
+            {"prompt": "Capital of Peru?", "completion": "Lima.", "label": True},
+            {"prompt": "Capital of Peru?", "completion": "Cusco.", "label": False}]
+# a trainer's row as (prompt + chosen, prompt + rejected, prompt tokens); a reward model sees whole sequences
+SEQUENCES = {
+    "dpo": lambda r: (r["prompt_ids"] + r["chosen_ids"], r["prompt_ids"] + r["rejected_ids"], len(r["prompt_ids"])),
+    "orpo": lambda r: (r["chosen_input_ids"], r["rejected_input_ids"], r["chosen_labels"].count(-100)),
+    "reward": lambda r: (r["chosen_ids"], r["rejected_ids"], None),
+}
+
+
+def built(method, rows, tmp_path, monkeypatch, **data):
+    """(the trainer a run builds, the lines it printed); training itself is skipped."""
+    from tune.train import run as skeleton
+    from tune.train.methods import METHODS
+
+    class Built(Exception):
+        pass
+
+    def stop(run, trainer, **kwargs):
+        raise Built(trainer)
+
+    tmp_path.mkdir(exist_ok=True)
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    recipe = write_recipe(tmp_path / "r.yaml", data={"train": str(path), "format": "unpaired" if method == "kto" else
+                                                     "preference", "max_length": 48, **data}, train={"method": method})
+    monkeypatch.setattr(skeleton, "fit", stop)
+    lines = []
+    with pytest.raises(Built) as caught:
+        METHODS[method](recipe_io.load(recipe), recipe, echo=lines.append)
+    return caught.value.args[0], lines
+
+
+@pytest.mark.parametrize("method", ["dpo", "orpo", "reward"])
+def test_every_preference_method_trains_on_the_sft_tokens_fitted_to_max_length(method, tiny_model, tiny_tokenizer,
+                                                                               tmp_path, monkeypatch):
+    from tune.data.preference import row_to_pair, tokenize_pair
+
+    trainer, lines = built(method, PAIRS, tmp_path, monkeypatch)
+    template = tiny_tokenizer.chat_template
+    sft = [tokenize_pair(*row_to_pair(row, {}, None, "f"), tiny_tokenizer, template) for row in PAIRS]
+    sft[1]["chosen_ids"] = sft[1]["chosen_ids"][:48 - 12]  # cut to the room the prompt leaves; pair 3 is dropped
+    expected = [(p["prompt_ids"] + p["chosen_ids"], p["prompt_ids"] + p["rejected_ids"],
+                 None if method == "reward" else len(p["prompt_ids"])) for p in (sft[0], sft[1], sft[3])]
+    assert [SEQUENCES[method](row) for row in trainer.train_dataset] == expected
+    assert tiny_tokenizer.decode(expected[0][0]).endswith("assistant\n15.<|im_end|>")  # the reply ends on its end token
+    assert "data: 1 pairs truncated and 1 dropped (over data.max_length=48; longest 89 tokens)" in lines
+    if method == "orpo":
+        assert [row["rejected_labels"].count(-100) for row in trainer.train_dataset] == [14, 12, 14]
+
+
+def test_kto_trains_on_the_sft_tokens_fitted_to_max_length(tiny_model, tiny_tokenizer, tmp_path, monkeypatch):
+    from tune.data.conversation import tokenize
+    from tune.data.unpaired import row_to_example
+
+    trainer, lines = built("kto", UNPAIRED, tmp_path, monkeypatch)
+    expected = []
+    for number, row in enumerate(UNPAIRED):
+        example = row_to_example(row, {}, None, "f")
+        sft = tokenize(example["prompt"] + example["completion"], tiny_tokenizer, tiny_tokenizer.chat_template,
+                       "last_assistant")  # as SFT tokenizes it: the reply starts where SFT's loss does
+        cut = sft.prompt_tokens
+        if number != 3:  # the 84-token prompt leaves no room for its reply
+            expected.append((sft.input_ids[:cut], sft.input_ids[cut:48], row["label"]))
+    rows = list(trainer.train_dataset)
+    assert sorted((r["prompt_ids"], r["completion_ids"], r["label"]) for r in rows) == sorted(expected)
+    assert tiny_tokenizer.decode(expected[0][1]) == "15.<|im_end|>"  # the reply ends on its end token
+    assert "data: 1 rows truncated and 1 dropped (over data.max_length=48; longest 89 tokens)" in lines
+    # TRL's KL rows, as it builds them: within a batch, each prompt with the previous row's completion
+    completions = [r["completion_ids"] for r in rows]
+    assert [r["KL_completion_ids"] for r in rows] == completions[-1:] + completions[:-1]
+
+
+@pytest.mark.parametrize("method", ["dpo", "orpo", "reward", "kto"])
+def test_overlength_drop_and_error_hold_for_every_preference_method(method, tiny_model, tmp_path, monkeypatch):
+    rows, over, noun = (UNPAIRED, 3, "rows") if method == "kto" else (PAIRS, 2, "pairs")
+    trainer, lines = built(method, rows, tmp_path, monkeypatch, overlength="drop")
+    assert len(trainer.train_dataset) == len(rows) - 2
+    assert f"data: 0 {noun} truncated and 2 dropped (over data.max_length=48; longest 89 tokens)" in lines
+    with pytest.raises(TuneError) as caught:
+        built(method, rows, tmp_path / "error", monkeypatch, overlength="error")
+    assert caught.value.problems == [f"{tmp_path / 'error' / 'rows.jsonl'}:row {over}: 85 tokens, over "
+                                     "data.max_length=48 (raise max_length, or set data.overlength: truncate or drop)"]
+    assert not (tmp_path / "error" / "out").exists()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tune.errors import DataError
+from tune.errors import DataError, TuneError
 
 # No tokenizer's token is this long: text past max_length x this many characters can never be inside the
 # first max_length tokens, so it is cut before tokenizing (a 50 MB line would otherwise take gigabytes).
@@ -29,17 +29,10 @@ def tokenize(messages: list[dict], tokenizer, template: str, train_on: str = "as
     max_length: cut each message's text first where no tokenizer could fit more of it in that many tokens
     (the example is still over max_length, so data.overlength decides as before)."""
     if max_length is not None:
-        limit = max_length * MAX_CHARS_PER_TOKEN
-        messages = [m | {"content": m["content"][:limit]} if len(m["content"]) > limit else m for m in messages]
+        messages = within_reach(messages, max_length)
 
     def render(upto: int, gen: bool) -> str:
-        try:
-            return tokenizer.apply_chat_template(messages[:upto], chat_template=template, tokenize=False,
-                                                 add_generation_prompt=gen)
-        except Exception as exc:  # noqa: BLE001  (jinja raises its own types; a template's raise_exception too)
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise DataError(f"{where}: the chat template refused this conversation ({first[:200]}); fix the row's "
-                            "turns, or set data.template: chatml") from None
+        return render_messages(messages[:upto], tokenizer, template, gen, where)
     turns = [i for i, message in enumerate(messages) if message["role"] == "assistant"]
     eos = tokenizer.eos_token
     segments: list[tuple[str, bool]] = []  # (text, trained?)
@@ -72,6 +65,24 @@ def tokenize(messages: list[dict], tokenizer, template: str, train_on: str = "as
     return Tokenized(ids, labels, first)
 
 
+def render_messages(messages: list[dict], tokenizer, template: str, generation_prompt: bool, where: str) -> str:
+    """The messages as the chat template renders them; a template that refuses them is one line naming the row."""
+    try:
+        return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                             add_generation_prompt=generation_prompt)
+    except Exception as exc:  # noqa: BLE001  (jinja raises its own types; a template's raise_exception too)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DataError(f"{where}: the chat template refused this conversation ({first[:200]}); fix the row's "
+                        "turns, or set data.template: chatml") from None
+
+
+def within_reach(messages: list[dict], max_length: int) -> list[dict]:
+    """Each message's text cut where no tokenizer could fit more of it in max_length tokens: what is cut could
+    never be trained on, and a 50 MB line would otherwise take gigabytes to tokenize."""
+    limit = max_length * MAX_CHARS_PER_TOKEN
+    return [m | {"content": m["content"][:limit]} if len(m["content"]) > limit else m for m in messages]
+
+
 def _adds_bos(tokenizer) -> bool:
     if tokenizer.bos_token_id is None:
         return False
@@ -88,27 +99,43 @@ class LengthReport:
     rows_over: list[str] = field(default_factory=list)
 
 
-def fit_length(example: Tokenized, max_length: int, policy: str, where: str, report: LengthReport) -> Tokenized | None:
-    """Apply data.overlength; None means the example is dropped."""
-    length = len(example.input_ids)
+def fit(prompt: int, length: int, max_length: int, policy: str, where: str, report: LengthReport) -> int | None:
+    """data.overlength for one example of `length` tokens whose first `prompt` are its prompt, for every format:
+    how many tokens it keeps (all when it fits, max_length when truncated), or None when it is dropped.
+    Truncation never cuts a prompt: an example whose prompt alone reaches max_length is dropped under
+    `truncate` too, as nothing would be left to learn from (a GRPO prompt is all prompt)."""
     report.longest = max(report.longest, length)
     if length <= max_length:
         report.kept += 1
-        return example
+        return length
     report.rows_over.append(where)
     if policy == "error":
         raise DataError(f"{where}: {length} tokens, over data.max_length={max_length} "
                         "(raise max_length, or set data.overlength: truncate or drop)")
-    if policy == "drop" or example.prompt_tokens >= max_length:
-        report.dropped += 1  # a prompt that fills max_length leaves no response to learn from
+    if policy == "drop" or prompt >= max_length:
+        report.dropped += 1
         return None
     report.truncated += 1
     report.kept += 1
-    return Tokenized(example.input_ids[:max_length], example.labels[:max_length], example.prompt_tokens)
+    return max_length
 
 
-def rendered_tokens(tokenizer, conversations: list[list[dict]]) -> int:
-    """Tokens in the conversations as the tokenizer's chat template renders them: the per-epoch count of a
-    trainer that tokenizes rows itself (KTO, ORPO), for the run's tokens/s."""
-    texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations]
-    return sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]) if texts else 0
+def fit_length(example: Tokenized, max_length: int, policy: str, where: str, report: LengthReport) -> Tokenized | None:
+    """Apply data.overlength to a tokenized conversation; None means the example is dropped."""
+    kept = fit(example.prompt_tokens, len(example.input_ids), max_length, policy, where, report)
+    if kept is None:
+        return None
+    return Tokenized(example.input_ids[:kept], example.labels[:kept], example.prompt_tokens)
+
+
+def length_notes(report: LengthReport, max_length: int, noun: str) -> list[str]:
+    """What data.overlength did, as the run prints it; every example over max_length is a wrong max_length,
+    not data to cut or drop."""
+    total = report.kept + report.dropped
+    if total and len(report.rows_over) == total:
+        raise TuneError(f"data.max_length: all {total} {noun} are longer than {max_length} tokens "
+                        f"(longest {report.longest}); raise data.max_length")
+    if not (report.truncated or report.dropped):
+        return []
+    return [(f"{report.truncated} {noun} truncated and {report.dropped} dropped "
+             f"(over data.max_length={max_length}; longest {report.longest} tokens)")]

@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from tune.data.chat import ROLE_NAMES
-from tune.data.conversation import LengthReport, tokenize
-from tune.data.rows import Prepared, sha256, train_eval_rows
+from tune.data.conversation import LengthReport, fit, tokenize
+from tune.data.examples import prepare_examples
+from tune.data.rows import Prepared
 from tune.errors import DataError, TuneError
 from tune.recipe import DataSection
 
@@ -88,23 +89,14 @@ def tokenize_pair(prompt: list[dict], chosen: dict, rejected: dict, tokenizer, t
 
 
 def fit_pair(pair: dict, max_length: int, policy: str, where: str, report: LengthReport) -> dict | None:
-    """data.overlength for a pair: the longer side decides; truncation cuts the replies, never the prompt."""
+    """data.overlength for a pair: the longer side decides; truncation cuts both replies to the room the
+    prompt leaves."""
     prompt = len(pair["prompt_ids"])
-    length = prompt + max(len(pair["chosen_ids"]), len(pair["rejected_ids"]))
-    report.longest = max(report.longest, length)
-    if length <= max_length:
-        report.kept += 1
-        return pair
-    report.rows_over.append(where)
-    if policy == "error":
-        raise DataError(f"{where}: {length} tokens, over data.max_length={max_length} "
-                        "(raise max_length, or set data.overlength: truncate or drop)")
-    if policy == "drop" or prompt >= max_length:
-        report.dropped += 1  # a prompt that fills max_length leaves no reply to compare
+    kept = fit(prompt, prompt + max(len(pair["chosen_ids"]), len(pair["rejected_ids"])), max_length, policy, where,
+               report)
+    if kept is None:
         return None
-    report.truncated += 1
-    report.kept += 1
-    room = max_length - prompt
+    room = kept - prompt
     return pair | {"chosen_ids": pair["chosen_ids"][:room], "rejected_ids": pair["rejected_ids"][:room]}
 
 
@@ -128,48 +120,23 @@ def tokenize_pairs(data: DataSection, rows, tokenizer, template: str, report: Le
     return pairs
 
 
-def prepare_pairs(data: DataSection, tokenizer, template: str, recipe_dir: Path | None, seed: int):
-    """The preference twin of tune.data.prepare.prepare: same sources, weights, split and fingerprint."""
-    report, dropped = LengthReport(), []
-    fingerprint = {"sources": [], "template_sha256": sha256(template.encode())}
-    train_rows, eval_rows = train_eval_rows(data, recipe_dir, seed, fingerprint)
-    train = tokenize_pairs(data, train_rows, tokenizer, template, report, dropped)
-    evaluation = tokenize_pairs(data, eval_rows, tokenizer, template, report, dropped)
-    if not train:
-        raise TuneError("data.train: no usable preference pairs" + (f" ({len(dropped)} bad pairs dropped)" if dropped else ""))
-    fingerprint |= {"train_examples": len(train), "eval_examples": len(evaluation), "bad_pairs_dropped": len(dropped),
-                    "tokens_sha256": sha256(repr([[p["prompt_ids"], p["chosen_ids"], p["rejected_ids"]]
-                                                for p in train + evaluation]).encode())}
-    notes = [f"dropped {len(dropped)} bad pairs (data.drop_bad_pairs), first: {dropped[0]}"] if dropped else []
-    if report.truncated or report.dropped:
-        notes.append(f"{report.truncated} pairs truncated and {report.dropped} dropped "
-                     f"(over data.max_length={data.max_length}; longest {report.longest} tokens)")
-    return Prepared(train, evaluation, fingerprint, report, notes)
+def prepare_pairs(data: DataSection, tokenizer, template: str, recipe_dir: Path | None, seed: int) -> Prepared:
+    """The pairs DPO, ORPO and reward models train on: the same sources, weights, split, length policy and
+    fingerprint as tune.data.prepare.prepare, and the same tokens as SFT."""
+    dropped: list[str] = []
+    prepared = prepare_examples(data, template, recipe_dir, seed,
+                                lambda rows, report: tokenize_pairs(data, rows, tokenizer, template, report, dropped),
+                                "pairs", lambda pair: [pair["prompt_ids"], pair["chosen_ids"], pair["rejected_ids"]])
+    if not prepared.train:
+        raise TuneError("data.train: no usable preference pairs"
+                        + (f" ({len(dropped)} bad pairs dropped)" if dropped else ""))
+    prepared.fingerprint["bad_pairs_dropped"] = len(dropped)
+    if dropped:
+        prepared.notes.insert(0, f"dropped {len(dropped)} bad pairs (data.drop_bad_pairs), first: {dropped[0]}")
+    return prepared
 
 
-def prepare_conversations(data: DataSection, recipe_dir: Path | None, seed: int) -> tuple[list[dict], list[dict], dict]:
-    """Pairs as chat messages, {"prompt", "chosen", "rejected"}, for trainers that render and tokenize
-    themselves (ORPO); the same rows, checks and data.drop_bad_pairs as prepare_pairs."""
-    fingerprint: dict = {"sources": []}
-    bad: list[str] = []
-
-    def convert(rows):
-        pairs = []
-        for where, row in rows:
-            try:
-                prompt, chosen, rejected = row_to_pair(row, data.columns, data.system_prompt, where)
-            except BadPair as exc:
-                bad.extend(exc.problems)
-                continue
-            pairs.append({"prompt": prompt, "chosen": [chosen], "rejected": [rejected]})
-        return pairs
-
-    train_rows, eval_rows = train_eval_rows(data, recipe_dir, seed, fingerprint)
-    train, evaluation = convert(train_rows), convert(eval_rows)
-    if bad and not data.drop_bad_pairs:
-        raise DataError(bad)
-    if not train:
-        raise TuneError("data.train: no usable pairs")
-    fingerprint.update(train_examples=len(train), eval_examples=len(evaluation), dropped_pairs=len(bad),
-                       rows_sha256=sha256(repr(train + evaluation).encode()))
-    return train, evaluation, fingerprint
+def sequence_tokens(pairs: list[dict]) -> int:
+    """Tokens in both whole sequences of every pair (prompt + chosen, prompt + rejected): what ORPO and reward
+    models run through the model."""
+    return sum(2 * len(p["prompt_ids"]) + len(p["chosen_ids"]) + len(p["rejected_ids"]) for p in pairs)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from tune.data import completion
 from tune.data.conversation import LengthReport, fit_length, tokenize
+from tune.data.examples import prepare_examples
 from tune.data.formats import FORMATS
-from tune.data.rows import Prepared, sha256, train_eval_rows
+from tune.data.rows import Prepared
 from tune.data.sources import read_rows, resolve_sources
 from tune.data.templates import check_template_name
 from tune.errors import TuneError
@@ -79,24 +80,9 @@ def tokenize_rows(data: DataSection, rows, tokenizer, template: str, report: Len
 
 
 def prepare(data: DataSection, tokenizer, template: str, recipe_dir: Path | None, seed: int) -> Prepared:
-    report = LengthReport()
-    fingerprint = {"sources": [], "template_sha256": sha256(template.encode())}
-    train_rows, eval_rows = train_eval_rows(data, recipe_dir, seed, fingerprint)
-    train = tokenize_rows(data, train_rows, tokenizer, template, report)
-    evaluation = tokenize_rows(data, eval_rows, tokenizer, template, report) if eval_rows else []
-    total = report.kept + report.dropped
-    if total and len(report.rows_over) == total:
-        raise TuneError(f"data.max_length: all {total} examples are longer than {data.max_length} tokens "
-                        f"(longest {report.longest}); raise data.max_length")
-    if not train:
+    prepared = prepare_examples(data, template, recipe_dir, seed,
+                                lambda rows, report: tokenize_rows(data, rows, tokenizer, template, report),
+                                "examples", lambda row: row["input_ids"])
+    if not prepared.train:
         raise TuneError("data.train: no training examples (is the text shorter than 16 tokens?)")
-    fingerprint["train_examples"] = len(train)
-    fingerprint["eval_examples"] = len(evaluation)
-    fingerprint["tokens_sha256"] = sha256(repr([row["input_ids"] for row in train + evaluation]).encode())
-    notes = []
-    if report.truncated or report.dropped:
-        notes.append(f"{report.truncated} examples truncated and {report.dropped} dropped "
-                     f"(over data.max_length={data.max_length}; longest {report.longest} tokens)")
-    return Prepared(train, evaluation, fingerprint, report, notes, train_rows)
-
-
+    return prepared

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tune.data.conversation import LengthReport, fit, render_messages, within_reach
+from tune.data.examples import prepare_examples
 from tune.data.preference import as_messages
-from tune.data.rows import sha256, train_eval_rows
+from tune.data.rows import Prepared
 from tune.errors import DataError, TuneError
 from tune.recipe import DataSection
 
@@ -45,38 +47,40 @@ def row_to_messages(row: dict, columns: dict[str, str], system_prompt: str | Non
     return row_to_prompt(row, columns, system_prompt, where)[0]
 
 
-def prepare_prompts(data: DataSection, recipe_dir: Path | None, seed: int) -> tuple[list[dict], list[dict], dict]:
-    """(train rows, eval rows, fingerprint): each row {"prompt": messages, **other columns}, the shape TRL's
-    GRPOTrainer reads (its reward functions get the other columns as keyword lists)."""
-    fingerprint: dict = {"sources": []}
+def prepare_prompts(data: DataSection, tokenizer, template: str, recipe_dir: Path | None, seed: int) -> Prepared:
+    """Each row {"prompt": messages, **other columns}, the shape TRL's GRPOTrainer reads (its reward functions
+    get the other columns as keyword lists). data.max_length bounds a prompt as TRL renders it for sampling
+    (the template and its generation prompt); it is also vLLM's context, with grpo.max_completion_length on
+    top. data.overlength decides for a longer one: a prompt cannot be cut without changing the question, so
+    `truncate` drops it as `drop` does."""
+    first: list[tuple[str, dict]] = []  # the first row read: every row, held-out ones too, has its columns
 
-    def convert(read):
+    def examples(read, report: LengthReport) -> list[dict]:
         rows = []
         for where, row in read:
             prompt, extra = row_to_prompt(row, data.columns, data.system_prompt, where)
-            _check_same_columns(rows[0] if rows else (where, extra), where, extra)
-            text = row[data.columns.get("prompt", "prompt")]
-            rows.append((where, {"prompt": prompt, **extra, WHERE: where,
-                                 PROMPT_TEXT: text if isinstance(text, str) else None}))
+            if not first:
+                first.append((where, extra))
+            _check_same_columns(first[0], where, extra)
+            rendered = render_messages(within_reach(prompt, data.max_length), tokenizer, template, True, where)
+            length = len(tokenizer(rendered, add_special_tokens=False)["input_ids"])  # as TRL tokenizes it
+            if fit(length, length, data.max_length, data.overlength, where, report) is not None:
+                text = row[data.columns.get("prompt", "prompt")]
+                rows.append({"prompt": prompt, **extra, WHERE: where,
+                             PROMPT_TEXT: text if isinstance(text, str) else None})
         return rows
 
-    train_rows, eval_rows = train_eval_rows(data, recipe_dir, seed, fingerprint)
-    train, evaluation = convert(train_rows), convert(eval_rows)
-    if not train:
+    prepared = prepare_examples(data, template, recipe_dir, seed, examples, "prompts",
+                                lambda row: {k: v for k, v in row.items() if k != WHERE}, key="rows_sha256")
+    if not prepared.train:
         raise TuneError("data.train: no prompts")
-    if evaluation:
-        _check_same_columns(train[0], *evaluation[0])
-    train, evaluation = [row for _, row in train], [row for _, row in evaluation]
-    fingerprint.update(train_examples=len(train), eval_examples=len(evaluation),
-                       rows_sha256=sha256(repr([{k: v for k, v in row.items() if k != WHERE} for row in train + evaluation]).encode()))
-    return train, evaluation, fingerprint
+    return prepared
 
 
 def _check_same_columns(first: tuple[str, dict], where: str, row: dict) -> None:
     # TRL hands reward functions one list per column: a column some rows lack would arrive half-missing
-    own = {"prompt", WHERE, PROMPT_TEXT}
-    expected = set(first[1]) - own
-    if set(row) - own != expected:
-        missing, extra = sorted(expected - set(row)), sorted(set(row) - expected - own)
+    expected = set(first[1])
+    if set(row) != expected:
+        missing, extra = sorted(expected - set(row)), sorted(set(row) - expected)
         raise DataError(f"{where}: columns differ from {first[0]} (missing {missing or 'none'}, extra "
                         f"{extra or 'none'}); every row needs the same columns: the reward functions get them by name")

@@ -1,14 +1,16 @@
 """The `unpaired` format, for KTO: {prompt, completion, label, system?} per row: one reply and whether it
-is desirable (true) or not (false), no pair needed. Rows reach TRL as chat messages and are rendered with
-the run's chat template."""
+is desirable (true) or not (false), no pair needed. Rows are tokenized as SFT and the preference pairs are
+(the same chat template, the same prompt/reply boundary) and fitted to data.max_length by data.overlength."""
 
 from __future__ import annotations
 
 import random
 from pathlib import Path
 
+from tune.data.conversation import LengthReport, fit_length, tokenize
+from tune.data.examples import prepare_examples
 from tune.data.preference import as_messages
-from tune.data.rows import sha256, train_eval_rows
+from tune.data.rows import Prepared
 from tune.errors import DataError, TuneError
 from tune.recipe import DataSection
 
@@ -17,7 +19,7 @@ LABELS = {True: True, False: False, 1: True, 0: False, "true": True, "false": Fa
 
 
 def row_to_example(row: dict, columns: dict[str, str], system_prompt: str | None, where: str) -> dict:
-    """{"prompt": messages, "completion": [assistant message], "label": bool}, as TRL's KTOTrainer reads it."""
+    """{"prompt": messages, "completion": [assistant message], "label": bool}."""
     names = {field: columns.get(field, field) for field in ("prompt", "completion", "label")}
     missing = [name for name in names.values() if name not in row]
     if missing:
@@ -44,22 +46,31 @@ def row_to_messages(row: dict, columns: dict[str, str], system_prompt: str | Non
     return example["prompt"] + example["completion"]
 
 
-def prepare_unpaired(data: DataSection, recipe_dir: Path | None, seed: int) -> tuple[list[dict], list[dict], dict]:
-    fingerprint: dict = {"sources": []}
+def prepare_unpaired(data: DataSection, tokenizer, template: str, recipe_dir: Path | None, seed: int) -> Prepared:
+    """{prompt_ids, completion_ids, label} per row: the columns TRL's KTO collator reads."""
+    def examples(rows, report: LengthReport) -> list[dict]:
+        kept = []
+        for where, row in rows:
+            example = row_to_example(row, data.columns, data.system_prompt, where)
+            tokens = tokenize(example["prompt"] + example["completion"], tokenizer, template, "last_assistant",
+                              data.max_length, where)
+            tokens = fit_length(tokens, data.max_length, data.overlength, where, report)
+            if tokens is not None:
+                cut = tokens.prompt_tokens
+                kept.append({"prompt_ids": tokens.input_ids[:cut], "completion_ids": tokens.input_ids[cut:],
+                             "label": example["label"]})
+        return kept
 
-    train_rows, eval_rows = train_eval_rows(data, recipe_dir, seed, fingerprint)
-    train, evaluation = [[row_to_example(row, data.columns, data.system_prompt, where) for where, row in rows]
-                         for rows in (train_rows, eval_rows)]
-    if not train:
+    prepared = prepare_examples(data, template, recipe_dir, seed, examples, "rows",
+                                lambda row: [row["prompt_ids"], row["completion_ids"], row["label"]])
+    if not prepared.train:
         raise TuneError("data.train: no rows")
     # TRL's KTO reads rows in order (its KL term pairs neighbours): a file sorted by label would otherwise
     # train on one kind for half of every epoch
-    random.Random(seed).shuffle(train)
-    kinds = {row["label"] for row in train}
+    random.Random(seed).shuffle(prepared.train)
+    kinds = {row["label"] for row in prepared.train}
     if kinds != {True, False}:
         have = "desirable" if True in kinds else "undesirable"
         raise TuneError(f"data.train: every row is {have}; KTO needs both desirable (label true) and undesirable "
                         "(label false) completions")
-    fingerprint.update(train_examples=len(train), eval_examples=len(evaluation),
-                       rows_sha256=sha256(repr(train + evaluation).encode()))
-    return train, evaluation, fingerprint
+    return prepared

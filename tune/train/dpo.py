@@ -15,11 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from tune.data.preference import prepare_pairs
-from tune.data.templates import resolve_template
-from tune.models.load import load_model, load_tokenizer, lora_config
+from tune.models.load import load_model, lora_config
 from tune.models.run_dir import check_fits_base
 from tune.recipe import Recipe
-from tune.train import distributed, lm_head
+from tune.train import lm_head
 from tune.train import run as skeleton
 from tune.train.arguments import arguments
 from tune.train.run import RunResult
@@ -54,16 +53,9 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
             self._signature_columns = [*self._signature_columns, "length"]
 
     # ---- tokenizer, template and pairs: every data problem surfaces before anything is written
-    tokenizer = load_tokenizer(recipe.model, run.source)
-    template, template_label = resolve_template(recipe.data.template, tokenizer, run.recipe_dir)
-    tokenizer.chat_template = template
-    data = prepare_pairs(recipe.data, tokenizer, template, run.recipe_dir, recipe.train.seed)
-    reply_tokens = sum(len(p["chosen_ids"]) + len(p["rejected_ids"]) for p in data.train)
-    run.echo(f"data: {len(data.train)} train / {len(data.eval)} eval pairs, {reply_tokens} reply tokens per epoch, "
-             f"template {template_label}")
-    for note in data.notes:
-        run.echo(f"data: {note}")
-    distributed.agree(recipe=recipe.model_dump(mode="json"), data=data.fingerprint)
+    tokenizer, template_label, data = skeleton.prepare_data(run, prepare_pairs, lambda data, template: (
+        f"{len(data.train)} train / {len(data.eval)} eval pairs, {_reply_tokens(data.train)} reply tokens per epoch, "
+        f"template {template}"))
 
     # ---- model, reference and trainer
     transformers.set_seed(recipe.train.seed)
@@ -95,8 +87,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     run.echo(lm_head.install(trainer, run.on_gpu, run.sharded))
     adapter_line = (f"continuing the adapter of {start} (reference: that SFT model)" if start else
                     f"{recipe.adapter.method} r={recipe.adapter.r} (reference: the base, adapter off)")
-    run.echo(f"model: {run.source} ({dtype}, quantization {recipe.model.quantization}), {adapter_line}: "
-             f"{parameters[0]:,} trainable of {parameters[1]:,} parameters; dpo loss {config.loss_type}, beta {config.beta}")
+    skeleton.model_line(run, dtype, parameters, adapter_line, f"dpo loss {config.loss_type}, beta {config.beta}")
 
     # ---- train; save only the trained adapter, never TRL's "ref" copy
     skeleton.write_records(run, data.fingerprint)
@@ -105,7 +96,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     staging = skeleton.save(run, trainer, tokenizer, selected_adapters=["default"])
     if staging is None:
         return RunResult({}, trainer.model)
-    summary = skeleton.summary(run, trainer, trained, parameters, reply_tokens,  # the tokens the loss compares
+    summary = skeleton.summary(run, trainer, trained, parameters, _reply_tokens(data.train),  # what the loss compares
                                template=template_label, **_preference_metrics(run.metrics.records, recipe, start))
     if summary["reward_accuracy"] is not None:
         run.echo(f"rewards: accuracy {summary['reward_accuracy']:.2f}, margin {summary['reward_margin']:.4f} "
@@ -115,6 +106,10 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
                  f"-> {summary['eval_margin_tuned']:+.2f} (tuned), reward accuracy {summary['eval_reward_accuracy']:.2f}")
     skeleton.finish(run, staging, summary)
     return RunResult(summary, trainer.model)
+
+
+def _reply_tokens(pairs: list[dict]) -> int:
+    return sum(len(p["chosen_ids"]) + len(p["rejected_ids"]) for p in pairs)
 
 
 def _preference_metrics(records: list[dict], recipe: Recipe, start: Path | None) -> dict:

@@ -13,11 +13,9 @@ from pathlib import Path
 
 from tune.data import probes
 from tune.data.prompts import ROW, prepare_prompts
-from tune.data.rows import sha256
-from tune.data.templates import resolve_template
 from tune.errors import TuneError
 from tune.infer.answer_cache import base_answerer
-from tune.models.load import load_model, load_tokenizer, lora_config
+from tune.models.load import load_model, lora_config
 from tune.models.run_dir import check_fits_base
 from tune.recipe import Recipe
 from tune.recipe.rules import generation_batch_problem
@@ -48,15 +46,11 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     reward_funcs, reward_records, weights = rewards.build_all(recipe.reward, run.recipe_dir, run.echo)
     run.metrics.keys += tuple(f"rewards/{r.__name__}/mean" for r in reward_funcs)
     probe_sets = probes.load_probe_sets(recipe.data.probes, run.recipe_dir)
-    tokenizer = load_tokenizer(recipe.model, run.source)
-    template, template_label = resolve_template(recipe.data.template, tokenizer, run.recipe_dir)
-    tokenizer.chat_template = template
-    train_rows, eval_rows, fingerprint = prepare_prompts(recipe.data, run.recipe_dir, recipe.train.seed)
-    fingerprint["template_sha256"] = sha256(template.encode())
-    fingerprint["rewards"] = reward_records
-    run.echo(f"data: {len(train_rows)} train / {len(eval_rows)} held-out prompts, template {template_label}; "
-             f"rewards {', '.join(r.__name__ for r in reward_funcs)} (weights {', '.join(f'{w:g}' for w in weights)})")
-    distributed.agree(recipe=recipe.model_dump(mode="json"), data=fingerprint)
+    tokenizer, template_label, data = skeleton.prepare_data(run, prepare_prompts, lambda data, template: (
+        f"{len(data.train)} train / {len(data.eval)} held-out prompts, template {template}; rewards "
+        f"{', '.join(r.__name__ for r in reward_funcs)} (weights {', '.join(f'{w:g}' for w in weights)})"),
+        rewards=reward_records)
+    train_rows, eval_rows = data.train, data.eval
     rewards.bind_rows(reward_funcs, train_rows)
     problem = generation_batch_problem(recipe.train, grpo, distributed.world_size())  # validate assumed 1 process
     if problem:
@@ -71,7 +65,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         model = PeftModel.from_pretrained(model, str(start), is_trainable=True)
     limit = grpo.eval_max_new_tokens or grpo.max_completion_length
     evaluate = evaluator(reward_funcs, weights, eval_rows, probe_sets, recipe, tokenizer, limit)
-    base_answer = base_answerer(model, tokenizer, recipe, run.source, template)
+    base_answer = base_answerer(model, tokenizer, recipe, run.source, tokenizer.chat_template)
     checked = train_rows[:2]  # two rows: a function that returns one reward per batch is caught here, not mid-run
     first, _ = rewards.score_answers(reward_funcs, weights, checked, [text for text, _ in base_answer(
         [row["prompt"] for row in checked], limit)], tokenizer)
@@ -98,14 +92,13 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         + ([guard] if eval_rows or probe_sets else []),
     )
     parameters = skeleton.attach(run, trainer)
-    run.echo(f"model: {run.source} ({model.dtype}, quantization {recipe.model.quantization}), "
-             + (f"continuing the adapter of {start}" if start else f"{recipe.adapter.method} r={recipe.adapter.r}")
-             + f": {parameters[0]:,} trainable of {parameters[1]:,} parameters; {grpo.loss_type} loss, "
-             f"{grpo.num_generations} completions per prompt, beta {grpo.beta}"
-             + (" (reference: the base, adapter off)" if grpo.beta else ""))
+    adapter = f"continuing the adapter of {start}" if start else f"{recipe.adapter.method} r={recipe.adapter.r}"
+    skeleton.model_line(run, model.dtype, parameters, adapter, f"{grpo.loss_type} loss, {grpo.num_generations} "
+                        f"completions per prompt, beta {grpo.beta}"
+                        + (" (reference: the base, adapter off)" if grpo.beta else ""))
 
     # ---- train, keep the adapter the rule picks, and report before/after
-    skeleton.write_records(run, fingerprint)
+    skeleton.write_records(run, data.fingerprint)
     trained = skeleton.fit(run, trainer, has_eval=False)
     kept, after = guard.restore_best(trainer.model) if grpo.keep == "best" and guard.history else (
         "kept the final weights", guard.evaluation_at(trainer.state.global_step))

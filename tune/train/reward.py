@@ -11,13 +11,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from tune.data.preference import prepare_pairs
-from tune.data.templates import resolve_template
+from tune.data.preference import prepare_pairs, sequence_tokens
 from tune.models.classifier import LABELS_FILE, load_base
-from tune.models.load import load_tokenizer, lora_config
+from tune.models.load import lora_config
 from tune.output import write_json
 from tune.recipe import Recipe
-from tune.train import distributed
 from tune.train import run as skeleton
 from tune.train.arguments import arguments
 from tune.train.run import RunResult
@@ -35,17 +33,10 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     from trl import RewardConfig, RewardTrainer
 
     # ---- pairs as whole sequences: prompt + chosen, prompt + rejected
-    tokenizer = load_tokenizer(recipe.model, run.source)
-    template, template_label = resolve_template(recipe.data.template, tokenizer, run.recipe_dir)
-    tokenizer.chat_template = template  # saved with the model: predict and GRPO render as training did
-    data = prepare_pairs(recipe.data, tokenizer, template, run.recipe_dir, recipe.train.seed)
+    tokenizer, template_label, data = skeleton.prepare_data(run, prepare_pairs, lambda data, template: (
+        f"{len(data.train)} train / {len(data.eval)} eval pairs, {sequence_tokens(data.train)} tokens per epoch, "
+        f"template {template}"))
     train_rows, eval_rows = _sequences(data.train), _sequences(data.eval)
-    tokens = sum(len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in train_rows)
-    run.echo(f"data: {len(train_rows)} train / {len(eval_rows)} eval pairs, {tokens} tokens per epoch, "
-             f"template {template_label}")
-    for note in data.notes:
-        run.echo(f"data: {note}")
-    distributed.agree(recipe=recipe.model_dump(mode="json"), data=data.fingerprint)
 
     # ---- a one-output classifier: LoRA on the body, the head (and anything the checkpoint lacked) trained fully
     transformers.set_seed(recipe.train.seed)
@@ -60,9 +51,8 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None, callbacks=skeleton.callbacks(run),
     )
     parameters = skeleton.attach(run, trainer, pair_accuracy="accuracy")
-    run.echo(f"model: {run.source} ({base.dtype}, quantization {recipe.model.quantization}) as a reward model "
-             f"(one score), {recipe.adapter.method} r={recipe.adapter.r} + head: {parameters[0]:,} trainable of "
-             f"{parameters[1]:,} parameters")
+    skeleton.model_line(run, base.dtype, parameters,
+                        f"as a reward model (one score), {recipe.adapter.method} r={recipe.adapter.r} + head")
 
     # ---- train; the last eval describes the final weights
     skeleton.write_records(run, data.fingerprint)
@@ -79,7 +69,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     if accuracy is not None:
         run.echo(f"held-out pairs: the chosen reply scores higher in {accuracy:.0%} "
                  f"(margin {held_out[-1].get('eval_margin', float('nan')):.3f})")
-    summary = skeleton.summary(run, trainer, trained, parameters, tokens, template=template_label,
+    summary = skeleton.summary(run, trainer, trained, parameters, sequence_tokens(data.train), template=template_label,
                                eval_pairwise_accuracy=accuracy,
                                eval_margin=held_out[-1].get("eval_margin") if held_out else None,
                                train_pairwise_accuracy=logged[-1]["accuracy"] if logged else None)

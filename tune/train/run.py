@@ -2,6 +2,7 @@
 its own story and calls these steps in order:
 
     run = start(...)                 output dir plan and resume decision, data checks, the model's folder
+    prepare_data(run, prepare, ...)  tokenizer and template, the data tokenized and fitted, its notes
     arguments(run, dtype, ...)       the TrainingArguments keys every method shares (arguments.py)
     callbacks(run)                   metrics.jsonl, checkpoint manifests, the NaN guard, the progress bar
     attach(run, trainer)             the trainer checked: processes agree, the disk holds its checkpoints
@@ -124,6 +125,28 @@ def starting_adapter(recipe: Recipe, recipe_dir: Path) -> Path:
     return found
 
 
+def prepare_data(run: Run, prepare: Callable, describe: Callable[[object, str], str], **fingerprint) -> tuple:
+    """(tokenizer, template label, prepared data): the tokenizer with the run's chat template, and the data
+    `prepare` (one of tune.data's prepare functions) makes with it, so every data problem surfaces before
+    anything is written. The run's first data line is `describe(data, template label)`, the length policy's
+    notes follow, and every process checks it holds the same data. `fingerprint`: what else decides the
+    data (GRPO's rewards)."""
+    from tune.data.templates import resolve_template
+    from tune.models.load import load_tokenizer
+
+    recipe = run.recipe
+    tokenizer = load_tokenizer(recipe.model, run.source)
+    template, label = resolve_template(recipe.data.template, tokenizer, run.recipe_dir)
+    tokenizer.chat_template = template  # saved with the run: generate, predict and reward.model render as trained
+    data = prepare(recipe.data, tokenizer, template, run.recipe_dir, recipe.train.seed)
+    data.fingerprint.update(fingerprint)
+    run.echo(f"data: {describe(data, label)}")
+    for note in data.notes:
+        run.echo(f"data: {note}")
+    distributed.agree(recipe=recipe.model_dump(mode="json"), data=data.fingerprint)
+    return tokenizer, label, data
+
+
 def callbacks(run: Run) -> list:
     from tune.train.callbacks import ProgressBar, ReturnFreedMemory
     from tune.train.checkpoints import CheckpointManifest, NonFiniteGuard
@@ -167,6 +190,13 @@ def attach(run: Run, trainer, pair_accuracy: str | None = None) -> tuple[int, in
     for line in distributed.describe(run.recipe, trainer.args):
         run.echo(line)
     return trainable, total
+
+
+def model_line(run: Run, dtype, parameters: tuple[int, int], adapter: str, knobs: str = "") -> None:
+    """The line a method prints once its trainer is built: the base as loaded, the adapter, what trains, and
+    the method's own knobs."""
+    run.echo(f"model: {run.source} ({dtype}, quantization {run.recipe.model.quantization}), {adapter}: "
+             f"{parameters[0]:,} trainable of {parameters[1]:,} parameters" + (f"; {knobs}" if knobs else ""))
 
 
 def device_line(run: Run, model) -> str:
