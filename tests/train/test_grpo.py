@@ -42,6 +42,12 @@ def by_keyword(completions, answer, **kwargs):
 
 def exactly(completions, answer):
     return [c.strip() == a for c, a in zip(completions, answer)]
+
+def first_only(completions, **kwargs):
+    return [1.0] + [None] * (len(completions) - 1)
+
+def step_of(completions, trainer_state, **kwargs):
+    return [float(trainer_state.global_step)] * len(completions)
 '''
 
 
@@ -83,11 +89,17 @@ def test_reward_rises_and_a_saturated_reward_warns_that_groups_train_nothing(tin
     assert lines[0].startswith(f"reward: running Python code from {tmp_path / 'rewards.py'} (sha256 ")
 
 
-def test_a_constant_reward_warns_and_the_adapter_is_saved(tiny_model, tmp_path):
-    path = grpo_recipe(tmp_path, ["rewards.py:constant"])
+@pytest.mark.parametrize("scale_rewards, unit", [("group", "groups"), ("batch", "sampled batches")])
+def test_a_constant_reward_warns_and_the_adapter_is_saved(scale_rewards, unit, tiny_model, tmp_path):
+    # TRL's frac_reward_zero_std is the share of groups with one reward, but under scale_rewards: batch it is
+    # 1 or 0 for each whole generation batch: the warning names what was measured
+    path = grpo_recipe(tmp_path, ["rewards.py:constant"], grpo={"scale_rewards": scale_rewards})
     result, lines = lines_of(path)
     assert result.summary["mean_zero_spread_share"] == 1.0
-    assert sum("got the same reward for every completion" in line for line in lines) == 1  # once, not every log
+    warnings = [line for line in lines if line.startswith("warning: ")]
+    assert warnings == [f"warning: 100%-100% of the {unit} got the same reward for every completion over the last 3 "
+                        f"logs; such {unit} train nothing. Make the reward finer-grained (partial credit), raise "
+                        "grpo.temperature or grpo.num_generations, or use prompts the model sometimes gets right"]
     saved = load_file(tmp_path / "out" / "adapter_model.safetensors")
     assert saved and all("lora_" in name for name in saved)
 
@@ -95,11 +107,16 @@ def test_a_constant_reward_warns_and_the_adapter_is_saved(tiny_model, tmp_path):
 def test_held_out_prompts_and_probes_are_answered_before_and_after(tiny_model, tmp_path):
     probes = tmp_path / "probes.jsonl"
     probes.write_text("".join(json.dumps({"question": f"Say {w}.", "expected": w}) + "\n" for w in ("a", "e", "the")))
-    path = grpo_recipe(tmp_path, ["exact_answer", {"function": "max_words", "limit": 3}],
+    path = grpo_recipe(tmp_path, ["exact_answer", {"function": "max_words", "limit": 3}, "rewards.py:step_of"],
                        data={"eval_fraction": 0.25, "probes": [str(probes)], "probe_max_new_tokens": 6},
                        train={"eval_steps": 2})
     result, lines = lines_of(path)
     out = tmp_path / "out"
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    # the rewards get the trainer's own state: a step's samples are scored at the step before it, and the
+    # guard's evaluation after step 2 at step 2, as the next samples are; the base before training at 0
+    assert [r["rewards/step_of/mean"] for r in records if "reward" in r] == [0.0, 1.0, 2.0, 3.0]
+    assert [r["eval_rewards/step_of"] for r in records if "eval_reward" in r] == [2.0, 4.0]
     table = json.loads((out / "rewards.json").read_text())
     assert len(table["rows"]) == 6 and table["base"] == result.summary["eval_reward_base"]
     assert {"prompt", "base", "tuned", "base_reward", "tuned_reward"} <= set(table["rows"][0])
@@ -109,6 +126,35 @@ def test_held_out_prompts_and_probes_are_answered_before_and_after(tiny_model, t
     assert result.summary["probes"]["probes"]["questions"] == 3
     assert any(line.startswith("held-out prompts: mean reward ") for line in lines)
     assert any(line.startswith("guard: kept ") for line in lines)
+
+
+def scored(tmp_path, tokenizer, functions, answers):
+    """The guard's held-out scoring of scripted (text, finished) answers, with the recipe's reward file."""
+    from transformers import TrainerState
+
+    from tune.train import rewards
+    from tune.train.guard import evaluator
+
+    section = recipe_io.load(grpo_recipe(tmp_path, functions)).reward
+    funcs, _, weights = rewards.build_all(section, tmp_path, lambda line: None)
+    rows = [{"prompt": [{"role": "user", "content": f"What is {i} plus 2?"}], "answer": "4"} for i in range(len(answers))]
+    evaluate = evaluator(funcs, weights, rows, [], None, tokenizer, 12)
+    return evaluate(lambda conversations, limit: answers, TrainerState(global_step=3))
+
+
+def test_held_out_scoring_leaves_out_answers_every_reward_skipped(tiny_tokenizer, tmp_path):
+    # TRL makes such a completion's reward NaN and leaves it out of the mean; scored 0, it made this 0.333
+    evaluation = scored(tmp_path, tiny_tokenizer, ["rewards.py:first_only"], [("4", True)] * 3)
+    assert (evaluation.step, evaluation.rewards, evaluation.score) == (3, [1.0, None, None], 1.0)
+    assert evaluation.per_function == {"first_only": 1.0}
+
+
+def test_held_out_token_counts_include_the_end_token_as_in_training(tiny_tokenizer, tmp_path):
+    # TRL's completion_ids of a finished completion end with the end token: "four" (2 tokens) counts 3
+    assert tiny_tokenizer("four", add_special_tokens=False)["input_ids"] == [72, 391]
+    evaluation = scored(tmp_path, tiny_tokenizer, [{"function": "max_tokens", "limit": 2}],
+                        [("four", True), ("four", False)])
+    assert evaluation.rewards == [0.5, 1.0] and evaluation.score == 0.75
 
 
 def test_the_guard_keeps_the_best_adapter_within_the_probe_bar_and_stops_early(tiny_model):
@@ -155,7 +201,7 @@ def test_a_text_prompt_reaches_a_reward_file_as_text(tiny_model, tmp_path):
 @pytest.mark.parametrize("function, expected", [
     ("missing.py:f", "reward.functions: missing.py: no such file (looked beside the recipe and in the current folder)"),
     ("rewards.py:absent", "reward.functions: {dir}/rewards.py has no function absent (functions in it: by_keyword, "
-                          "constant, exactly, low_ids, raises, sees, too_few, words)"),
+                          "constant, exactly, first_only, low_ids, raises, sees, step_of, too_few, words)"),
     ("rewards.py:raises", "reward {dir}/rewards.py:raises: raised ZeroDivisionError: float division by zero (on {data}:row 1)"),
     ("rewards.py:too_few", "reward {dir}/rewards.py:too_few: returned 1 rewards for 2 completions; return one per "
                            "completion (on {data}:row 1)"),

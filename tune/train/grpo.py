@@ -67,9 +67,10 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     evaluate = evaluator(reward_funcs, weights, eval_rows, probe_sets, recipe, tokenizer, limit)
     base_answer = base_answerer(model, tokenizer, recipe, run.source, tokenizer.chat_template)
     checked = train_rows[:2]  # two rows: a function that returns one reward per batch is caught here, not mid-run
-    first, _ = rewards.score_answers(reward_funcs, weights, checked, [text for text, _ in base_answer(
-        [row["prompt"] for row in checked], limit)], tokenizer)
-    before = evaluate(base_answer, 0)
+    untrained = transformers.TrainerState()  # what a trainer holds until train() starts (TRL scores nothing before)
+    first, _ = rewards.score_answers(reward_funcs, weights, checked, base_answer(
+        [row["prompt"] for row in checked], limit), tokenizer, untrained)
+    before = evaluate(base_answer, untrained)
     run.echo(f"base model: held-out reward {shown(before.score)}"
              + (f", probes right {base_right(probe_sets, before)}" if probe_sets else "") + f"; every reward checked on its answer to {train_rows[0][rewards.WHERE]} ({shown(first[0])})")
 
@@ -83,12 +84,13 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         reward_weights=weights, remove_unused_columns=False, log_completions=False,
         **generation_engine(grpo, run),
     )
-    guard = Guard(lambda policy, step: evaluate(answerer(policy, tokenizer), step, before),
+    # the trainer's own state (TRL's trainer_state, at the guard's step), looked up when the guard evaluates
+    guard = Guard(lambda policy, _step: evaluate(answerer(policy, tokenizer), trainer.state, before),
                         recipe.train.eval_steps, grpo.min_kept_share, grpo.stop_after, run.metrics, run.echo)
     trainer = autocast_sampling(GRPOTrainer, run.precision == "bf16-autocast")(
         model=model, reward_funcs=reward_funcs, args=config, processing_class=tokenizer,
         train_dataset=Dataset.from_list([{"prompt": row["prompt"], ROW: i} for i, row in enumerate(train_rows)]), peft_config=None if start else lora_config(recipe.adapter),
-        callbacks=skeleton.callbacks(run) + [ZeroSpreadWarning(grpo.zero_spread_warning, run.echo)]
+        callbacks=skeleton.callbacks(run) + [ZeroSpreadWarning(grpo.zero_spread_warning, run.echo, grpo.scale_rewards)]
         + ([guard] if eval_rows or probe_sets else []),
     )
     parameters = skeleton.attach(run, trainer)
@@ -103,7 +105,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     kept, after = guard.restore_best(trainer.model) if grpo.keep == "best" and guard.history else (
         "kept the final weights", guard.evaluation_at(trainer.state.global_step))
     if after is None and (eval_rows or probe_sets):  # no evaluation of the kept weights yet (e.g. a resumed run)
-        after = evaluate(answerer(trainer.model, tokenizer), trainer.state.global_step, before)
+        after = evaluate(answerer(trainer.model, tokenizer), trainer.state, before)
     staging = skeleton.save(run, trainer, tokenizer)
     if staging is None:
         return RunResult({}, trainer.model)

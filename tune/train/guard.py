@@ -133,10 +133,14 @@ def _adapter_state(model) -> dict:
 
 
 class ZeroSpreadWarning(TrainerCallback):
-    """Warns once when the share of groups with equal rewards stays at or above `threshold` for three logs."""
+    """Warns once when TRL's frac_reward_zero_std stays at or above `threshold` for three logs. Under
+    grpo.scale_rewards group or none TRL measures each group's spread, so it is the share of groups whose
+    completions all got one reward; under batch it measures the whole generation batch's, so each batch counts
+    1 (every completion got one reward) or 0 and a log holds the share of the batches sampled since the last."""
 
-    def __init__(self, threshold: float, echo, window: int = 3):
+    def __init__(self, threshold: float, echo, scale_rewards: str, window: int = 3):
         self.threshold, self.echo, self.window = threshold, echo, window
+        self.unit = "sampled batches" if scale_rewards == "batch" else "groups"
         self.shares: list[float] = []
         self.warned = False
 
@@ -148,8 +152,8 @@ class ZeroSpreadWarning(TrainerCallback):
         recent = self.shares[-self.window:]
         if not self.warned and len(recent) == self.window and min(recent) >= self.threshold:
             self.warned = True
-            self.echo(f"warning: {min(recent):.0%}-{max(recent):.0%} of the groups got the same reward for every "
-                      f"completion over the last {self.window} logs; such groups train nothing. Make the reward "
+            self.echo(f"warning: {min(recent):.0%}-{max(recent):.0%} of the {self.unit} got the same reward for every "
+                      f"completion over the last {self.window} logs; such {self.unit} train nothing. Make the reward "
                       "finer-grained (partial credit), raise grpo.temperature or grpo.num_generations, or use "
                       "prompts the model sometimes gets right")
 
@@ -161,16 +165,18 @@ def answerer(model, tokenizer):
 
 
 def evaluator(reward_funcs, weights, eval_rows, probe_sets, recipe, tokenizer, limit):
-    """evaluate(answer, step, base=None) -> Evaluation: the held-out prompts and the probes answered in one
-    batched greedy pass, scored with the rewards and against the base's probe answers."""
-    def evaluate(answer, step, base: Evaluation | None = None) -> Evaluation:
+    """evaluate(answer, state, base=None) -> Evaluation at state.global_step: the held-out prompts and the probes
+    answered in one batched greedy pass, scored with the rewards (which get `state`, the trainer's TrainerState,
+    as in training) and against the base's probe answers."""
+    def evaluate(answer, state, base: Evaluation | None = None) -> Evaluation:
         conversations = [row["prompt"] for row in eval_rows]
-        texts = [text for text, _ in answer(conversations, limit)] if conversations else []
-        totals, means = rewards.score_answers(reward_funcs, weights, eval_rows, texts, tokenizer)
+        answered = answer(conversations, limit) if conversations else []
+        totals, means = rewards.score_answers(reward_funcs, weights, eval_rows, answered, tokenizer, state)
         probe_answers = probes.answer_sets(answer, probe_sets, recipe.data.system_prompt,
                                            recipe.data.probe_max_new_tokens) if probe_sets else []
         kept = probes.kept_share(probe_sets, base.probe_answers, probe_answers) if base and probe_sets else None
-        return Evaluation(step, rewards.mean(totals), means, kept, texts, totals, probe_answers)
+        return Evaluation(state.global_step, rewards.mean(totals), means, kept, [text for text, _ in answered],
+                          totals, probe_answers)
     return evaluate
 
 

@@ -255,24 +255,26 @@ _BUILTINS = {"exact_answer": _exact_answer, "final_number": _final_number, "cont
              "max_words": _max_words, "max_tokens": _max_tokens, "json_valid": _json_valid}
 
 
-def score_answers(rewards: list, weights: list[float], rows: list[dict], answers: list[str],
-                  tokenizer) -> tuple[list[float | None], dict[str, float]]:
-    """Each answer's weighted reward (None when every reward skipped it), and each reward's mean: the
-    held-out answers scored exactly as TRL scores sampled completions."""
+def score_answers(rewards: list, weights: list[float], rows: list[dict], answers: list[tuple[str, bool]],
+                  tokenizer, state) -> tuple[list[float | None], dict[str, float]]:
+    """Each (text, finished) answer's weighted reward (None when every reward skipped it, which TRL leaves out
+    of its means), and each reward's mean: the held-out answers scored as TRL scores sampled completions.
+    `state`: the trainer's TrainerState, which TRL hands every reward as trainer_state."""
     if not rows:
         return [], {}
     prompts = [row["prompt"] for row in rows]
-    from transformers import TrainerState
-
-    completions = [[{"role": "assistant", "content": answer}] for answer in answers]
-    ids = [tokenizer(answer, add_special_tokens=False)["input_ids"] for answer in answers]
+    completions = [[{"role": "assistant", "content": text}] for text, _ in answers]
+    # TRL's completion_ids keep the end token a finished completion stopped at, so max_tokens counts it
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] * finished
+           for text, finished in answers]
     columns = {key: [row[key] for row in rows] for key in rows[0] if key != "prompt"}
-    # what TRL adds to every reward call, so a function that reads them works here too
-    columns |= {"trainer_state": TrainerState(), "log_extra": lambda *a, **k: None, "log_metric": lambda *a, **k: None}
+    # what TRL adds to every reward call, so a function that reads them works here too; what it logs is dropped
+    columns |= {"trainer_state": state, "log_extra": lambda *a, **k: None, "log_metric": lambda *a, **k: None}
     values = [reward(prompts, completions, ids, **columns) for reward in rewards]
     totals = []
-    for per_answer in zip(*values):  # TRL sums with nansum: an answer every reward skipped counts 0
-        totals.append(sum(w * v for w, v in zip(weights, per_answer) if v is not None))
+    for per_answer in zip(*values):  # TRL makes an answer every reward skipped NaN, not 0, and leaves it out
+        scored = [w * v for w, v in zip(weights, per_answer) if v is not None]
+        totals.append(sum(scored) if scored else None)
     means = {}
     for reward, column in zip(rewards, values):
         scored = [v for v in column if v is not None]
