@@ -93,7 +93,7 @@ class GRPOSection(Section):
     keep: Literal["best", "last"] = Field("best", description="Adapter saved at the end: best = the evaluation with the highest held-out reward whose probes kept at least min_kept_share; last = the final weights.")
     min_kept_share: float = Field(0.75, ge=0, le=1, description="Guard: the share of the probe questions the base got right that must stay right; an evaluation below it is not kept (when none passes, the final weights are, and the run says so).")
     stop_after: int | None = Field(2, ge=1, description="Guard: stop training after this many evaluations in a row below min_kept_share (none = never stop early).")
-    zero_spread_warning: float = Field(0.8, gt=0, le=1, description="Warn when the share of groups whose rewards are all equal (they train nothing) stays at or above this.")
+    zero_spread_warning: float = Field(0.8, gt=0, le=1, description="Warn when the share of groups (under scale_rewards: batch, of sampled batches) whose rewards are all equal, which train nothing, stays at or above this.")
 
     @model_validator(mode="after")
     def _check(self) -> GRPOSection:
