@@ -30,7 +30,7 @@ GENERAL = REPO / "data_templates" / "smollm2-domain" / "probes-general.jsonl"
 OFF = ["data.augment=null", "train.keep=final", "train.eval_steps=null"]
 VARIANTS = {
     "plain": OFF + ["train.epochs=4"],  # the user's rows as they are, as the recipe trained them before
-    "plain-auto": OFF,  # the same, trained as long as epochs: auto does without augmentation (12 passes)
+    "plain-auto": OFF,  # the same, trained as long as epochs: auto does without augmentation (16 passes)
     "rewordings": ["data.augment.statements=0", "train.keep=final", "train.eval_steps=null"],
     "augment": ["train.keep=final", "train.eval_steps=null"],  # + statements
     "augment+reverse": ["data.augment.reverse=2", "train.keep=final", "train.eval_steps=null"],

@@ -117,3 +117,27 @@ def test_generated_candidates_are_cached_by_content(tiny_model, monkeypatch):
     answer_cache.cached_sampler(model, None, str(tiny_model), setting)(["a", "b"], 3)
     answer_cache.cached_sampler(model, None, str(tiny_model), setting | {"temperature": 0.7})(["a", "b"], 2)
     assert len(calls) == 4
+
+
+def test_the_round_trip_keeps_questions_that_fit_their_own_answer_best():
+    when = Fact("faq.jsonl:row 2", [{"role": "user", "content": "When was Thistlewick Co-op founded?"},
+                                    {"role": "assistant", "content": "Thistlewick Co-op was founded in 1931."}],
+                "When was Thistlewick Co-op founded?", "Thistlewick Co-op was founded in 1931.")
+    candidates = {"rewordings": ["In what year was Thistlewick Co-op founded?",   # fits its own answer: kept
+                                 "Who founded Thistlewick Co-op?",                # the other row's question: unlikely
+                                 "Who started Thistlewick Co-op?",                # fits the founder's answer better
+                                 "Is Thistlewick Co-op a shop?"]}                 # makes its answer much less likely
+    likelihood = {("In what year was Thistlewick Co-op founded?", when.answer): -1.1,
+                  ("In what year was Thistlewick Co-op founded?", FOUNDED.answer): -2.0,
+                  ("Who started Thistlewick Co-op?", when.answer): -1.2,
+                  ("Who started Thistlewick Co-op?", FOUNDED.answer): -0.9,
+                  ("Is Thistlewick Co-op a shop?", when.answer): -2.5,
+                  ("Is Thistlewick Co-op a shop?", FOUNDED.answer): -2.5,
+                  (when.question, when.answer): -1.0, (FOUNDED.question, FOUNDED.answer): -1.0}
+    score = lambda pairs: [likelihood.get(pair, -3.0) for pair in pairs]  # noqa: E731
+    generate = lambda prompts, n: [candidates["rewordings"] if "When was" in p else [] for p in prompts]  # noqa: E731
+    result = augment(generate, [FOUNDED, when], {"rewordings": 4}, samples=4, heldout_share=0.0, seed=0,
+                     score=score, margin=0.5)
+    assert [row["messages"][-2]["content"] for row in result.rows] == ["In what year was Thistlewick Co-op founded?"]
+    assert result.counts["rewordings"]["dropped"] == {"asks something else (round trip)": 2,
+                                                      "fits another row's answer better (round trip)": 1}

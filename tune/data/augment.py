@@ -48,6 +48,7 @@ KINDS = {
                    STATEMENT_SHOTS, "Input", "Statement"),
     "reverse": ("Ask a question about the fact whose answer is the name given.", REVERSE_SHOTS, "Input", "Question"),
 }
+RIVALS = 3  # other rows whose answers a candidate is compared with in the round trip
 STOPWORDS = set("a an the is are was were be been of in on at to for by with from and or as it its this that "
                 "what which who whom whose when where why how do does did can could will would should may "
                 "i you your we our they their there has have had not no".split())
@@ -244,16 +245,29 @@ def augment(generate, facts: list[Fact], kinds: dict[str, int], samples: int, he
 
 
 def _round_trip(score, margin: float, facts: list[Fact], passed: list[list[str]], dropped: Counter) -> list[list[str]]:
-    """Each fact's questions that keep its answer within `margin` of its own question's likelihood, likeliest first."""
+    """Each fact's questions that keep its answer within `margin` of the likelihood its own question gives
+    it, and that fit its answer better than the answers of the RIVALS rows whose questions are most alike
+    (each answer measured against its own question), likeliest first. A question about another fact of
+    the same FAQ ("Who founded X?" written for "When was X founded?") would teach a wrong answer."""
+    rivals = [sorted((j for j in range(len(facts)) if j != i),
+                     key=lambda j: -len(content_words(facts[i].question) & content_words(facts[j].question)))[:RIVALS]
+              for i in range(len(facts))]
     pairs = [(fact.question, fact.answer) for fact in facts]
-    pairs += [(text, fact.answer) for fact, texts in zip(facts, passed) for text in texts]
+    pairs += [(text, facts[k].answer) for i, texts in enumerate(passed) for text in texts for k in [i, *rivals[i]]]
     scores = iter(score(pairs))
     own = [next(scores) for _ in facts]
     ranked = []
-    for reference, texts in zip(own, passed):
-        scored = [(next(scores) - reference, text) for text in texts]
-        dropped["asks something else (round trip)"] += sum(delta < -margin for delta, _ in scored)
-        ranked.append([text for delta, text in sorted(scored, key=lambda x: -x[0]) if delta >= -margin])
+    for i, texts in enumerate(passed):
+        kept = []
+        for text in texts:
+            gain = {k: next(scores) - own[k] for k in [i, *rivals[i]]}
+            if gain[i] < -margin:
+                dropped["asks something else (round trip)"] += 1
+            elif any(gain[k] >= gain[i] for k in rivals[i]):
+                dropped["fits another row's answer better (round trip)"] += 1
+            else:
+                kept.append((gain[i], text))
+        ranked.append([text for _, text in sorted(kept, key=lambda x: -x[0])])
     return ranked
 
 

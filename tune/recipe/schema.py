@@ -136,7 +136,7 @@ class TrainSection(Section):
     method: Literal["sft", "classify", "dpo", "orpo", "kto", "reward", "grpo"] = Field(
         "sft", description="sft = supervised fine-tuning; classify = sequence classification head + adapter; dpo/orpo (pairs) and kto (unpaired rows) = preference alignment; reward = a reward model from pairs; grpo = optimize reward functions on sampled completions.")
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps to run; overrides epochs when set.")
-    epochs: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(1.0, description="Passes over the training data (used when max_steps is not set); auto (sft) = as many as train each of your rows about 12 times, its generated rewordings and statements counted (12 passes without data.augment, 3 with its defaults).")
+    epochs: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(1.0, description="Passes over the training data (used when max_steps is not set); auto (sft) = as many as train each of your rows about 16 times, its generated rewordings and statements counted (16 passes without data.augment, about 4 with its defaults).")
     learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate of the adapter weights.")
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
         "cosine", description="Learning-rate schedule after warmup.")
