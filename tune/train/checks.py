@@ -23,9 +23,13 @@ def findings(recipe, recipe_dir: Path | None) -> tuple[list[str], list[str]]:
     problems += layer_problems
     if recipe.reward is not None and recipe.reward.model and not problems:  # prompts the reward model would cut
         from tune.infer.reward_model import length_findings
+        from tune.paths import find_file
 
-        reward_problems, reward_warnings = length_findings(recipe, recipe_dir)
-        problems, warnings = problems + reward_problems, warnings + reward_warnings
+        # a reward run not trained yet (a bundled recipe names the one it is trained after) is the run's to refuse
+        if (find_file(recipe.reward.model, recipe_dir) or Path(recipe.reward.model)).is_dir():
+
+            reward_problems, reward_warnings = length_findings(recipe, recipe_dir)
+            problems, warnings = problems + reward_problems, warnings + reward_warnings
     if recipe.data.format == "classification" and not problems:
         warnings += label_warnings(recipe.data, recipe_dir)
     return problems, warnings
