@@ -141,3 +141,30 @@ def test_the_round_trip_keeps_questions_that_fit_their_own_answer_best():
     assert [row["messages"][-2]["content"] for row in result.rows] == ["In what year was Thistlewick Co-op founded?"]
     assert result.counts["rewordings"]["dropped"] == {"asks something else (round trip)": 2,
                                                       "fits another row's answer better (round trip)": 1}
+
+
+def test_tune_data_augment_writes_the_rows_a_run_would_train(tiny_model, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import tune.infer.generate
+    from tests.conftest import write_recipe
+    from tune.cli import app
+
+    (tmp_path / "faq.jsonl").write_text(json.dumps({"instruction": FOUNDED.question, "output": FOUNDED.answer}) + "\n")
+    monkeypatch.setattr(tune.infer.generate, "sample_batch", lambda model, tokenizer, texts, n, *args: scripted(texts, n))
+    bare = write_recipe(tmp_path / "bare.yaml", data={"train": str(tmp_path / "faq.jsonl")})
+    refused = CliRunner().invoke(app, ["data", "augment", str(bare), "--out", str(tmp_path / "rows.jsonl")])
+    assert refused.exit_code == 2 and refused.stderr == (
+        "data.augment: the recipe has no augment section; add `augment: {}` under data (defaults: 4 rewordings and "
+        "2 statements per row)\n")
+    path = write_recipe(tmp_path / "r.yaml", data={"train": str(tmp_path / "faq.jsonl"), "augment": {
+        "rewordings": 2, "statements": 2, "heldout": 0.0, "round_trip": None}})
+    result = CliRunner().invoke(app, ["data", "augment", str(path), "--out", str(tmp_path / "rows.jsonl")])
+    assert result.exit_code == 0, result.stderr
+    rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert [(r["kind"], r.get("text") or r["messages"][-2]["content"]) for r in rows] == [
+        ("rewordings", "Who was the founder of Thistlewick Co-op?"),
+        ("rewordings", "Which person started Thistlewick Co-op?"),
+        ("statements", FOUNDED.answer), ("statements", "Ottilie Marchetti founded Thistlewick Co-op in 1931.")]
+    assert result.stdout.startswith("augment: 1 rows -> 4 more training examples; rewordings 2 kept") and \
+        result.stdout.rstrip().endswith(f"wrote {tmp_path / 'rows.jsonl'}")
