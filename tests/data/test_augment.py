@@ -25,6 +25,7 @@ CANDIDATES = {
         "Who founded Thistlewick Co-op in 1931?",                 # a question
         "Ottilie Marchetti founded it in 1931.",                  # lost a name (the subject)
         "Founded.",                                               # too short
+        "thistlewick co-op was founded by Ottilie Marchetti in 1931",  # a copy of the answer, the first statement
     ],
     "reverse": [
         "Which co-op did Ottilie Marchetti found?",      # kept
@@ -65,7 +66,7 @@ def test_a_scripted_generator_keeps_and_drops_exactly():
         "rewordings": {"kept": 3, "dropped": {"a copy": 2, "lost a name or number": 1, "not one question": 1,
                                               "too short or too long": 1}},
         "statements": {"kept": 2, "dropped": {"a question, not a statement": 1, "lost a name or number": 1,
-                                              "too short or too long": 1}},
+                                              "too short or too long": 1, "a copy": 1}},
         "reverse": {"kept": 1, "dropped": {"a copy": 1, "names the answer": 1,
                                            "lost the fact's names or numbers": 1}}}
     # every generated conversation keeps the row's answer; reverse questions too

@@ -204,7 +204,7 @@ def augment(generate, facts: list[Fact], kinds: dict[str, int], samples: int, he
         candidates = generate([prompt_for(kind, source_text(kind, f)) for f in usable], samples) if usable else []
         passed = []
         for fact, texts in zip(usable, candidates):
-            seen = {normal(fact.question), normal(fact.answer)} if kind != "statements" else {normal(fact.question)}
+            seen = {normal(fact.question), normal(fact.answer)}  # the answer is a statement's first form already
             survivors = []
             for text in map(first_line, texts):
                 reason = reject(kind, text, fact, seen)
@@ -217,10 +217,10 @@ def augment(generate, facts: list[Fact], kinds: dict[str, int], samples: int, he
         if score is not None and kind != "statements":
             passed = _round_trip(score, margin, usable, passed, counts[kind]["dropped"])
         for fact, survivors in zip(usable, passed):
-            kept = survivors[:wanted]
+            kept = survivors[:wanted - 1 if kind == "statements" else wanted]
             counts[kind]["dropped"]["more than wanted"] += len(survivors) - len(kept)
             if kind == "statements":
-                kept = [fact.answer] + kept[:max(0, wanted - 1)]  # the answer itself is the first statement
+                kept = [fact.answer] + kept  # the answer itself is the first statement
             if not kept:
                 without[kind] += 1
             counts[kind]["kept"] += len(kept)
