@@ -48,6 +48,9 @@ def first_only(completions, **kwargs):
 
 def step_of(completions, trainer_state, **kwargs):
     return [float(trainer_state.global_step)] * len(completions)
+
+def falling(completions, trainer_state, **kwargs):
+    return [-float(trainer_state.global_step)] * len(completions)
 '''
 
 
@@ -201,7 +204,7 @@ def test_a_text_prompt_reaches_a_reward_file_as_text(tiny_model, tmp_path):
 @pytest.mark.parametrize("function, expected", [
     ("missing.py:f", "reward.functions: missing.py: no such file (looked beside the recipe and in the current folder)"),
     ("rewards.py:absent", "reward.functions: {dir}/rewards.py has no function absent (functions in it: by_keyword, "
-                          "constant, exactly, first_only, low_ids, raises, sees, step_of, too_few, words)"),
+                          "constant, exactly, falling, first_only, low_ids, raises, sees, step_of, too_few, words)"),
     ("rewards.py:raises", "reward {dir}/rewards.py:raises: raised ZeroDivisionError: float division by zero (on {data}:row 1)"),
     ("rewards.py:too_few", "reward {dir}/rewards.py:too_few: returned 1 rewards for 2 completions; return one per "
                            "completion (on {data}:row 1)"),
@@ -341,3 +344,89 @@ def test_a_prompt_over_max_length_follows_data_overlength(overlength, tiny_model
     assert [p[0]["content"] for p in prompts] == ["What is 2 plus 2?", "What is 3 plus 5?", "What is 9 plus 1?"]
     assert [len(ids) for ids in trainer._tokenize_prompts(prompts)[0]] == [14, 14, 14]  # as TRL renders them
     assert len(trainer._tokenize_prompts([[{"role": "user", "content": long}]])[0][0]) == 71
+
+
+def scripted_guard(script, lines, stop_after=None):
+    from tune.train.guard import Evaluation, Guard
+
+    metrics = type("Metrics", (), {"add": lambda self, record, max_steps: None})()
+    return Guard(lambda m, step: Evaluation(step, script[step][0], {"r": script[step][0]}, script[step][1],
+                                            answers=[f"answer at {step}"]),
+                 every=1, min_kept_share=0.75, stop_after=stop_after, metrics=metrics, echo=lines.append)
+
+
+def test_the_guard_state_round_trips_through_a_checkpoint(tiny_model, tmp_path):
+    # Evaluations 1-2 before the checkpoint, 3 after a resume: the resumed guard keeps step 1 (saved in the
+    # checkpoint, weights included) and stops at step 3, the second evaluation in a row under the bar, as an
+    # uninterrupted guard does.
+    import torch
+    from peft import get_peft_model, get_peft_model_state_dict
+    from transformers import AutoModelForCausalLM, TrainerControl, TrainerState
+
+    from tune.models.load import lora_config
+    from tune.recipe import AdapterSection
+    from tune.train.guard import BEST_FILE, STATE_FILE
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), lora_config(AdapterSection(r=4)))
+    script = {1: (0.6, 1.0), 2: (0.9, 0.5), 3: (0.95, 0.25)}
+    args = type("Args", (), {"output_dir": str(tmp_path)})()
+    lines, state = [], TrainerState(max_steps=5)
+    guard = scripted_guard(script, lines, stop_after=2)
+
+    def step(guard, number):
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if "lora_B" in name:
+                    parameter.fill_(number)
+        state.global_step = number
+        control = TrainerControl()
+        guard.on_step_end(None, state, control, model=model)
+        return control.should_training_stop
+
+    assert not step(guard, 1) and not step(guard, 2)
+    (tmp_path / "checkpoint-2").mkdir()
+    guard.on_save(args, state, TrainerControl())
+    assert sorted(p.name for p in (tmp_path / "checkpoint-2").iterdir()) == sorted([STATE_FILE, BEST_FILE])
+
+    resumed = scripted_guard(script, lines, stop_after=2)
+    resumed.resume(tmp_path / "checkpoint-2")
+    assert [e.step for e in resumed.history] == [1, 2] and resumed.below == 1 and resumed.best.answers == ["answer at 1"]
+    assert step(resumed, 3)
+    said, kept = resumed.restore_best(model)
+    assert kept.step == 1 and said.startswith("kept step 1: held-out reward 0.600")
+    assert all(torch.equal(tensor, torch.ones_like(tensor)) for name, tensor in get_peft_model_state_dict(model).items()
+               if "lora_B" in name)
+
+
+def test_a_run_interrupted_after_an_evaluation_resumes_to_the_same_kept_adapter(tiny_model, tmp_path, monkeypatch):
+    # The held-out reward falls with every step, so the first evaluation (step 2) is the best: a resumed run
+    # that chose only among evaluations after the resume would keep step 6 instead.
+    import torch
+    from trl import GRPOTrainer
+
+    from tune.errors import Interrupted
+
+    sections = dict(data={"eval_fraction": 0.25}, train={"max_steps": 6, "eval_steps": 2, "save_steps": 2})
+    for name in ("straight", "killed"):
+        (tmp_path / name).mkdir()
+    result, _ = lines_of(grpo_recipe(tmp_path / "straight", ["rewards.py:falling"], **sections))
+    assert result.summary["kept"].startswith("kept step 2: held-out reward -2.000")
+
+    original, calls = GRPOTrainer.training_step, {"n": 0}
+
+    def interrupted_at_step_5(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    path = grpo_recipe(tmp_path / "killed", ["rewards.py:falling"], **sections)
+    monkeypatch.setattr(GRPOTrainer, "training_step", interrupted_at_step_5)
+    with pytest.raises(Interrupted):
+        lines_of(path)
+    monkeypatch.setattr(GRPOTrainer, "training_step", original)
+    resumed, lines = lines_of(path, resume=True)
+    assert resumed.summary["resumed_from"].endswith("checkpoint-4")
+    assert resumed.summary["kept"] == result.summary["kept"]
+    first, again = (load_file(folder / "out" / "adapter_model.safetensors") for folder in (tmp_path / "straight", tmp_path / "killed"))
+    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)

@@ -90,8 +90,8 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     trainer = autocast_sampling(GRPOTrainer, run.precision == "bf16-autocast")(
         model=model, reward_funcs=reward_funcs, args=config, processing_class=tokenizer,
         train_dataset=Dataset.from_list([{"prompt": row["prompt"], ROW: i} for i, row in enumerate(train_rows)]), peft_config=None if start else lora_config(recipe.adapter),
-        callbacks=skeleton.callbacks(run) + [ZeroSpreadWarning(grpo.zero_spread_warning, run.echo, grpo.scale_rewards)]
-        + ([guard] if eval_rows or probe_sets else []),
+        callbacks=skeleton.callbacks(run, guard if eval_rows or probe_sets else None)
+        + [ZeroSpreadWarning(grpo.zero_spread_warning, run.echo, grpo.scale_rewards)],
     )
     parameters = skeleton.attach(run, trainer)
     adapter = f"continuing the adapter of {start}" if start else f"{recipe.adapter.method} r={recipe.adapter.r}"

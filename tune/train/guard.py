@@ -14,8 +14,9 @@ the same reward (they train nothing)."""
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -24,6 +25,9 @@ from tune.data import probes
 from tune.infer.generate import generate_batch
 from tune.output import write_json, write_text
 from tune.train import rewards
+from tune.train.checkpoints import PREFIX
+
+STATE_FILE, BEST_FILE = "guard.json", "guard-best.safetensors"  # in each checkpoint: what --resume restores
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,32 @@ class Guard(TrainerCallback):
                                   f"{self.min_kept_share:.0%}) at {self.below} evaluations in a row")
             self.echo(f"guard: stopping at step {state.global_step}: {self.stopped_early}")
             control.should_training_stop = True
+
+    def on_save(self, args, state, control, **kwargs):
+        """Into each checkpoint, before its manifest hashes it (the guard comes first among the callbacks): the
+        evaluations so far, the counter of evaluations under the bar, and the best one's adapter weights, so a
+        resumed run chooses among every evaluation of the run and stops when an uninterrupted one would."""
+        if not state.is_world_process_zero:
+            return
+        from safetensors.torch import save_file
+
+        checkpoint = Path(args.output_dir) / f"{PREFIX}{state.global_step}"
+        write_json(checkpoint / STATE_FILE, {"history": [asdict(e) for e in self.history], "below": self.below,
+                                             "best_step": self.best.step if self.best else None})
+        if self.best_state is not None:
+            save_file(self.best_state, str(checkpoint / BEST_FILE))
+
+    def resume(self, checkpoint: Path) -> None:
+        """The state on_save wrote into `checkpoint` (none there: a checkpoint of a run without the guard)."""
+        if not (checkpoint / STATE_FILE).is_file():
+            return
+        from safetensors.torch import load_file
+
+        saved = json.loads((checkpoint / STATE_FILE).read_text())
+        self.history = [Evaluation(**e) for e in saved["history"]]
+        self.below = saved["below"]
+        self.best = next((e for e in self.history if e.step == saved["best_step"]), None)
+        self.best_state = load_file(str(checkpoint / BEST_FILE)) if self.best is not None else None
 
     def _better(self, evaluation: Evaluation) -> bool:
         """A higher score wins (a tie keeps the earlier, less trained one); without a score (probes only) the

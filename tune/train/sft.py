@@ -99,7 +99,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         model=model, args=config, processing_class=tokenizer, peft_config=lora_config(recipe.adapter),
         train_dataset=Dataset.from_list(data.train),
         eval_dataset=Dataset.from_list(data.eval) if data.eval else None,
-        callbacks=skeleton.callbacks(run) + ([guard] if sets and recipe.train.eval_steps else []),
+        callbacks=skeleton.callbacks(run, guard if sets and recipe.train.eval_steps else None),
     )
     parameters = skeleton.attach(run, trainer)
     run.echo(lm_head.install(trainer, run.on_gpu, run.sharded))
