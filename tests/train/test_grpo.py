@@ -3,6 +3,7 @@ guard keeps the best adapter under the probe bar and stops early, and every brok
 naming the file, the function and the prompt row, with nothing written."""
 
 import json
+from collections import Counter
 
 import pytest
 from safetensors.torch import load_file
@@ -48,6 +49,12 @@ def first_only(completions, **kwargs):
 
 def step_of(completions, trainer_state, **kwargs):
     return [float(trainer_state.global_step)] * len(completions)
+
+def seen(prompts, completions, trainer_state, **kwargs):
+    import json, pathlib
+    with open(pathlib.Path(__file__).with_name("seen.jsonl"), "a") as log:
+        log.writelines(json.dumps(p if isinstance(p, str) else p[-1]["content"]) + "\\n" for p in prompts)
+    return [0.0] * len(completions)
 
 def falling(completions, trainer_state, **kwargs):
     return [-float(trainer_state.global_step)] * len(completions)
@@ -121,7 +128,8 @@ def test_held_out_prompts_and_probes_are_answered_before_and_after(tiny_model, t
     assert [r["rewards/step_of/mean"] for r in records if "reward" in r] == [0.0, 1.0, 2.0, 3.0]
     assert [r["eval_rewards/step_of"] for r in records if "eval_reward" in r] == [2.0, 4.0]
     table = json.loads((out / "rewards.json").read_text())
-    assert len(table["rows"]) == 6 and table["base"] == result.summary["eval_reward_base"]
+    # 6 held-out prompts: the guard chooses by 3, the table reports the other 3 (test below)
+    assert len(table["rows"]) == 3 and table["base"] == result.summary["eval_reward_base"]
     assert {"prompt", "base", "tuned", "base_reward", "tuned_reward"} <= set(table["rows"][0])
     assert (out / "rewards.md").read_text().startswith("# Held-out prompts")
     evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "eval_reward" in line]
@@ -129,6 +137,19 @@ def test_held_out_prompts_and_probes_are_answered_before_and_after(tiny_model, t
     assert result.summary["probes"]["probes"]["questions"] == 3
     assert any(line.startswith("held-out prompts: mean reward ") for line in lines)
     assert any(line.startswith("guard: kept ") for line in lines)
+
+
+def test_the_reported_prompts_never_reach_the_guards_choice(tiny_model, tmp_path):
+    path = grpo_recipe(tmp_path, ["rewards.py:seen"], data={"eval_fraction": 0.25}, train={"eval_steps": 2})
+    result, lines = lines_of(path)
+    reported = [row["prompt"] for row in json.loads((tmp_path / "out" / "rewards.json").read_text())["rows"]]
+    scored = Counter(json.loads(line) for line in (tmp_path / "seen.jsonl").read_text().splitlines())
+    held_out = {prompt: n for prompt, n in scored.items() if n in (2, 3)}  # training prompts: once per completion
+    # the base, the guard at steps 2 and 4 score the guard's prompts; only the base and the kept adapter the report's
+    assert sorted(held_out.values()) == [2, 2, 2, 3, 3, 3] and {p for p, n in held_out.items() if n == 2} == set(reported)
+    assert result.summary["report_prompts"] == 3 and result.summary["guard_reward_base"] == 0.0
+    assert any(line.startswith("held-out prompts: the 3 above were never chosen by; on the 3 the guard chose by: ")
+               for line in lines)
 
 
 def scored(tmp_path, tokenizer, functions, answers):
@@ -204,7 +225,7 @@ def test_a_text_prompt_reaches_a_reward_file_as_text(tiny_model, tmp_path):
 @pytest.mark.parametrize("function, expected", [
     ("missing.py:f", "reward.functions: missing.py: no such file (looked beside the recipe and in the current folder)"),
     ("rewards.py:absent", "reward.functions: {dir}/rewards.py has no function absent (functions in it: by_keyword, "
-                          "constant, exactly, falling, first_only, low_ids, raises, sees, step_of, too_few, words)"),
+                          "constant, exactly, falling, first_only, low_ids, raises, seen, sees, step_of, too_few, words)"),
     ("rewards.py:raises", "reward {dir}/rewards.py:raises: raised ZeroDivisionError: float division by zero (on {data}:row 1)"),
     ("rewards.py:too_few", "reward {dir}/rewards.py:too_few: returned 1 rewards for 2 completions; return one per "
                            "completion (on {data}:row 1)"),

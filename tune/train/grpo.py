@@ -22,7 +22,8 @@ from tune.recipe.rules import generation_batch_problem
 from tune.train import distributed, rewards
 from tune.train import run as skeleton
 from tune.train.arguments import arguments
-from tune.train.guard import Guard, ZeroSpreadWarning, answerer, base_right, evaluator, report, shown, training_rewards
+from tune.train.guard import (Guard, ZeroSpreadWarning, answerer, base_right, evaluator, report, report_split, reported,
+                              shown, training_rewards)
 from tune.train.run import RunResult
 from tune.train.sampling import autocast_sampling, generation_engine
 
@@ -64,14 +65,21 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
 
         model = PeftModel.from_pretrained(model, str(start), is_trainable=True)
     limit = grpo.eval_max_new_tokens or grpo.max_completion_length
-    evaluate = evaluator(reward_funcs, weights, eval_rows, probe_sets, recipe, tokenizer, limit)
+    # the guard chooses by one part of the held-out prompts; the tuned reward is reported on the other
+    chosen_by, reported_on = report_split(eval_rows, grpo.report_share if grpo.keep == "best" else 0, recipe.train.seed)
+    split = reported_on is not chosen_by
+    evaluate = evaluator(reward_funcs, weights, chosen_by, probe_sets, recipe, tokenizer, limit)
+    evaluate_report = evaluator(reward_funcs, weights, reported_on, [], recipe, tokenizer, limit)
     base_answer = base_answerer(model, tokenizer, recipe, run.source, tokenizer.chat_template)
     checked = train_rows[:2]  # two rows: a function that returns one reward per batch is caught here, not mid-run
     untrained = transformers.TrainerState()  # what a trainer holds until train() starts (TRL scores nothing before)
     first, _ = rewards.score_answers(reward_funcs, weights, checked, base_answer(
         [row["prompt"] for row in checked], limit), tokenizer, untrained)
     before = evaluate(base_answer, untrained)
-    run.echo(f"base model: held-out reward {shown(before.score)}"
+    before_report = reported(evaluate_report(base_answer, untrained), before) if split else before
+    run.echo(f"base model: held-out reward {shown(before_report.score)}"
+             + (f" ({len(reported_on)} prompts; {shown(before.score)} on the {len(chosen_by)} the guard chooses by)"
+                if split else "")
              + (f", probes right {base_right(probe_sets, before)}" if probe_sets else "") + f"; every reward checked on its answer to {train_rows[0][rewards.WHERE]} ({shown(first[0])})")
 
     # ---- trainer
@@ -106,10 +114,16 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         "kept the final weights", guard.evaluation_at(trainer.state.global_step))
     if after is None and (eval_rows or probe_sets):  # no evaluation of the kept weights yet (e.g. a resumed run)
         after = evaluate(answerer(trainer.model, tokenizer), trainer.state, before)
+    after_report = reported(evaluate_report(answerer(trainer.model, tokenizer), trainer.state), after) if split and after else after
     staging = skeleton.save(run, trainer, tokenizer)
     if staging is None:
         return RunResult({}, trainer.model)
-    own = report(before, after, eval_rows, probe_sets, staging, run.echo) | training_rewards(run.metrics.records)
+    own = report(before_report, after_report, reported_on, probe_sets, staging, run.echo) | training_rewards(run.metrics.records)
+    if split:
+        own |= {"guard_reward_base": before.score, "guard_reward_tuned": after.score if after else None,
+                "report_prompts": len(reported_on)}
+        run.echo(f"held-out prompts: the {len(reported_on)} above were never chosen by; on the {len(chosen_by)} the "
+                 f"guard chose by: {shown(before.score)} (base) -> {shown(after.score if after else None)} (kept)")
     run.echo(f"guard: {kept}")
     summary = skeleton.summary(run, trainer, trained, parameters, 0, template=template_label, rewards=reward_records,
                                reward_weights=weights, kept=kept, stopped_early=guard.stopped_early,

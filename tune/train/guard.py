@@ -15,8 +15,9 @@ the same reward (they train nothing)."""
 from __future__ import annotations
 
 import json
+import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -208,6 +209,22 @@ def evaluator(reward_funcs, weights, eval_rows, probe_sets, recipe, tokenizer, l
         return Evaluation(state.global_step, rewards.mean(totals), means, kept, [text for text, _ in answered],
                           totals, probe_answers)
     return evaluate
+
+
+def report_split(rows: list, share: float, seed: int) -> tuple[list, list]:
+    """(prompts the guard chooses by, prompts the held-out report is scored on). The best of several
+    evaluations, reported on the prompts it was chosen by, is biased upward (the luckiest one wins), so a
+    seeded `share` of them (at least one, and one left to choose by) is answered only by the base and the
+    kept adapter. Under two prompts, or share 0: the same prompts for both."""
+    if share == 0 or len(rows) < 2:
+        return rows, rows
+    held = set(random.Random(seed).sample(range(len(rows)), min(len(rows) - 1, max(1, round(len(rows) * share)))))
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+
+
+def reported(on_report: Evaluation, chosen: Evaluation) -> Evaluation:
+    """An evaluation of the report's prompts, with the probe answers the guard's evaluation of the same weights made."""
+    return replace(on_report, probe_answers=chosen.probe_answers, kept=chosen.kept)
 
 
 def report(before: Evaluation, after: Evaluation | None, eval_rows, probe_sets, staging: Path, echo) -> dict:
