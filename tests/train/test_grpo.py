@@ -211,7 +211,8 @@ def test_the_guard_keeps_the_best_adapter_within_the_probe_bar_and_stops_early(t
                      "evaluations in a row"]
     said, kept = guard.restore_best(model)
     assert kept.step == 2 and said == ("kept step 2: held-out reward 0.500, the highest among evaluations whose probes kept at least 75% "
-                    "(final step 4: reward 1.000, probes kept 25%)")
+                    "(final step 4: reward 1.000, probes kept 25%); the next higher, step 3, reached 0.900 but kept "
+                    "50% of the probes")
     restored = get_peft_model_state_dict(model)
     assert all(torch.equal(restored[k], weights[2][k]) for k in restored)
 
@@ -449,5 +450,71 @@ def test_a_run_interrupted_after_an_evaluation_resumes_to_the_same_kept_adapter(
     resumed, lines = lines_of(path, resume=True)
     assert resumed.summary["resumed_from"].endswith("checkpoint-4")
     assert resumed.summary["kept"] == result.summary["kept"]
-    first, again = (load_file(folder / "out" / "adapter_model.safetensors") for folder in (tmp_path / "straight", tmp_path / "killed"))
+    first, again = (load_file(tmp_path / folder / "out" / "adapter_model.safetensors") for folder in ("straight", "killed"))
     assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
+
+
+def test_a_rollback_returns_to_the_best_adapter_with_a_smaller_step_and_evaluates_more_often(tiny_model):
+    import torch
+    from peft import get_peft_model, get_peft_model_state_dict
+    from transformers import AutoModelForCausalLM, TrainerControl, TrainerState, get_linear_schedule_with_warmup
+
+    from tune.models.load import lora_config
+    from tune.recipe import AdapterSection
+    from tune.train.guard import Evaluation, Guard
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), lora_config(AdapterSection(r=4)))
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=1e-3)
+    scheduler = get_linear_schedule_with_warmup(optimizer, 0, 100)
+    # step: (reward, kept). 4 falls under the bar: back to 2, evaluating every step; 5 passes and is the best;
+    # 6 falls: back to 5; 7 falls too, the second in a row: stop
+    script = {2: (0.5, 1.0), 4: (0.9, 0.5), 5: (0.6, 0.9), 6: (0.95, 0.4), 7: (0.97, 0.3)}
+    lines, evaluated = [], []
+    metrics = type("Metrics", (), {"add": lambda self, record, max_steps: None})()
+    guard = Guard(lambda m, step: evaluated.append(step) or Evaluation(step, script[step][0], {}, script[step][1]),
+                  every=2, min_kept_share=0.75, stop_after=2, metrics=metrics, echo=lines.append, rollback=0.5)
+    state = TrainerState(max_steps=100)
+
+    def lora_b():
+        return {t.flatten()[0].item() for n, t in get_peft_model_state_dict(model).items() if "lora_B" in n}
+
+    for step in range(1, 8):
+        optimizer.zero_grad()
+        sum((p * p).sum() for p in trained).backward()
+        optimizer.step()
+        scheduler.step()
+        with torch.no_grad():  # the weights at each step, told apart by value
+            for name, parameter in model.named_parameters():
+                if "lora_B" in name:
+                    parameter.fill_(step)
+        state.global_step = step
+        control = TrainerControl()
+        guard.on_step_end(None, state, control, model=model, optimizer=optimizer, lr_scheduler=scheduler)
+        if step == 4:  # the weights of step 2, half the step size from here on, the optimizer's moments cleared
+            assert lora_b() == {2.0} and optimizer.state == {} and scheduler.base_lrs == [5e-4]
+            assert optimizer.param_groups[0]["lr"] == pytest.approx(5e-4 * 96 / 100)
+        assert control.should_training_stop == (step == 7)
+    assert evaluated == [2, 4, 5, 6, 7] and guard.rollbacks == [4, 6] and scheduler.base_lrs == [2.5e-4]
+    assert lines[0] == ("guard: step 4: the probes kept 50% (under 75%); back to the adapter of step 2, learning rate "
+                        "x0.5 (9.60e-04 -> 4.80e-04), evaluating every step")
+    said, kept = guard.restore_best(model)
+    assert kept.step == 5 and lora_b() == {5.0}
+
+
+def test_a_rollback_in_a_real_run_halves_the_learning_rate_it_logs(tiny_model, tmp_path, monkeypatch):
+    from tune.train import guard
+
+    shares = iter([1.0, 0.5, 0.9, 0.9, 0.9, 0.9])  # the probes' kept share at steps 2, 4 (under 0.75), 5, 6, 7, 8
+    monkeypatch.setattr(guard.probes, "kept_share", lambda *args: next(shares))
+    probe_file = tmp_path / "probes.jsonl"
+    probe_file.write_text(json.dumps({"question": "Say a.", "expected": "a"}) + "\n")
+    path = grpo_recipe(tmp_path, ["rewards.py:step_of"], data={"eval_fraction": 0.25, "probes": [str(probe_file)]},
+                       train={"max_steps": 8, "eval_steps": 2, "learning_rate": 1e-3}, grpo={"rollback": 0.5})
+    result, lines = lines_of(path)
+    records = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "eval_reward" in r] == [2, 4, 5, 6, 7, 8]
+    rates = {r["step"]: r["learning_rate"] for r in records if "learning_rate" in r}
+    assert rates[4] == pytest.approx(1e-3) and rates[5] == pytest.approx(5e-4) and rates[8] == pytest.approx(5e-4)
+    assert result.summary["rollbacks"] == [4]
+    assert any(line.startswith("guard: step 4: the probes kept 50% (under 75%); back to the adapter of step 2") for line in lines)

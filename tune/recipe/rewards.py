@@ -91,6 +91,7 @@ class GRPOSection(Section):
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0, lt=1, description="vllm: share of GPU memory vLLM reserves for weights and KV cache beside training.")
     eval_max_new_tokens: int | None = Field(None, ge=1, description="Longest greedy answer to the held-out prompts; default max_completion_length (probes use data.probe_max_new_tokens).")
     keep: Literal["best", "last"] = Field("best", description="Adapter saved at the end: best = the evaluation with the highest held-out reward whose probes kept at least min_kept_share; last = the final weights.")
+    rollback: float | None = Field(None, gt=0, lt=1, description="Guard: on an evaluation under min_kept_share, go back to the best adapter so far and continue with the learning rate times this, evaluating twice as often (none = only choose and stop).")
     report_share: float = Field(0.5, ge=0, lt=1, description="With keep: best, the share of the held-out prompts (seeded) the guard never chooses by: the reported tuned reward is measured on them, so it is not the luckiest of several evaluations; 0 = choose and report on the same prompts.")
     min_kept_share: float = Field(0.75, ge=0, le=1, description="Guard: the share of the probe questions the base got right that must stay right; an evaluation below it is not kept (when none passes, the final weights are, and the run says so).")
     stop_after: int | None = Field(2, ge=1, description="Guard: stop training after this many evaluations in a row below min_kept_share (none = never stop early).")

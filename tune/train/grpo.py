@@ -94,7 +94,8 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     )
     # the trainer's own state (TRL's trainer_state, at the guard's step), looked up when the guard evaluates
     guard = Guard(lambda policy, _step: evaluate(answerer(policy, tokenizer), trainer.state, before),
-                        recipe.train.eval_steps, grpo.min_kept_share, grpo.stop_after, run.metrics, run.echo)
+                        recipe.train.eval_steps, grpo.min_kept_share, grpo.stop_after, run.metrics, run.echo,
+                        rollback=grpo.rollback)
     trainer = autocast_sampling(GRPOTrainer, run.precision == "bf16-autocast")(
         model=model, reward_funcs=reward_funcs, args=config, processing_class=tokenizer,
         train_dataset=Dataset.from_list([{"prompt": row["prompt"], ROW: i} for i, row in enumerate(train_rows)]), peft_config=None if start else lora_config(recipe.adapter),
@@ -114,11 +115,14 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         "kept the final weights", guard.evaluation_at(trainer.state.global_step))
     if after is None and (eval_rows or probe_sets):  # no evaluation of the kept weights yet (e.g. a resumed run)
         after = evaluate(answerer(trainer.model, tokenizer), trainer.state, before)
-    after_report = reported(evaluate_report(answerer(trainer.model, tokenizer), trainer.state), after) if split and after else after
+    after_report = after
+    if split and after:
+        after_report = reported(evaluate_report(answerer(trainer.model, tokenizer), trainer.state), after)
     staging = skeleton.save(run, trainer, tokenizer)
     if staging is None:
         return RunResult({}, trainer.model)
-    own = report(before_report, after_report, reported_on, probe_sets, staging, run.echo) | training_rewards(run.metrics.records)
+    own = report(before_report, after_report, reported_on, probe_sets, staging, run.echo)
+    own |= training_rewards(run.metrics.records)
     if split:
         own |= {"guard_reward_base": before.score, "guard_reward_tuned": after.score if after else None,
                 "report_prompts": len(reported_on)}
@@ -126,7 +130,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
                  f"guard chose by: {shown(before.score)} (base) -> {shown(after.score if after else None)} (kept)")
     run.echo(f"guard: {kept}")
     summary = skeleton.summary(run, trainer, trained, parameters, 0, template=template_label, rewards=reward_records,
-                               reward_weights=weights, kept=kept, stopped_early=guard.stopped_early,
+                               reward_weights=weights, kept=kept, stopped_early=guard.stopped_early, rollbacks=guard.rollbacks,
                                guard_seconds=round(guard.seconds, 1), **own)
     # prompt and completion tokens through the policy (TRL's count), not a per-epoch token count
     summary["trained_tokens_per_second"] = round(trainer.state.num_input_tokens_seen / max(trained.seconds, 1e-9), 1)

@@ -55,12 +55,21 @@ class Evaluation:
 
 
 class Guard(TrainerCallback):
-    """evaluate(model, step) -> Evaluation, every `every` steps and at the last step."""
+    """evaluate(model, step) -> Evaluation, every `every` steps and at the last step.
+
+    With `rollback` (a factor below 1) the guard also steers: an evaluation under the probe bar sends the
+    model back to the best adapter so far, with the learning rate times `rollback`, the optimizer's moments
+    cleared and evaluations twice as often from there. The measure usually rises fastest just before the
+    probes fall, so the useful adapters lie between two evaluations; going back and taking smaller steps
+    walks into that gap instead of past it."""
 
     def __init__(self, evaluate, every: int | None, min_kept_share: float, stop_after: int | None,
-                 metrics, echo, measure: Measure = HELD_OUT_REWARD):
+                 metrics, echo, measure: Measure = HELD_OUT_REWARD, rollback: float | None = None):
         self.evaluate, self.every, self.measure = evaluate, every, measure
-        self.min_kept_share, self.stop_after = min_kept_share, stop_after
+        self.min_kept_share, self.stop_after, self.rollback = min_kept_share, stop_after, rollback
+        self.interval = every  # steps between evaluations: halved at each rollback
+        self.next_at: int | None = None  # the step of the next evaluation (set when training begins or resumes)
+        self.rollbacks: list[int] = []  # the steps at which the model went back to the best adapter
         self.metrics, self.echo = metrics, echo
         self.history: list[Evaluation] = []
         self.best: Evaluation | None = None
@@ -72,10 +81,18 @@ class Guard(TrainerCallback):
     def passes(self, evaluation: Evaluation) -> bool:
         return evaluation.kept is None or evaluation.kept >= self.min_kept_share
 
-    def on_step_end(self, args, state, control, model=None, **kwargs):
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.next_at is None and self.every:  # a resumed run without the guard's state: the same grid
+            self.next_at = (state.global_step // self.every + 1) * self.every
+
+    def on_step_end(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
         last = state.global_step >= state.max_steps
-        if not (last or (self.every and state.global_step % self.every == 0)):
+        if self.next_at is None and self.every:  # called without on_train_begin (the tests' scripted steps)
+            self.next_at = ((state.global_step - 1) // self.every + 1) * self.every
+        if not (last or (self.next_at and state.global_step >= self.next_at)):
             return
+        if self.interval:
+            self.next_at = state.global_step + self.interval
         started = time.perf_counter()
         evaluation = self.evaluate(model, state.global_step)
         self.seconds += time.perf_counter() - started
@@ -97,6 +114,27 @@ class Guard(TrainerCallback):
                                   f"{self.min_kept_share:.0%}) at {self.below} evaluations in a row")
             self.echo(f"guard: stopping at step {state.global_step}: {self.stopped_early}")
             control.should_training_stop = True
+        elif self.rollback and self.best_state is not None and not last:
+            self._roll_back(model, optimizer, lr_scheduler, state.global_step, evaluation)
+
+    def _roll_back(self, model, optimizer, lr_scheduler, step: int, evaluation: Evaluation) -> None:
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, self.best_state)
+        optimizer.state.clear()  # the moments point where the model went wrong
+        before = optimizer.param_groups[0]["lr"]
+        for group in optimizer.param_groups:
+            group["lr"] *= self.rollback
+        schedule = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate's wrapper holds torch's scheduler
+        schedule.base_lrs = [lr * self.rollback for lr in schedule.base_lrs]  # the schedule goes on, scaled
+        schedule._last_lr = [group["lr"] for group in optimizer.param_groups]  # what the Trainer logs for the next step
+        self.interval = max(1, (self.interval or 1) // 2)
+        self.next_at = step + self.interval
+        self.rollbacks.append(step)
+        self.echo(f"guard: step {step}: the probes kept {evaluation.kept:.0%} (under {self.min_kept_share:.0%}); back to "
+                  f"the adapter of step {self.best.step}, learning rate x{self.rollback:g} ({before:.2e} -> "
+                  f"{before * self.rollback:.2e}), evaluating every "
+                  + (f"{self.interval} steps" if self.interval > 1 else "step"))
 
     def on_save(self, args, state, control, **kwargs):
         """Into each checkpoint, before its manifest hashes it (the guard comes first among the callbacks): the
@@ -108,7 +146,9 @@ class Guard(TrainerCallback):
 
         checkpoint = Path(args.output_dir) / f"{PREFIX}{state.global_step}"
         write_json(checkpoint / STATE_FILE, {"history": [asdict(e) for e in self.history], "below": self.below,
-                                             "best_step": self.best.step if self.best else None})
+                                             "best_step": self.best.step if self.best else None,
+                                             "interval": self.interval, "next_at": self.next_at,
+                                             "rollbacks": self.rollbacks})
         if self.best_state is not None:
             save_file(self.best_state, str(checkpoint / BEST_FILE))
 
@@ -120,7 +160,8 @@ class Guard(TrainerCallback):
 
         saved = json.loads((checkpoint / STATE_FILE).read_text())
         self.history = [Evaluation(**e) for e in saved["history"]]
-        self.below = saved["below"]
+        self.below, self.interval, self.next_at = saved["below"], saved["interval"], saved["next_at"]
+        self.rollbacks = saved["rollbacks"]
         self.best = next((e for e in self.history if e.step == saved["best_step"]), None)
         self.best_state = load_file(str(checkpoint / BEST_FILE)) if self.best is not None else None
 
@@ -150,7 +191,16 @@ class Guard(TrainerCallback):
         set_peft_model_state_dict(model, self.best_state)
         return (f"kept step {self.best.step}: {self.measure.name} {shown(self.best.score)}, the highest among "
                 f"evaluations whose probes kept at least {self.min_kept_share:.0%} (final step {final.step}: "
-                f"{self.measure.name.split()[-1]} {shown(final.score)}{_kept_text(final)})"), self.best
+                f"{self.measure.name.split()[-1]} {shown(final.score)}{_kept_text(final)}){self._next_higher(final)}"), self.best
+
+    def _next_higher(self, final: Evaluation) -> str:
+        """What the next step up in the measure cost: the lowest-scoring evaluation above the kept one."""
+        higher = [e for e in self.history if None not in (e.score, self.best.score) and e.score > self.best.score]
+        if not higher or min(higher, key=lambda e: (e.score, e.step)) is final:  # said already
+            return ""
+        above = min(higher, key=lambda e: (e.score, e.step))
+        kept = f" but kept {above.kept:.0%} of the probes" if above.kept is not None else ""
+        return f"; the next higher, step {above.step}, reached {shown(above.score)}{kept}"
 
 
 def _kept_text(evaluation: Evaluation) -> str:
