@@ -518,3 +518,31 @@ def test_a_rollback_in_a_real_run_halves_the_learning_rate_it_logs(tiny_model, t
     assert rates[4] == pytest.approx(1e-3) and rates[5] == pytest.approx(5e-4) and rates[8] == pytest.approx(5e-4)
     assert result.summary["rollbacks"] == [4]
     assert any(line.startswith("guard: step 4: the probes kept 50% (under 75%); back to the adapter of step 2") for line in lines)
+
+
+def test_the_replay_term_trains_the_base_answers_beside_a_reward_that_trains_nothing(tiny_model, tmp_path, monkeypatch):
+    # A constant reward gives every completion the same advantage: GRPO alone leaves the adapter at its start
+    # (lora_B zero). With grpo.replay the base model's answers are trained beside it, and their loss falls.
+    from tune.data.replay import Replay
+    from tune.train import grpo
+
+    def replay_rows(answer, tokenizer, template, data, train, recipe_dir, seed, report, wanted, limit):
+        texts = ["The capital of France is Paris.", "Water boils at 100 degrees."] * 4
+        ids = [tokenizer(text)["input_ids"] for text in texts]
+        return Replay([{"prompt": "q", "answer": t} for t in texts], [{"input_ids": i, "labels": i} for i in ids], "replay: 8", {})
+
+    monkeypatch.setattr(grpo, "make_replay", replay_rows)
+    lora_b = {}
+    for weight in (0.0, 1.0):
+        folder = tmp_path / str(weight)
+        folder.mkdir()
+        path = grpo_recipe(folder, ["rewards.py:constant"], train={"max_steps": 6, "learning_rate": 1e-2},
+                           grpo={"replay": weight})
+        lines_of(path)
+        saved = load_file(folder / "out" / "adapter_model.safetensors")
+        lora_b[weight] = max(t.abs().max().item() for n, t in saved.items() if "lora_B" in n)
+        records = [json.loads(line) for line in (folder / "out" / "metrics.jsonl").read_text().splitlines()]
+        replay_losses = [r["replay_loss"] for r in records if "replay_loss" in r]
+        assert (len(replay_losses) == 6 and replay_losses[-1] < replay_losses[0]) if weight else not replay_losses
+        assert (folder / "out" / "replay.jsonl").exists() == bool(weight)
+    assert lora_b[0.0] == 0.0 and lora_b[1.0] > 0.0

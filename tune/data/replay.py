@@ -57,17 +57,18 @@ def read_prompts(path: Path) -> list[str]:
 
 
 def make_replay(answer, tokenizer, template: str, data: DataSection, train: list[dict], recipe_dir: Path | None,
-                seed: int, report: LengthReport) -> Replay:
-    """data.replay rows per training row, answered by the base model before any adapter:
+                seed: int, report: LengthReport, wanted: int | None = None, limit: int | None = None) -> Replay:
+    """data.replay rows per training row (or `wanted` rows), answered by the base model before any adapter:
     answer(conversations, max_new_tokens) -> [(text, finished)].
 
     Replay answers take the shape of the user's replies: an answer longer than twice their typical (90th
-    percentile) reply is left out, so short-answer data replays short answers (the behaviour it puts at
-    risk) and costs little to train on. Twice the wanted prompts are asked, so enough answers remain."""
+    percentile) reply is left out (or longer than `limit` tokens), so short-answer data replays short answers
+    (the behaviour it puts at risk) and costs little to train on. Twice the wanted prompts are asked, so
+    enough answers remain."""
     path = prompt_file(data.replay_prompts, recipe_dir)
     pool = read_prompts(path)
-    wanted = max(1, round(len(train) * data.replay))
-    limit = reply_limit(train)
+    wanted = wanted or max(1, round(len(train) * data.replay))
+    limit = limit or reply_limit(train)
     prompts = random.Random(seed).sample(pool, min(2 * wanted, len(pool)))
     system = [{"role": "system", "content": data.system_prompt}] if data.system_prompt else []
     answers = answer([system + [{"role": "user", "content": p}] for p in prompts], limit)
@@ -81,8 +82,8 @@ def make_replay(answer, tokenizer, template: str, data: DataSection, train: list
         if example is not None:
             examples.append({"input_ids": example.input_ids, "labels": example.labels})
     short = f" (of {len(prompts)} asked, the rest ran past {limit} tokens)" if len(examples) < wanted else ""
-    note = (f"replay: {len(examples)} base-model answers of at most {limit} tokens mixed into "
-            f"{len(train)} training rows{short}")
+    note = (f"replay: {len(examples)} base-model answers of at most {limit} tokens"
+            + (f" mixed into {len(train)} training rows" if train else "") + short)
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
     fingerprint = {"prompts": str(path), "rows": len(examples), "max_new_tokens": limit, "sha256": digest}
     return Replay(rows, examples, note, fingerprint)

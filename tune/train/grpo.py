@@ -9,14 +9,17 @@ and the adapter kept at the end by the recipe's rule, not simply the last one.""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from tune.data import probes
 from tune.data.prompts import ROW, prepare_prompts
+from tune.data.replay import make_replay
 from tune.errors import TuneError
 from tune.infer.answer_cache import base_answerer
 from tune.models.load import load_model, lora_config
 from tune.models.run_dir import check_fits_base
+from tune.output import write_text
 from tune.recipe import Recipe
 from tune.recipe.rules import generation_batch_problem
 from tune.train import distributed, rewards
@@ -25,10 +28,11 @@ from tune.train.arguments import arguments
 from tune.train.guard import (Guard, ZeroSpreadWarning, answerer, base_right, evaluator, report, report_split, reported,
                               shown, training_rewards)
 from tune.train.run import RunResult
-from tune.train.sampling import autocast_sampling, generation_engine
+from tune.train.sampling import autocast_sampling, generation_engine, with_replay
 
 METRICS = ("reward", "reward_std", "frac_reward_zero_std", "kl", "entropy", "completions/mean_length",
-           "completions/clipped_ratio")
+           "completions/clipped_ratio", "replay_loss")
+REPLAY_ROWS, REPLAY_ROWS_PER_STEP = 64, 4  # grpo.replay: base answers made once (cached), cycled through the steps
 
 
 def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, console=None,
@@ -76,6 +80,15 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     first, _ = rewards.score_answers(reward_funcs, weights, checked, base_answer(
         [row["prompt"] for row in checked], limit), tokenizer, untrained)
     before = evaluate(base_answer, untrained)
+    replay = None
+    if grpo.replay:
+        replay = make_replay(base_answer, tokenizer, tokenizer.chat_template, recipe.data, [], run.recipe_dir,
+                             recipe.train.seed, data.report, wanted=REPLAY_ROWS, limit=grpo.max_completion_length)
+        data.fingerprint["replay"] = replay.fingerprint
+        if not replay.examples:
+            raise TuneError(f"grpo.replay: the base model finished none of its answers to data.replay_prompts within "
+                            f"grpo.max_completion_length ({grpo.max_completion_length} tokens); raise it or set replay: 0")
+        run.echo(f"data: {replay.note}; each step adds {grpo.replay:g} x the loss of {REPLAY_ROWS_PER_STEP} of them")
     before_report = reported(evaluate_report(base_answer, untrained), before) if split else before
     run.echo(f"base model: held-out reward {shown(before_report.score)}"
              + (f" ({len(reported_on)} prompts; {shown(before.score)} on the {len(chosen_by)} the guard chooses by)"
@@ -96,7 +109,11 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     guard = Guard(lambda policy, _step: evaluate(answerer(policy, tokenizer), trainer.state, before),
                         recipe.train.eval_steps, grpo.min_kept_share, grpo.stop_after, run.metrics, run.echo,
                         rollback=grpo.rollback)
-    trainer = autocast_sampling(GRPOTrainer, run.precision == "bf16-autocast")(
+    trainer_class = autocast_sampling(GRPOTrainer, run.precision == "bf16-autocast")
+    if replay:
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        trainer_class = with_replay(trainer_class, replay.examples, grpo.replay, REPLAY_ROWS_PER_STEP, pad)
+    trainer = trainer_class(
         model=model, reward_funcs=reward_funcs, args=config, processing_class=tokenizer,
         train_dataset=Dataset.from_list([{"prompt": row["prompt"], ROW: i} for i, row in enumerate(train_rows)]), peft_config=None if start else lora_config(recipe.adapter),
         callbacks=skeleton.callbacks(run, guard if eval_rows or probe_sets else None)
@@ -121,6 +138,8 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     staging = skeleton.save(run, trainer, tokenizer)
     if staging is None:
         return RunResult({}, trainer.model)
+    if replay:
+        write_text(staging / "replay.jsonl", "".join(json.dumps(row) + "\n" for row in replay.rows))
     own = report(before_report, after_report, reported_on, probe_sets, staging, run.echo)
     own |= training_rewards(run.metrics.records)
     if split:

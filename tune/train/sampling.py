@@ -38,3 +38,31 @@ def generation_engine(grpo, run) -> dict:
         return {"use_vllm": False}
     return {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": grpo.vllm_gpu_memory_utilization,
             "vllm_max_model_length": run.recipe.data.max_length + grpo.max_completion_length}  # not the full context
+
+
+def with_replay(trainer_class, examples: list[dict], weight: float, rows_per_step: int, pad_id: int):
+    """GRPO plus a likelihood term on the base model's own answers to everyday prompts (InstructGPT's
+    PPO-ptx, arXiv 2203.02155): each step also trains `rows_per_step` replay rows (tune/data/replay.py) and
+    adds `weight` x their mean token loss, so the policy is pulled back toward what it said before while
+    the reward pulls it away. Logged as replay_loss."""
+    import itertools
+
+    class Trainer(trainer_class):
+        _replay = itertools.cycle(range(0, len(examples), rows_per_step))
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            import torch
+
+            loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            start = next(self._replay)
+            batch = examples[start:start + rows_per_step]
+            width = max(len(e["input_ids"]) for e in batch)
+            device = loss.device
+            ids = torch.tensor([e["input_ids"] + [pad_id] * (width - len(e["input_ids"])) for e in batch], device=device)
+            labels = torch.tensor([e["labels"] + [-100] * (width - len(e["labels"])) for e in batch], device=device)
+            mask = torch.tensor([[1] * len(e["input_ids"]) + [0] * (width - len(e["input_ids"])) for e in batch],
+                                device=device)
+            replay_loss = model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False).loss
+            self._metrics["train"]["replay_loss"].append(replay_loss.detach().item())
+            return loss + weight * replay_loss
+    return Trainer

@@ -1,0 +1,121 @@
+"""Rewards without forgetting: a user's own reward (answers of at most 20 words) on everyday questions,
+trained by `tune run recipes/smollm2-grpo.yaml` with only the data, the reward and each variant's keys
+changed, then every kept adapter scored outside tune (plain transformers + PEFT, greedy, the chat template)
+on 60 everyday questions the run never saw (the user's reward) and on general questions the guard never
+saw (kept = the share of the base's right answers still right). Prints one table, each row with its time.
+
+    python bench/grpo_forgetting.py --variants guard,rollback
+
+The run's held-out prompts (24, half of them kept for its report) and its probes (22 general questions)
+are disjoint from the scored ones. Needs `tune models get smollm2-135m-instruct`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from faq_knowledge import answers  # noqa: E402  (the same greedy answers as the FAQ benchmark)
+
+REWARD = '''
+def at_most_20_words(completions, **kwargs):
+    """1.0 up to 20 words, falling to 0 at 40: what a user who wants short answers writes."""
+    words = [len(c[-1]["content"].split() if isinstance(c, list) else c.split()) for c in completions]
+    return [1.0 if n <= 20 else max(0.0, (40 - n) / 20) for n in words]
+'''
+VARIANTS = {
+    "guard": [],  # the bundled recipe's guard: evaluate every 10 steps, keep the best within the bar
+    "rollback": ["grpo.rollback=0.5"],
+    "beta": ["grpo.beta=0.1"],
+    "lr-1e-4": ["train.learning_rate=1e-4"],
+    "every-5": ["train.eval_steps=5"],
+    "rollback+every-5": ["grpo.rollback=0.5", "train.eval_steps=5"],
+    "replay": ["grpo.replay=0.5"],
+    "rollback+replay": ["grpo.rollback=0.5", "grpo.replay=0.5"],
+}
+
+
+def words_reward(text: str) -> float:
+    n = len(text.split())
+    return 1.0 if n <= 20 else max(0.0, (40 - n) / 20)
+
+
+def inputs(folder: Path) -> dict[str, list]:
+    general = [json.loads(line) for line in (REPO / "data_templates" / "replay" / "general.jsonl").read_text().splitlines()]
+    probes = [json.loads(line) for line in (REPO / "data_templates" / "smollm2-domain" / "probes-general.jsonl")
+              .read_text().splitlines() if line.strip()]
+    write = lambda name, rows: (folder / name).write_text("".join(json.dumps(r) + "\n" for r in rows))  # noqa: E731
+    write("train.jsonl", [{"prompt": g["instruction"]} for g in general[:48]])
+    write("heldout.jsonl", [{"prompt": g["instruction"]} for g in general[48:72]])
+    write("probes.jsonl", probes[:22])
+    (folder / "rewards.py").write_text(REWARD)
+    return {"scored": [g["instruction"] for g in general[200:260]], "probes": probes[22:]}
+
+
+def score(base_dir: str, run_dir: Path | None, sets: dict) -> tuple[float, list[bool]]:
+    from tune.data.probes import contains
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    if run_dir is not None:
+        model = PeftModel.from_pretrained(model, str(run_dir))
+    model.eval()
+    said = answers(model, tokenizer, sets["scored"] + [p["question"] for p in sets["probes"]])
+    scored, probed = said[:len(sets["scored"])], said[len(sets["scored"]):]
+    expected = lambda p: p["expected"] if isinstance(p["expected"], list) else [p["expected"]]  # noqa: E731
+    return (sum(map(words_reward, scored)) / len(scored),
+            [contains(text, expected(p)) for text, p in zip(probed, sets["probes"])])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variants", default="guard,rollback")
+    parser.add_argument("--set", action="append", default=[], help="more recipe overrides for every run")
+    args = parser.parse_args()
+    home = Path(os.environ.get("TUNE_HOME", Path.home() / ".cache" / "tune"))
+    base_dir = str(home / "models" / "smollm2-135m-instruct")
+    work = Path(tempfile.mkdtemp(prefix="grpo-bench-"))
+    sets = inputs(work)
+    base_reward, base_right = score(base_dir, None, sets)
+    rows = ["| variant | reward (unseen prompts) | gain | general kept | run s | kept |", "|---|---|---|---|---|---|",
+            f"| base model | {base_reward:.3f} | | {sum(base_right)}/{len(base_right)} right | | |"]
+    print(rows[-1], flush=True)
+    for name in args.variants.split(","):
+        out = work / f"run-{name}"
+        command = [sys.executable, "-m", "tune", "run", str(REPO / "recipes" / "smollm2-grpo.yaml"),
+                   "--set", f"data.train={work / 'train.jsonl'}", "--set", f"data.eval={work / 'heldout.jsonl'}",
+                   "--set", f"data.probes=[{work / 'probes.jsonl'}]",
+                   "--set", f"reward.functions=[{work / 'rewards.py'}:at_most_20_words]", "--set", "reward.weights=null",
+                   "--set", f"output.dir={out}", "--set", "output.overwrite=true"]
+        for override in VARIANTS[name] + args.set:
+            command += ["--set", override]
+        started = time.perf_counter()
+        result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+        seconds = time.perf_counter() - started
+        (work / f"{name}.log").write_text(result.stdout + result.stderr)
+        if result.returncode:
+            print(f"{name}: tune run failed:\n{result.stderr[-2000:]}{result.stdout[-1000:]}")
+            continue
+        reward, right = score(base_dir, out, sets)
+        kept = [t for b, t in zip(base_right, right) if b]
+        summary = json.loads((out / "run.json").read_text())
+        rows.append(f"| {name} | {reward:.3f} | {reward - base_reward:+.3f} | {sum(kept) / max(1, len(kept)):.2f} | "
+                    f"{seconds:.0f} | {(summary.get('kept') or '').split(':')[0]} |")
+        print(rows[-1], flush=True)
+    print("\n".join(rows))
+    print(f"(runs and logs in {work})")
+
+
+if __name__ == "__main__":
+    main()
