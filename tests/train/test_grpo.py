@@ -546,3 +546,24 @@ def test_the_replay_term_trains_the_base_answers_beside_a_reward_that_trains_not
         assert (len(replay_losses) == 6 and replay_losses[-1] < replay_losses[0]) if weight else not replay_losses
         assert (folder / "out" / "replay.jsonl").exists() == bool(weight)
     assert lora_b[0.0] == 0.0 and lora_b[1.0] > 0.0
+
+
+def test_a_continued_adapter_is_its_own_kl_reference(tiny_model, tmp_path):
+    # TRL 1.16 copies a continued adapter into a frozen "ref" adapter: the first step's KL is 0 (policy and
+    # reference are the same weights), where the base as reference would give the adapter's whole drift.
+    first = tmp_path / "first"
+    first.mkdir()
+    path = grpo_recipe(first, ["rewards.py:low_ids"], train={"max_steps": 4, "learning_rate": 5e-2})
+    lines_of(path)
+    moved = load_file(first / "out" / "adapter_model.safetensors")
+    assert any(t.abs().max() > 0 for n, t in moved.items() if "lora_B" in n)
+
+    again = tmp_path / "again"
+    again.mkdir()
+    path = grpo_recipe(again, ["rewards.py:low_ids"], model={"adapter": str(first / "out")},
+                       train={"max_steps": 2}, grpo={"beta": 0.1})
+    result, lines = lines_of(path)
+    records = [json.loads(line) for line in (again / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["kl"] for r in records if "kl" in r][0] == pytest.approx(0.0, abs=1e-6)
+    assert any("beta 0.1 (reference: a frozen copy of the adapter continued)" in line for line in lines)
+    assert not (again / "out" / "ref").exists() and (again / "out" / "adapter_model.safetensors").exists()

@@ -82,7 +82,7 @@ class GRPOSection(Section):
     max_completion_length: int = Field(256, ge=1, description="Longest sampled completion in tokens.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the completions; lower = less varied groups.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: keep the smallest set of tokens whose probability reaches this.")
-    beta: float = Field(0.0, ge=0, description="KL penalty toward the base (adapter off); 0 = none and no reference forward. Slows reward hacking, does not prevent it.")
+    beta: float = Field(0.0, ge=0, description="KL penalty toward the base (adapter off), or with model.adapter toward a frozen copy of the adapter continued; 0 = none and no reference forward. Slows reward hacking, does not prevent it.")
     loss_type: str = Field("dapo", description="TRL's GRPO loss: dapo (default), grpo, dr_grpo, bnpo, cispo, sapo, luspo, vespo.")
     scale_rewards: Literal["group", "batch", "none"] = Field("group", description="Divide advantages by the reward spread of the group, of the batch, or not at all (Dr. GRPO).")
     num_iterations: int = Field(1, ge=1, description="Optimizer passes over each generated batch (GRPO's mu); above 1 the clipped ratio matters.")

@@ -100,9 +100,6 @@ def _section_problem(recipe) -> str | None:
                 f"ddp, not {recipe.distributed.strategy}")
     if method == "kto" and recipe.train.batch_size < 2:
         return "train.batch_size: kto estimates its KL term from other rows of the batch; use at least 2"
-    if method == "grpo" and recipe.model.adapter is not None and recipe.grpo.beta > 0:
-        return ("grpo.beta: with model.adapter the KL reference would be the base model, not the adapter you "
-                "continue; use beta: 0 (the probes guard against forgetting), or start a fresh adapter")
     return None
 
 

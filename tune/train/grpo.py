@@ -123,7 +123,8 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     adapter = f"continuing the adapter of {start}" if start else f"{recipe.adapter.method} r={recipe.adapter.r}"
     skeleton.model_line(run, model.dtype, parameters, adapter, f"{grpo.loss_type} loss, {grpo.num_generations} "
                         f"completions per prompt, beta {grpo.beta}"
-                        + (" (reference: the base, adapter off)" if grpo.beta else ""))
+                        + ((" (reference: a frozen copy of the adapter continued)" if start else
+                            " (reference: the base, adapter off)") if grpo.beta else ""))
 
     # ---- train, keep the adapter the rule picks, and report before/after
     skeleton.write_records(run, data.fingerprint)
@@ -135,7 +136,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     after_report = after
     if split and after:
         after_report = reported(evaluate_report(answerer(trainer.model, tokenizer), trainer.state), after)
-    staging = skeleton.save(run, trainer, tokenizer)
+    staging = skeleton.save(run, trainer, tokenizer, selected_adapters=["default"])  # never TRL's frozen "ref" copy
     if staging is None:
         return RunResult({}, trainer.model)
     if replay:
