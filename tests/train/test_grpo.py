@@ -274,6 +274,8 @@ def validate(path):
     ({"reward": {"functions": ["exact_answer"], "weights": [1, 2]}}, "reward.weights: 2 weights for 1 rewards; give "
                                                                      "one per reward (functions first, then the model)"),
     ({"reward": None}, "reward: train.method: grpo needs a reward section (reward.functions and/or reward.model)"),
+    ({"grpo": {"rollback": 0.5, "stop_after": 1}}, "grpo.rollback: with stop_after: 1 the first evaluation under the bar "
+                                                   "stops the run before any rollback; use stop_after: 2 (or none)"),
     ({"train": {"method": "sft"}, "data": {"format": "instruction"}, "reward": None, "grpo": {"beta": 0.1}},
      "grpo.num_generations: applies to train.method: grpo, not sft"),
 ])
@@ -524,14 +526,14 @@ def test_the_replay_term_trains_the_base_answers_beside_a_reward_that_trains_not
     # A constant reward gives every completion the same advantage: GRPO alone leaves the adapter at its start
     # (lora_B zero). With grpo.replay the base model's answers are trained beside it, and their loss falls.
     from tune.data.replay import Replay
-    from tune.train import grpo
+    from tune.train import sampling
 
     def replay_rows(answer, tokenizer, template, data, train, recipe_dir, seed, report, wanted, limit):
         texts = ["The capital of France is Paris.", "Water boils at 100 degrees."] * 4
         ids = [tokenizer(text)["input_ids"] for text in texts]
         return Replay([{"prompt": "q", "answer": t} for t in texts], [{"input_ids": i, "labels": i} for i in ids], "replay: 8", {})
 
-    monkeypatch.setattr(grpo, "make_replay", replay_rows)
+    monkeypatch.setattr(sampling, "make_replay", replay_rows)
     lora_b = {}
     for weight in (0.0, 1.0):
         folder = tmp_path / str(weight)

@@ -74,13 +74,15 @@ def make_replay(answer, tokenizer, template: str, data: DataSection, train: list
     answers = answer([system + [{"role": "user", "content": p}] for p in prompts], limit)
     rows = [{"prompt": p, "answer": text} for p, (text, finished) in zip(prompts, answers) if finished and text]
     rows = rows[:wanted]
-    examples = []
+    examples, trained = [], []
     for number, row in enumerate(rows, start=1):
         messages = system + [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["answer"]}]
         example = fit_length(tokenize(messages, tokenizer, template, data.train_on, data.max_length), data.max_length, "drop",
                              f"replay row {number}", report)
         if example is not None:
             examples.append({"input_ids": example.input_ids, "labels": example.labels})
+            trained.append(row)  # replay.jsonl holds what trains
+    rows = trained
     short = f" (of {len(prompts)} asked, the rest ran past {limit} tokens)" if len(examples) < wanted else ""
     note = (f"replay: {len(examples)} base-model answers of at most {limit} tokens"
             + (f" mixed into {len(train)} training rows" if train else "") + short)

@@ -98,6 +98,9 @@ def _section_problem(recipe) -> str | None:
     if method == "grpo" and recipe.distributed.strategy != "ddp":
         return (f"distributed.strategy: grpo samples and runs its guard with whole weights on every process; use "
                 f"ddp, not {recipe.distributed.strategy}")
+    if method == "grpo" and recipe.grpo.rollback and recipe.grpo.stop_after == 1:
+        return ("grpo.rollback: with stop_after: 1 the first evaluation under the bar stops the run before any "
+                "rollback; use stop_after: 2 (or none)")
     if method == "kto" and recipe.train.batch_size < 2:
         return "train.batch_size: kto estimates its KL term from other rows of the batch; use at least 2"
     return None

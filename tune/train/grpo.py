@@ -14,7 +14,6 @@ from pathlib import Path
 
 from tune.data import probes
 from tune.data.prompts import ROW, prepare_prompts
-from tune.data.replay import make_replay
 from tune.errors import TuneError
 from tune.infer.answer_cache import base_answerer
 from tune.models.load import load_model, lora_config
@@ -25,14 +24,13 @@ from tune.recipe.rules import generation_batch_problem
 from tune.train import distributed, rewards
 from tune.train import run as skeleton
 from tune.train.arguments import arguments
-from tune.train.guard import (Guard, ZeroSpreadWarning, answerer, base_right, evaluator, report, report_split, reported,
-                              shown, training_rewards)
+from tune.train.guard import (Guard, ZeroSpreadWarning, answerer, base_right, chosen_by_report, evaluator, report,
+                              report_split, reported, shown, training_rewards)
 from tune.train.run import RunResult
-from tune.train.sampling import autocast_sampling, generation_engine, with_replay
+from tune.train.sampling import autocast_sampling, generation_engine, replaying
 
 METRICS = ("reward", "reward_std", "frac_reward_zero_std", "kl", "entropy", "completions/mean_length",
            "completions/clipped_ratio", "replay_loss")
-REPLAY_ROWS, REPLAY_ROWS_PER_STEP = 64, 4  # grpo.replay: base answers made once (cached), cycled through the steps
 
 
 def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, console=None,
@@ -60,6 +58,8 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     problem = generation_batch_problem(recipe.train, grpo, distributed.world_size())  # validate assumed 1 process
     if problem:
         raise TuneError(problem)
+    if grpo.rollback and distributed.world_size() > 1:  # each process decides from its own answers
+        raise TuneError("grpo.rollback: runs on one process only; drop it or train without --nproc")
 
     # ---- the model, and the base's greedy answers: they check every reward once, and are the "before"
     transformers.set_seed(recipe.train.seed)
@@ -80,15 +80,6 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     first, _ = rewards.score_answers(reward_funcs, weights, checked, base_answer(
         [row["prompt"] for row in checked], limit), tokenizer, untrained)
     before = evaluate(base_answer, untrained)
-    replay = None
-    if grpo.replay:
-        replay = make_replay(base_answer, tokenizer, tokenizer.chat_template, recipe.data, [], run.recipe_dir,
-                             recipe.train.seed, data.report, wanted=REPLAY_ROWS, limit=grpo.max_completion_length)
-        data.fingerprint["replay"] = replay.fingerprint
-        if not replay.examples:
-            raise TuneError(f"grpo.replay: the base model finished none of its answers to data.replay_prompts within "
-                            f"grpo.max_completion_length ({grpo.max_completion_length} tokens); raise it or set replay: 0")
-        run.echo(f"data: {replay.note}; each step adds {grpo.replay:g} x the loss of {REPLAY_ROWS_PER_STEP} of them")
     before_report = reported(evaluate_report(base_answer, untrained), before) if split else before
     run.echo(f"base model: held-out reward {shown(before_report.score)}"
              + (f" ({len(reported_on)} prompts; {shown(before.score)} on the {len(chosen_by)} the guard chooses by)"
@@ -108,11 +99,10 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     # the trainer's own state (TRL's trainer_state, at the guard's step), looked up when the guard evaluates
     guard = Guard(lambda policy, _step: evaluate(answerer(policy, tokenizer), trainer.state, before),
                         recipe.train.eval_steps, grpo.min_kept_share, grpo.stop_after, run.metrics, run.echo,
-                        rollback=grpo.rollback)
-    trainer_class = autocast_sampling(GRPOTrainer, run.precision == "bf16-autocast")
-    if replay:
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        trainer_class = with_replay(trainer_class, replay.examples, grpo.replay, REPLAY_ROWS_PER_STEP, pad)
+                        rollback=grpo.rollback,  # completions sampled by the rejected weights are not trained on
+                        on_rollback=lambda: setattr(trainer, "_buffered_inputs", None))
+    trainer_class, replay = replaying(autocast_sampling(GRPOTrainer, run.precision == "bf16-autocast"), recipe,
+                                      base_answer, tokenizer, data, run.recipe_dir, run.echo)
     trainer = trainer_class(
         model=model, reward_funcs=reward_funcs, args=config, processing_class=tokenizer,
         train_dataset=Dataset.from_list([{"prompt": row["prompt"], ROW: i} for i, row in enumerate(train_rows)]), peft_config=None if start else lora_config(recipe.adapter),
@@ -143,11 +133,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         write_text(staging / "replay.jsonl", "".join(json.dumps(row) + "\n" for row in replay.rows))
     own = report(before_report, after_report, reported_on, probe_sets, staging, run.echo)
     own |= training_rewards(run.metrics.records)
-    if split:
-        own |= {"guard_reward_base": before.score, "guard_reward_tuned": after.score if after else None,
-                "report_prompts": len(reported_on)}
-        run.echo(f"held-out prompts: the {len(reported_on)} above were never chosen by; on the {len(chosen_by)} the "
-                 f"guard chose by: {shown(before.score)} (base) -> {shown(after.score if after else None)} (kept)")
+    own |= chosen_by_report(before, after, chosen_by, reported_on, run.echo) if split else {}
     run.echo(f"guard: {kept}")
     summary = skeleton.summary(run, trainer, trained, parameters, 0, template=template_label, rewards=reward_records,
                                reward_weights=weights, kept=kept, stopped_early=guard.stopped_early, rollbacks=guard.rollbacks,

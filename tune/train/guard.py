@@ -64,8 +64,9 @@ class Guard(TrainerCallback):
     walks into that gap instead of past it."""
 
     def __init__(self, evaluate, every: int | None, min_kept_share: float, stop_after: int | None,
-                 metrics, echo, measure: Measure = HELD_OUT_REWARD, rollback: float | None = None):
+                 metrics, echo, measure: Measure = HELD_OUT_REWARD, rollback: float | None = None, on_rollback=None):
         self.evaluate, self.every, self.measure = evaluate, every, measure
+        self.on_rollback = on_rollback  # what else the method drops when the weights go back (GRPO's sampled batches)
         self.min_kept_share, self.stop_after, self.rollback = min_kept_share, stop_after, rollback
         self.interval = every  # steps between evaluations: halved at each rollback
         self.next_at: int | None = None  # the step of the next evaluation (set when training begins or resumes)
@@ -122,6 +123,8 @@ class Guard(TrainerCallback):
 
         set_peft_model_state_dict(model, self.best_state)
         optimizer.state.clear()  # the moments point where the model went wrong
+        if self.on_rollback:
+            self.on_rollback()
         before = optimizer.param_groups[0]["lr"]
         for group in optimizer.param_groups:
             group["lr"] *= self.rollback
@@ -160,8 +163,9 @@ class Guard(TrainerCallback):
 
         saved = json.loads((checkpoint / STATE_FILE).read_text())
         self.history = [Evaluation(**e) for e in saved["history"]]
-        self.below, self.interval, self.next_at = saved["below"], saved["interval"], saved["next_at"]
-        self.rollbacks = saved["rollbacks"]
+        self.below = saved["below"]
+        self.interval, self.next_at = saved.get("interval", self.every), saved.get("next_at")
+        self.rollbacks = saved.get("rollbacks", [])
         self.best = next((e for e in self.history if e.step == saved["best_step"]), None)
         self.best_state = load_file(str(checkpoint / BEST_FILE)) if self.best is not None else None
 
@@ -275,6 +279,14 @@ def report_split(rows: list, share: float, seed: int) -> tuple[list, list]:
 def reported(on_report: Evaluation, chosen: Evaluation) -> Evaluation:
     """An evaluation of the report's prompts, with the probe answers the guard's evaluation of the same weights made."""
     return replace(on_report, probe_answers=chosen.probe_answers, kept=chosen.kept)
+
+
+def chosen_by_report(before: Evaluation, after: Evaluation | None, chosen_by: list, reported_on: list, echo) -> dict:
+    """run.json's numbers for the prompts the guard chose by, and the line that says the report's were not."""
+    tuned = after.score if after else None
+    echo(f"held-out prompts: the {len(reported_on)} above were never chosen by; on the {len(chosen_by)} the guard "
+         f"chose by: {shown(before.score)} (base) -> {shown(tuned)} (kept)")
+    return {"guard_reward_base": before.score, "guard_reward_tuned": tuned, "report_prompts": len(reported_on)}
 
 
 def report(before: Evaluation, after: Evaluation | None, eval_rows, probe_sets, staging: Path, echo) -> dict:

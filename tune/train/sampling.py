@@ -4,7 +4,10 @@ under the same bf16 autocast the training uses on CPUs that have AVX512-BF16."""
 
 from __future__ import annotations
 
+from tune.data.replay import make_replay
 from tune.errors import TuneError
+
+REPLAY_ROWS, REPLAY_ROWS_PER_STEP = 64, 4  # grpo.replay: base answers made once (cached), cycled through the steps
 
 
 def autocast_sampling(trainer_class, enabled: bool):
@@ -40,22 +43,41 @@ def generation_engine(grpo, run) -> dict:
             "vllm_max_model_length": run.recipe.data.max_length + grpo.max_completion_length}  # not the full context
 
 
+def replaying(trainer_class, recipe, base_answer, tokenizer, data, recipe_dir, echo):
+    """(the trainer class, grpo.replay's rows): the base model's answers to data.replay_prompts, made once
+    (greedy, cached) and trained beside every step by with_replay; (trainer_class, None) when replay is 0."""
+    grpo = recipe.grpo
+    if not grpo.replay:
+        return trainer_class, None
+    replay = make_replay(base_answer, tokenizer, tokenizer.chat_template, recipe.data, [], recipe_dir, recipe.train.seed,
+                         data.report, wanted=REPLAY_ROWS, limit=grpo.max_completion_length)
+    data.fingerprint["replay"] = replay.fingerprint
+    if not replay.examples:
+        raise TuneError(f"grpo.replay: the base model finished none of its answers to data.replay_prompts within "
+                        f"grpo.max_completion_length ({grpo.max_completion_length} tokens); raise it or set replay: 0")
+    echo(f"data: {replay.note}; each step adds {grpo.replay:g} x the loss of {REPLAY_ROWS_PER_STEP} of them")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return with_replay(trainer_class, replay.examples, grpo.replay, REPLAY_ROWS_PER_STEP, pad), replay
+
+
 def with_replay(trainer_class, examples: list[dict], weight: float, rows_per_step: int, pad_id: int):
     """GRPO plus a likelihood term on the base model's own answers to everyday prompts (InstructGPT's
-    PPO-ptx, arXiv 2203.02155): each step also trains `rows_per_step` replay rows (tune/data/replay.py) and
-    adds `weight` x their mean token loss, so the policy is pulled back toward what it said before while
-    the reward pulls it away. Logged as replay_loss."""
-    import itertools
-
+    PPO-ptx, arXiv 2203.02155): each optimizer step also trains `rows_per_step` replay rows
+    (tune/data/replay.py) and adds `weight` x their mean token loss, so the policy is pulled back toward what
+    it said before while the reward pulls it away. Logged as replay_loss."""
     class Trainer(trainer_class):
-        _replay = itertools.cycle(range(0, len(examples), rows_per_step))
-
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             import torch
 
             loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            start = next(self._replay)
-            batch = examples[start:start + rows_per_step]
+            # TRL's loss comes divided by the accumulation steps already (the Trainer then leaves it); so is
+            # this term, its rows spread over the step's forward passes. A resumed run goes on where it was.
+            accumulation = getattr(self, "current_gradient_accumulation_steps", 1) or 1
+            per_pass = max(1, rows_per_step // accumulation)
+            if not hasattr(self, "_replay_position"):
+                self._replay_position = self.state.global_step * accumulation * per_pass
+            batch = [examples[(self._replay_position + i) % len(examples)] for i in range(per_pass)]
+            self._replay_position += per_pass
             width = max(len(e["input_ids"]) for e in batch)
             device = loss.device
             ids = torch.tensor([e["input_ids"] + [pad_id] * (width - len(e["input_ids"])) for e in batch], device=device)
@@ -64,5 +86,5 @@ def with_replay(trainer_class, examples: list[dict], weight: float, rows_per_ste
                                 device=device)
             replay_loss = model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False).loss
             self._metrics["train"]["replay_loss"].append(replay_loss.detach().item())
-            return loss + weight * replay_loss
+            return loss + weight * replay_loss / accumulation
     return Trainer
