@@ -83,17 +83,22 @@ def answers(model, tokenizer, questions: list[str]) -> list[str]:
     return out
 
 
-def score(base_dir: str, run_dir: Path | None, sets: dict) -> dict[str, list[bool]]:
-    from tune.data.probes import contains  # whole words or numbers, case and spacing ignored (tune first: no hub kernels)
-
+def scored_model(base_dir: str, run_dir: Path | None):
+    """(model, tokenizer): the base in float32, with the run's adapter when given, as plain PEFT loads it."""
+    import tune  # noqa: F401  (first: no hub kernels)
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir)
     if run_dir is not None:
         model = PeftModel.from_pretrained(model, str(run_dir))
-    model.eval()
+    return model.eval(), AutoTokenizer.from_pretrained(base_dir)
+
+
+def score(base_dir: str, run_dir: Path | None, sets: dict) -> dict[str, list[bool]]:
+    from tune.data.probes import contains  # whole words or numbers, case and spacing ignored
+
+    model, tokenizer = scored_model(base_dir, run_dir)
     flat = [item for items in sets.values() for item in items]
     said = iter(answers(model, tokenizer, [q for q, _ in flat]))
     return {name: [contains(next(said), facts) for _, facts in items] for name, items in sets.items()}

@@ -23,7 +23,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from faq_knowledge import answers  # noqa: E402  (the same greedy answers as the FAQ benchmark)
+from faq_knowledge import answers, scored_model  # noqa: E402  (the same loading and greedy answers as the FAQ benchmark)
 
 REWARD = '''
 def at_most_20_words(completions, **kwargs):
@@ -63,14 +63,7 @@ def inputs(folder: Path) -> dict[str, list]:
 def score(base_dir: str, run_dir: Path | None, sets: dict) -> tuple[float, list[bool]]:
     from tune.data.probes import contains
 
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
-    if run_dir is not None:
-        model = PeftModel.from_pretrained(model, str(run_dir))
-    model.eval()
+    model, tokenizer = scored_model(base_dir, run_dir)
     said = answers(model, tokenizer, sets["scored"] + [p["question"] for p in sets["probes"]])
     scored, probed = said[:len(sets["scored"])], said[len(sets["scored"]):]
     expected = lambda p: p["expected"] if isinstance(p["expected"], list) else [p["expected"]]  # noqa: E731
