@@ -1,10 +1,10 @@
-"""Rewards without forgetting: a user's own reward (answers of at most 20 words) on everyday questions,
+"""Rewards without forgetting: a user's own reward (short answers, an example given, or a list) on everyday questions,
 trained by `tune run recipes/smollm2-grpo.yaml` with only the data, the reward and each variant's keys
 changed, then every kept adapter scored outside tune (plain transformers + PEFT, greedy, the chat template)
 on 60 everyday questions the run never saw (the user's reward) and on general questions the guard never
 saw (kept = the share of the base's right answers still right). Prints one table, each row with its time.
 
-    python bench/grpo_forgetting.py --variants guard,rollback
+    python bench/grpo_forgetting.py --variants guard,rollback [--reward length|keyword|format]
 
 The run's held-out prompts (24, half of them kept for its report) and its probes (22 general questions)
 are disjoint from the scored ones. Needs `tune models get smollm2-135m-instruct`.
@@ -25,12 +25,29 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 from faq_knowledge import answers, scored_model  # noqa: E402  (the same loading and greedy answers as the FAQ benchmark)
 
-REWARD = '''
-def at_most_20_words(completions, **kwargs):
-    """1.0 up to 20 words, falling to 0 at 40: what a user who wants short answers writes."""
-    words = [len(c[-1]["content"].split() if isinstance(c, list) else c.split()) for c in completions]
-    return [1.0 if n <= 20 else max(0.0, (40 - n) / 20) for n in words]
-'''
+REWARDS = {  # what a user who wants each thing writes; each is easy to win by gaming it
+    "length": '''
+def user_reward(completions, **kwargs):
+    """1.0 up to 20 words, falling to 0 at 40: short answers."""
+    texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+    return [1.0 if len(t.split()) <= 20 else max(0.0, (40 - len(t.split())) / 20) for t in texts]
+''',
+    "keyword": '''
+def user_reward(completions, **kwargs):
+    """1.0 when the answer gives an example ("for example" / "for instance")."""
+    texts = [(c[-1]["content"] if isinstance(c, list) else c).lower() for c in completions]
+    return [1.0 if "for example" in t or "for instance" in t else 0.0 for t in texts]
+''',
+    "format": '''
+import re
+
+def user_reward(completions, **kwargs):
+    """A bulleted or numbered list: a third of a point per item, up to three."""
+    texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+    items = [len(re.findall(r"^\\s*(?:[-*\u2022]|\\d+[.)])\\s+\\S", t, flags=re.M)) for t in texts]
+    return [min(1.0, n / 3) for n in items]
+''',
+}
 VARIANTS = {
     "guard": [],  # the bundled recipe's guard: evaluate every 10 steps, keep the best within the bar
     "rollback": ["grpo.rollback=0.5"],
@@ -43,12 +60,13 @@ VARIANTS = {
 }
 
 
-def words_reward(text: str) -> float:
-    n = len(text.split())
-    return 1.0 if n <= 20 else max(0.0, (40 - n) / 20)
+def user_reward(kind: str):
+    namespace: dict = {}
+    exec(REWARDS[kind], namespace)  # the same source the runs load, applied to the scored answers
+    return lambda text: namespace["user_reward"]([text])[0]
 
 
-def inputs(folder: Path) -> dict[str, list]:
+def inputs(folder: Path, kind: str) -> dict[str, list]:
     general = [json.loads(line) for line in (REPO / "data_templates" / "replay" / "general.jsonl").read_text().splitlines()]
     probes = [json.loads(line) for line in (REPO / "data_templates" / "smollm2-domain" / "probes-general.jsonl")
               .read_text().splitlines() if line.strip()]
@@ -56,31 +74,32 @@ def inputs(folder: Path) -> dict[str, list]:
     write("train.jsonl", [{"prompt": g["instruction"]} for g in general[:48]])
     write("heldout.jsonl", [{"prompt": g["instruction"]} for g in general[48:72]])
     write("probes.jsonl", probes[:22])
-    (folder / "rewards.py").write_text(REWARD)
+    (folder / "rewards.py").write_text(REWARDS[kind])
     return {"scored": [g["instruction"] for g in general[200:260]], "probes": probes[22:]}
 
 
-def score(base_dir: str, run_dir: Path | None, sets: dict) -> tuple[float, list[bool]]:
+def score(base_dir: str, run_dir: Path | None, sets: dict, reward) -> tuple[float, list[bool]]:
     from tune.data.probes import contains
 
     model, tokenizer = scored_model(base_dir, run_dir)
     said = answers(model, tokenizer, sets["scored"] + [p["question"] for p in sets["probes"]])
     scored, probed = said[:len(sets["scored"])], said[len(sets["scored"]):]
     expected = lambda p: p["expected"] if isinstance(p["expected"], list) else [p["expected"]]  # noqa: E731
-    return (sum(map(words_reward, scored)) / len(scored),
+    return (sum(map(reward, scored)) / len(scored),
             [contains(text, expected(p)) for text, p in zip(probed, sets["probes"])])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variants", default="guard,rollback")
+    parser.add_argument("--reward", choices=sorted(REWARDS), default="length")
     parser.add_argument("--set", action="append", default=[], help="more recipe overrides for every run")
     args = parser.parse_args()
     home = Path(os.environ.get("TUNE_HOME", Path.home() / ".cache" / "tune"))
     base_dir = str(home / "models" / "smollm2-135m-instruct")
     work = Path(tempfile.mkdtemp(prefix="grpo-bench-"))
-    sets = inputs(work)
-    base_reward, base_right = score(base_dir, None, sets)
+    sets, reward = inputs(work, args.reward), user_reward(args.reward)
+    base_reward, base_right = score(base_dir, None, sets, reward)
     rows = ["| variant | reward (unseen prompts) | gain | general kept | run s | kept |", "|---|---|---|---|---|---|",
             f"| base model | {base_reward:.3f} | | {sum(base_right)}/{len(base_right)} right | | |"]
     print(rows[-1], flush=True)
@@ -89,7 +108,7 @@ def main() -> None:
         command = [sys.executable, "-m", "tune", "run", str(REPO / "recipes" / "smollm2-grpo.yaml"),
                    "--set", f"data.train={work / 'train.jsonl'}", "--set", f"data.eval={work / 'heldout.jsonl'}",
                    "--set", f"data.probes=[{work / 'probes.jsonl'}]",
-                   "--set", f"reward.functions=[{work / 'rewards.py'}:at_most_20_words]", "--set", "reward.weights=null",
+                   "--set", f"reward.functions=[{work / 'rewards.py'}:user_reward]", "--set", "reward.weights=null",
                    "--set", f"output.dir={out}", "--set", "output.overwrite=true"]
         for override in VARIANTS[name] + args.set:
             command += ["--set", override]
@@ -100,10 +119,10 @@ def main() -> None:
         if result.returncode:
             print(f"{name}: tune run failed:\n{result.stderr[-2000:]}{result.stdout[-1000:]}")
             continue
-        reward, right = score(base_dir, out, sets)
+        tuned, right = score(base_dir, out, sets, reward)
         kept = [t for b, t in zip(base_right, right) if b]
         summary = json.loads((out / "run.json").read_text())
-        rows.append(f"| {name} | {reward:.3f} | {reward - base_reward:+.3f} | {sum(kept) / max(1, len(kept)):.2f} | "
+        rows.append(f"| {name} | {tuned:.3f} | {tuned - base_reward:+.3f} | {sum(kept) / max(1, len(kept)):.2f} | "
                     f"{seconds:.0f} | {(summary.get('kept') or '').split(':')[0]} |")
         print(rows[-1], flush=True)
     print("\n".join(rows))
