@@ -1,10 +1,10 @@
-"""Rewards without forgetting: a user's own reward (short answers, an example given, or a list) on everyday questions,
+"""Rewards without forgetting: a user's own reward (short answers, a hedge word, a figure) on everyday questions,
 trained by `tune run recipes/smollm2-grpo.yaml` with only the data, the reward and each variant's keys
 changed, then every kept adapter scored outside tune (plain transformers + PEFT, greedy, the chat template)
 on 60 everyday questions the run never saw (the user's reward) and on general questions the guard never
 saw (kept = the share of the base's right answers still right). Prints one table, each row with its time.
 
-    python bench/grpo_forgetting.py --variants guard,rollback [--reward length|keyword|format]
+    python bench/grpo_forgetting.py --variants guard,rollback [--reward length|keyword|number]
 
 The run's held-out prompts (24, half of them kept for its report) and its probes (22 general questions)
 are disjoint from the scored ones. Needs `tune models get smollm2-135m-instruct`.
@@ -33,19 +33,20 @@ def user_reward(completions, **kwargs):
     return [1.0 if len(t.split()) <= 20 else max(0.0, (40 - len(t.split())) / 20) for t in texts]
 ''',
     "keyword": '''
-def user_reward(completions, **kwargs):
-    """1.0 when the answer gives an example ("for example" / "for instance")."""
-    texts = [(c[-1]["content"] if isinstance(c, list) else c).lower() for c in completions]
-    return [1.0 if "for example" in t or "for instance" in t else 0.0 for t in texts]
-''',
-    "format": '''
 import re
 
 def user_reward(completions, **kwargs):
-    """A bulleted or numbered list: a third of a point per item, up to three."""
+    """1.0 when the answer hedges (typically, usually, often, generally): 21% of the base's answers do."""
     texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-    items = [len(re.findall(r"^\\s*(?:[-*\u2022]|\\d+[.)])\\s+\\S", t, flags=re.M)) for t in texts]
-    return [min(1.0, n / 3) for n in items]
+    return [1.0 if re.search(r"\\b(typically|usually|often|generally)\\b", t.lower()) else 0.0 for t in texts]
+''',
+    "number": '''
+import re
+
+def user_reward(completions, **kwargs):
+    """1.0 when the answer states a figure in digits: 37% of the base's answers do."""
+    texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+    return [1.0 if re.search(r"\\d", t) else 0.0 for t in texts]
 ''',
 }
 VARIANTS = {
