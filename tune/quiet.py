@@ -51,3 +51,8 @@ def quiet_libraries() -> None:
     datasets.logging.set_verbosity_error()
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|trl|peft)\.")
     warnings.filterwarnings("ignore", message=".*pin_memory.*")
+    # PEFT's advice for its own adapter variants, which tune already follows: PiSSA/OLoRA adapters are
+    # saved converted to plain LoRA, EVA gets its default settings and a model that is already built.
+    for advice in (r".*(PiSSA|OLoRA|CorDA) changes the base weights.*", r".*`eva_config` is not specified.*",
+                   r".*eva initialization used with low_cpu_mem_usage.*"):
+        warnings.filterwarnings("ignore", message=advice, category=UserWarning)

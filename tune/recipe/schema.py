@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from tune.recipe.rewards import GRPOSection, RewardSection
 from tune.recipe.rules import method_problem
@@ -120,12 +120,33 @@ class AdapterSection(Section):
     target_modules: str | list[str] = Field(
         "all-linear", description="Layers that get adapters: all-linear (every linear layer but the output head) or a list of names.")
     modules_to_save: list[str] = Field(default_factory=list, description="Layers trained fully and saved with the adapter (e.g. embed_tokens when adding tokens).")
+    init: Literal["default", "gaussian", "orthogonal", "pissa", "olora", "eva"] = Field(
+        "default", description="How the adapter starts: default (B = 0, the adapter starts as a no-op), gaussian, orthogonal; pissa / olora start from the base's principal directions (saved as a plain LoRA of twice the rank); eva from the training rows' activations (sft).")
+    lora_plus_ratio: float | None = Field(None, ge=1, description="LoRA+: the B matrices learn this many times faster than A (the paper uses 16); none = one learning rate.")
+    rank_pattern: dict[str, int] = Field(default_factory=dict, description="Per-layer ranks: a layer name or regex (matched at the end of the name, e.g. 'mlp.down_proj' or 'layers.0.self_attn.q_proj') to its rank.")
+    alpha_pattern: dict[str, float] = Field(default_factory=dict, description="Per-layer alphas, named like rank_pattern.")
+    layers: list[int] | None = Field(None, description="Which transformer blocks get adapters (their indices, from 0); none = all.")
 
     @model_validator(mode="after")
     def _default_alpha(self) -> AdapterSection:
         if self.alpha is None:  # resolved here, once: the saved recipe.yaml and every method see the number
             self.alpha = 2 * self.r
         return self
+
+    @field_validator("rank_pattern")
+    @classmethod
+    def _positive_ranks(cls, ranks: dict[str, int]) -> dict[str, int]:
+        for name, rank in ranks.items():
+            if rank < 1:
+                raise ValueError(f"'{name}': a rank is at least 1, not {rank}")
+        return ranks
+
+    @field_validator("layers")
+    @classmethod
+    def _layer_indices(cls, layers: list[int] | None) -> list[int] | None:
+        if layers is not None and (not layers or min(layers) < 0):
+            raise ValueError("name at least one block, by its index from 0 (or leave layers out for all)")
+        return layers
 
 
 DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
@@ -159,6 +180,7 @@ class TrainSection(Section):
     min_kept_share: float = Field(0.85, ge=0.0, le=1.0, description="sft with keep: best: the least share of the base's right probe answers an adapter must keep to be chosen.")
     stop_after: int | None = Field(None, ge=1, description="sft with keep: best: stop once this many evaluations in a row fall under min_kept_share.")
     use_liger_kernel: bool | Literal["auto"] = Field("auto", description="GPU: Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused cross-entropy; `pip install liger-kernel`); auto = on for SFT on a CUDA GPU when installed.")
+    neftune_alpha: float | None = Field(None, gt=0, description="sft: NEFTune, uniform noise of this scale on the input embeddings while training (the paper uses 5); none = off.")
     torch_compile: bool = Field(False, description="Compile the model with torch.compile: slow first steps, faster after (mostly on a GPU).")
     class_weights: Literal["none", "balanced"] | dict[str, float] = Field(
         "none", description="classify: loss weight per label; balanced = n_rows / (n_labels x rows of the label), or a {label: weight} mapping.")

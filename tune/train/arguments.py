@@ -38,6 +38,7 @@ def arguments(run, dtype, evaluate_during: bool, epochs: float | None = None) ->
         use_cpu=not run.on_gpu,  # also what makes several CPU processes run as DDP over gloo
         use_liger_kernel=liger_kernel(train, run.recipe.train.method),
         torch_compile=train.torch_compile,
+        neftune_noise_alpha=train.neftune_alpha,
         logging_steps=train.logging_steps,
         logging_first_step=True,
         logging_nan_inf_filter=False,  # the default hides a NaN loss behind the running average

@@ -28,7 +28,7 @@ from tune.models.resolve import model_source
 from tune.output import clear_dir, move_into, versions, write_json, write_text
 from tune.quiet import quiet_libraries
 from tune.recipe import Recipe, dump
-from tune.train import distributed
+from tune.train import adapter_variants, distributed
 
 
 @dataclass
@@ -55,6 +55,7 @@ class Run:
     created: list[Path] = field(default_factory=list)  # folders this run made; removed if a check fails
     precision: str = "float32"  # bf16 / fp16 / bf16-autocast / float32, as arguments() chose
     allow_data_change: bool = False  # resume even though the data's fingerprint changed
+    initial_adapter: dict | None = None  # PiSSA/OLoRA: the adapter's weights before any step (adapter_variants)
 
     @property
     def recipe_dir(self) -> Path:
@@ -181,8 +182,9 @@ def attach(run: Run, trainer, pair_accuracy: str | None = None) -> tuple[int, in
         autocast_adapter_inputs(trainer.model)
     keep_tensorboard_open(trainer)
     distributed.check_trainer(trainer)
-    trainable, total = trainer.model.get_nb_trainable_parameters()
     try:
+        adapter_variants.prepare(run, trainer)  # EVA may move ranks between layers: count after it
+        trainable, total = trainer.model.get_nb_trainable_parameters()
         if run.main:
             made = {p.resolve() for p in run.created}  # named by the folder that existed before the run
             disk = next(p for p in (run.out_dir.resolve(), *run.out_dir.resolve().parents) if p.exists() and p not in made)
@@ -199,6 +201,8 @@ def attach(run: Run, trainer, pair_accuracy: str | None = None) -> tuple[int, in
 def model_line(run: Run, dtype, parameters: tuple[int, int], adapter: str, knobs: str = "") -> None:
     """The line a method prints once its trainer is built: the base as loaded, the adapter, what trains, and
     the method's own knobs."""
+    variants = adapter_variants.describe(run.recipe)
+    adapter += f" ({variants})" if variants else ""
     run.echo(f"model: {run.source} ({dtype}, quantization {run.recipe.model.quantization}), {adapter}: "
              f"{parameters[0]:,} trainable of {parameters[1]:,} parameters" + (f"; {knobs}" if knobs else ""))
 
@@ -326,7 +330,8 @@ def save(run: Run, trainer, tokenizer, **save_kwargs) -> Path | None:
     staging = run.out_dir / ".staging"
     if run.main:
         shutil.rmtree(staging, ignore_errors=True)
-    distributed.save_adapter(trainer, staging, **save_kwargs)
+    with adapter_variants.conversion(run, trainer.model) as converted:
+        distributed.save_adapter(trainer, staging, **save_kwargs, **converted)
     if not run.main:
         return None
     tokenizer.save_pretrained(staging)

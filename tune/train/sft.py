@@ -103,8 +103,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     )
     parameters = skeleton.attach(run, trainer)
     run.echo(lm_head.install(trainer, run.on_gpu, run.sharded))
-    run.echo(f"model: {run.source} ({model.dtype}, quantization {recipe.model.quantization}), "
-             f"{recipe.adapter.method} r={recipe.adapter.r}: {parameters[0]:,} trainable of {parameters[1]:,} parameters")
+    skeleton.model_line(run, model.dtype, parameters, f"{recipe.adapter.method} r={recipe.adapter.r}")
     if sets and recipe.train.eval_steps:
         run.echo(knowledge.describe(sets, asked, before))
 
