@@ -157,3 +157,31 @@ def test_variants_that_cannot_combine_are_one_line_at_validate(keys, line, tmp_p
                                  "(train.method: sft), not classify")
     else:
         assert found[0].endswith(line), found
+
+
+def test_a_resumed_pissa_run_saves_the_same_adapter(tiny_model, tmp_path, monkeypatch):
+    """The decomposition is redone on resume (seeded) before the checkpoint loads: a run stopped after its
+    step-2 checkpoint and resumed converts against the same start as one that never stopped."""
+    from trl import SFTTrainer
+
+    from tune.errors import Interrupted
+
+    keys = dict(train={"max_steps": 4, "save_steps": 2, "batch_size": 4})
+    _, straight = run(tmp_path / "straight", {"init": "pissa"}, **keys)
+    original, calls = SFTTrainer.training_step, {"n": 0}
+
+    def stop_at_step_3(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SFTTrainer, "training_step", stop_at_step_3)
+    with pytest.raises(Interrupted):
+        run(tmp_path / "stopped", {"init": "pissa"}, **keys)
+    monkeypatch.setattr(SFTTrainer, "training_step", original)
+    recipe = tmp_path / "stopped" / "r.yaml"
+    resumed = train(recipe_io.load(recipe), recipe, resume=True, **QUIET)
+    assert resumed.summary["resumed_from"].endswith("checkpoint-2")
+    one, other = load_file(straight / "adapter_model.safetensors"), load_file(tmp_path / "stopped" / "out" / "adapter_model.safetensors")
+    assert one.keys() == other.keys() and all(torch.allclose(one[k], other[k], atol=1e-6) for k in one)
