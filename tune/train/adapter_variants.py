@@ -20,6 +20,7 @@ def prepare(run, trainer) -> None:
     adapter = run.recipe.adapter
     adapted = _adapted_layers(trainer.model)
     _check_names(adapter, adapted, trainer.model.config)
+    _say_coverage(run, trainer.model)
     if adapter.init == "eva":
         _eva(run, trainer)
     if adapter.init in CONVERTED and run.main:
@@ -86,6 +87,18 @@ def _check_names(adapter, adapted: list[str], config) -> None:
         if past:
             raise TuneError(f"adapter.layers: {past[0]} is past the model's last block ({count} blocks, numbered "
                             f"0 to {count - 1})")
+
+
+def _say_coverage(run, model) -> None:
+    """On an MoE base, what the adapter reaches, by kind: the experts and the router are a choice there."""
+    from tune.models.targets import coverage
+
+    counts = coverage(model)
+    if "experts" not in counts:
+        return
+    said = ", ".join(f"{kind} {count}" for kind, count in counts.items())
+    left_out = "" if "router" in counts else "; the router is left out (adapter.target_router: true adds it)"
+    run.echo(f"adapter: covers {said}{left_out}")
 
 
 def _snapshot_start(run, model) -> None:

@@ -50,7 +50,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     base, new_modules = load_base(recipe.model, run.source, names, tokenizer, recipe.train.gradient_checkpointing)
     # SEQ_CLS makes PEFT train and save the head; modules the checkpoint lacked are trained fully too
     saved = sorted(set(recipe.adapter.modules_to_save) | set(new_modules)) or None
-    model = get_peft_model(base, dataclasses.replace(lora_config(recipe.adapter), task_type="SEQ_CLS", modules_to_save=saved))
+    model = get_peft_model(base, dataclasses.replace(lora_config(recipe.adapter, base), task_type="SEQ_CLS", modules_to_save=saved))
     evaluate_during = bool(data.eval) and recipe.train.eval_steps is not None
     args = TrainingArguments(**arguments(run, base.dtype, evaluate_during) | dict(
         per_device_eval_batch_size=max(recipe.train.batch_size, 32),  # no backward pass: wider batches fit

@@ -78,7 +78,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     rows = [{**pair, "length": len(pair["prompt_ids"]) + max(len(pair["chosen_ids"]), len(pair["rejected_ids"]))}
             for pair in data.train]
     trainer = PretokenizedDPOTrainer(
-        model=model, args=config, processing_class=tokenizer, peft_config=None if start else lora_config(recipe.adapter),
+        model=model, args=config, processing_class=tokenizer, peft_config=None if start else lora_config(recipe.adapter, model),
         train_dataset=Dataset.from_list(rows),
         eval_dataset=Dataset.from_list(data.eval) if data.eval else None,
         callbacks=skeleton.callbacks(run),

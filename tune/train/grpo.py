@@ -105,7 +105,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
                                       base_answer, tokenizer, data, run.recipe_dir, run.echo)
     trainer = trainer_class(
         model=model, reward_funcs=reward_funcs, args=config, processing_class=tokenizer,
-        train_dataset=Dataset.from_list([{"prompt": row["prompt"], ROW: i} for i, row in enumerate(train_rows)]), peft_config=None if start else lora_config(recipe.adapter),
+        train_dataset=Dataset.from_list([{"prompt": row["prompt"], ROW: i} for i, row in enumerate(train_rows)]), peft_config=None if start else lora_config(recipe.adapter, model),
         callbacks=skeleton.callbacks(run, guard if eval_rows or probe_sets else None)
         + [ZeroSpreadWarning(grpo.zero_spread_warning, run.echo, grpo.scale_rewards)],
     )

@@ -51,7 +51,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
                        max_length=recipe.data.max_length,  # cuts only the KL rows: a prompt with another's reply
                        desirable_weight=weights[0], undesirable_weight=weights[1])
     trainer = PretokenizedKTOTrainer(
-        model=model, args=config, processing_class=tokenizer, peft_config=lora_config(recipe.adapter),
+        model=model, args=config, processing_class=tokenizer, peft_config=lora_config(recipe.adapter, model),
         train_dataset=Dataset.from_list(data.train), eval_dataset=Dataset.from_list(data.eval) if data.eval else None,
         callbacks=skeleton.callbacks(run),
     )

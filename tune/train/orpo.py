@@ -46,7 +46,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     config = ORPOConfig(**arguments(run, model.dtype, evaluate_during), beta=recipe.train.beta,
                         max_length=recipe.data.max_length, remove_unused_columns=False)
     trainer = PretokenizedORPOTrainer(
-        model=model, args=config, processing_class=tokenizer, peft_config=lora_config(recipe.adapter),
+        model=model, args=config, processing_class=tokenizer, peft_config=lora_config(recipe.adapter, model),
         train_dataset=Dataset.from_list(_orpo_rows(data.train)),
         eval_dataset=Dataset.from_list(_orpo_rows(data.eval)) if data.eval else None, callbacks=skeleton.callbacks(run),
     )

@@ -42,7 +42,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     transformers.set_seed(recipe.train.seed)
     base, new_modules = load_base(recipe.model, run.source, ["reward"], tokenizer, recipe.train.gradient_checkpointing)
     saved = sorted(set(recipe.adapter.modules_to_save) | set(new_modules)) or None
-    model = get_peft_model(base, dataclasses.replace(lora_config(recipe.adapter), task_type="SEQ_CLS", modules_to_save=saved))
+    model = get_peft_model(base, dataclasses.replace(lora_config(recipe.adapter, base), task_type="SEQ_CLS", modules_to_save=saved))
     evaluate_during = bool(eval_rows) and recipe.train.eval_steps is not None
     config = RewardConfig(**arguments(run, base.dtype, evaluate_during), max_length=None,  # fitted already
                           center_rewards_coefficient=None, remove_unused_columns=False)

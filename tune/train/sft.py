@@ -96,7 +96,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     guard = Guard(lambda policy, step: evaluate(answerer(policy, tokenizer), step, before), recipe.train.eval_steps,
                   recipe.train.min_kept_share, recipe.train.stop_after, run.metrics, run.echo, UNSEEN_ACCURACY)
     trainer = SFTTrainer(
-        model=model, args=config, processing_class=tokenizer, peft_config=lora_config(recipe.adapter),
+        model=model, args=config, processing_class=tokenizer, peft_config=lora_config(recipe.adapter, model),
         train_dataset=Dataset.from_list(data.train),
         eval_dataset=Dataset.from_list(data.eval) if data.eval else None,
         callbacks=skeleton.callbacks(run, guard if sets and recipe.train.eval_steps else None),
