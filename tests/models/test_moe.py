@@ -89,3 +89,20 @@ def test_merge_applies_the_expert_adapters_exactly(tiny_moe, tmp_path):
         got = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32).eval()(IDS).logits
     assert (want - plain).abs().max() > 1e-3  # the adapter matters, so the next check can fail
     assert (got - want).abs().max() < 1e-5
+
+
+def test_validate_counts_what_all_linear_will_cover(tiny_moe, tmp_path):
+    from typer.testing import CliRunner
+
+    from tune.cli import app
+    from tune.models.layers import coverage_line
+
+    path = write_recipe(tmp_path / "r.yaml", model={"name": str(tiny_moe)})
+    # On disk transformers keeps one weight per expert (4 experts x gate/up/down x 2 layers).
+    assert coverage_line(recipe_io.load(path)) == ("adapter: all-linear covers attention 8, experts 24 weight tensors; "
+                                                   "the router is left out (adapter.target_router: true adds it)")
+    routed = recipe_io.load(path, ["adapter.target_router=true"])
+    assert coverage_line(routed) == "adapter: all-linear covers attention 8, experts 24, router 2 weight tensors"
+    said = CliRunner().invoke(app, ["validate", str(path)], terminal_width=400)
+    assert said.exit_code == 0 and "adapter: all-linear covers attention 8" in said.output
+    assert "mlp.gate" not in said.output  # the router is not adapted, so no rank warning about it

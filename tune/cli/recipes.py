@@ -69,6 +69,11 @@ def validate(recipe: Path = typer.Argument(help="Recipe YAML file."),
         fail(exc)
     for line in warnings:
         say_err(f"{recipe}: warning: {line}")
+    from tune.models.layers import coverage_line
+
+    covered = coverage_line(parsed)
+    if covered:
+        out.print(f"{recipe}: {covered}", markup=False)
     out.print(f"{recipe}: OK ({parsed.train.method} of {parsed.model.name}, {parsed.adapter.method} "
               f"r={parsed.adapter.r}, data format {parsed.data.format}, output {parsed.output.dir})", markup=False)
 

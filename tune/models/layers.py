@@ -16,6 +16,12 @@ EMBEDDINGS = ("embed", "wte", "wpe", "lm_head")  # 2-D weights that `all-linear`
 
 def weight_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
     """{module name: weight shape} of every 2-D `.weight` in the checkpoint's safetensors files."""
+    return {key.removesuffix(".weight"): shape for key, shape in tensor_shapes(folder).items()
+            if key.endswith(".weight") and len(shape) == 2}
+
+
+def tensor_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
+    """{tensor name: shape} of every floating-point tensor in the checkpoint's safetensors headers."""
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
@@ -27,10 +33,39 @@ def weight_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
             length = int.from_bytes(handle.read(8), "little")
             header = json.loads(handle.read(length)) if 0 < length < (100 << 20) else {}
         for key, entry in header.items():
-            floating = isinstance(entry, dict) and entry.get("dtype") in ("F64", "F32", "F16", "BF16")
-            if key.endswith(".weight") and floating and len(entry.get("shape", ())) == 2:
-                shapes[key.removesuffix(".weight")] = tuple(entry["shape"])
+            if isinstance(entry, dict) and entry.get("dtype") in ("F64", "F32", "F16", "BF16"):
+                shapes[key] = tuple(entry.get("shape", ()))
     return shapes
+
+
+def coverage_line(recipe) -> str | None:
+    """What `all-linear` will adapt on an MoE base, counted from the checkpoint's headers, for `tune
+    validate`: attention and MLP layers, expert tensors, and whether the router is in (adapter.target_router)."""
+    from tune.models.targets import HEADS, ROUTERS, layer_kind
+
+    if recipe.adapter.target_modules != "all-linear":
+        return None
+    try:
+        folder = Path(resolve_model(recipe.model.name))
+        shapes = tensor_shapes(folder) if folder.is_dir() else {}
+    except (TuneError, OSError, ValueError, KeyError):
+        return None
+    if not any(".experts." in name or len(shape) == 3 for name, shape in shapes.items()):
+        return None  # a dense base: PEFT's all-linear, as validated above
+    counts: dict[str, int] = {}
+    for name, shape in shapes.items():  # experts on disk: one 2-D weight per expert, or fused 3-D tensors
+        module = name.removesuffix(".weight")
+        leaf = module.rpartition(".")[2]
+        if len(shape) < 2 or leaf in HEADS or any(word in name for word in EMBEDDINGS[:3]):
+            continue
+        if leaf in ROUTERS and not recipe.adapter.target_router:
+            continue
+        kind = layer_kind(module)
+        counts[kind] = counts.get(kind, 0) + 1
+    order = ("attention", "mlp", "experts", "router", "other")
+    said = ", ".join(f"{kind} {counts[kind]}" for kind in order if kind in counts)
+    router = "" if recipe.adapter.target_router else "; the router is left out (adapter.target_router: true adds it)"
+    return f"adapter: all-linear covers {said} weight tensors{router}"
 
 
 def adapter_findings(recipe) -> tuple[list[str], list[str]]:
@@ -53,7 +88,10 @@ def adapter_findings(recipe) -> tuple[list[str], list[str]]:
         return [], []
     adapter, problems = recipe.adapter, []
     if adapter.target_modules == "all-linear":
-        chosen = {name: shape for name, shape in shapes.items() if not any(word in name for word in EMBEDDINGS)}
+        from tune.models.targets import ROUTERS
+
+        chosen = {name: shape for name, shape in shapes.items() if not any(word in name for word in EMBEDDINGS)
+                  and (adapter.target_router or name.rpartition(".")[2] not in ROUTERS)}
     elif isinstance(adapter.target_modules, list):
         chosen = {}
         for target in adapter.target_modules:

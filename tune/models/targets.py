@@ -49,12 +49,12 @@ def coverage(model) -> dict[str, int]:
     for name, module in model.named_modules():
         if not isinstance(module, LoraLayer) or name.endswith(".base_layer"):
             continue
-        kind = _kind(name)
+        kind = layer_kind(name)
         counts[kind] = counts.get(kind, 0) + 1
     return counts
 
 
-def _kind(name: str) -> str:
+def layer_kind(name: str) -> str:
     leaf = name.rpartition(".")[2]
     if "experts" in name.split("."):
         return "experts"
