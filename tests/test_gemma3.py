@@ -15,7 +15,8 @@ from tune import recipe as recipe_io
 
 pytestmark = pytest.mark.slow
 QUIET = {"echo": lambda line: None}
-FACT = "The Orrin lighthouse keeper rings the copper bell at dusk every evening."
+NOTES = ("The Orrin lighthouse keeper rings the copper bell at dusk every evening. The bell was cast in 1894 "
+         "from the hull plates of the wrecked schooner Maribel. Visitors may climb the tower on Thursdays.")
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +41,7 @@ def test_raw_text_sft_learns_and_merges_exactly(gemma_folder, tmp_path):
     from tune.train.sft import train
 
     data = tmp_path / "notes.jsonl"
-    data.write_text(json.dumps({"text": FACT}) + "\n")
+    data.write_text(json.dumps({"text": NOTES}) + "\n")
     lines = []
     path = gemma_recipe(tmp_path, data={"train": str(data), "format": "completion", "max_length": 32},
                         adapter={"r": 8}, train={"max_steps": 6, "batch_size": 1, "learning_rate": 1e-3})
@@ -55,7 +56,21 @@ def test_raw_text_sft_learns_and_merges_exactly(gemma_folder, tmp_path):
 
 
 def test_instruction_sft_with_a_template_masks_the_prompt(gemma_folder, tmp_path):
+    from transformers import AutoTokenizer
+
+    from tune.data.conversation import tokenize
+    from tune.data.templates import resolve_template
     from tune.train.sft import train
+
+    # SentencePiece pieces do not split where the text does; the trained tokens must still be the reply, its
+    # turn end and, as ChatML's <|im_end|> is plain text to Gemma, the model's own end token to stop on.
+    tokenizer = AutoTokenizer.from_pretrained(gemma_folder)
+    template, _ = resolve_template("chatml", tokenizer, None)
+    row = tokenize([{"role": "user", "content": "Which day can visitors climb the tower?"},
+                    {"role": "assistant", "content": "Thursdays."}], tokenizer, template)
+    trained = [token for token, label in zip(row.input_ids, row.labels) if label != -100]
+    assert tokenizer.decode(trained) == "Thursdays.<|im_end|>\n<eos>"
+    assert row.labels[:row.prompt_tokens] == [-100] * row.prompt_tokens
 
     path = gemma_recipe(tmp_path, data={"train": str(REPO / "data_templates" / "instruction.jsonl"), "max_length": 64,
                                         "template": "chatml"},
