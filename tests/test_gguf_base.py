@@ -95,7 +95,7 @@ def test_missing_package_names_the_extra(monkeypatch, tmp_path):
 def test_models_get_refuses_a_name_it_does_not_know():
     result = subprocess.run([sys.executable, "-m", "tune", "models", "get", "llama-9000"], capture_output=True, text=True)
     assert result.returncode == 2
-    assert result.stderr.strip() == ("NAME: 'llama-9000' is neither a known model (smollm2-135m-instruct) "
+    assert result.stderr.strip() == ("NAME: 'llama-9000' is neither a known model (smollm2-135m-instruct, gemma3-270m) "
                                      "nor a .gguf file")
 
 
