@@ -55,6 +55,7 @@ VARIANTS = {
     "beta": ["grpo.beta=0.1"],
     "lr-1e-4": ["train.learning_rate=1e-4"],
     "every-5": ["train.eval_steps=5"],
+    "dr-grpo": ["grpo.loss_type=dr_grpo", "grpo.scale_rewards=none"],  # Dr. GRPO: no length or std normalization
     "rollback+every-5": ["grpo.rollback=0.5", "train.eval_steps=5"],
     "replay": ["grpo.replay=0.5"],
     "rollback+replay": ["grpo.rollback=0.5", "grpo.replay=0.5"],
