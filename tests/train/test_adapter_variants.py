@@ -138,6 +138,9 @@ def test_neftune_noises_the_embeddings_while_training(tiny_model, tmp_path):
     ("adapter: {init: olora, method: dora}",
      "adapter.init: olora is saved as a plain LoRA (PEFT's conversion), which DoRA's magnitudes are not; use "
      "adapter.method: lora or rslora"),
+    ("adapter: {init: pissa}\ntrain: {method: dpo}\ndata: {train: data.jsonl, format: preference}",
+     "adapter.init: pissa moves the base's top directions into the adapter, so the model with the adapter switched "
+     "off (dpo's reference) is no longer the base; use adapter.init: default for dpo"),
     ("adapter: {init: orthogonal, r: 7}",
      "adapter.init: orthogonal pairs the rank's directions; use an even adapter.r (and even rank_pattern ranks)"),
     ("train: {neftune_alpha: 5, method: classify}\ndata: {train: data.jsonl, format: classification}",

@@ -72,6 +72,9 @@ def _adapter_problem(recipe) -> str | None:
     if init in ("pissa", "olora") and adapter.method == "dora":
         return (f"adapter.init: {init} is saved as a plain LoRA (PEFT's conversion), which DoRA's magnitudes are "
                 "not; use adapter.method: lora or rslora")
+    if init in ("pissa", "olora") and (method in ("dpo", "kto") or (method == "grpo" and recipe.grpo.beta > 0)):
+        return (f"adapter.init: {init} moves the base's top directions into the adapter, so the model with the adapter "
+                f"switched off ({method}'s reference) is no longer the base; use adapter.init: default for {method}")
     if init == "eva" and method != "sft":
         return f"adapter.init: eva starts from the training rows' activations (train.method: sft); use pissa or olora for {method}"
     if init == "orthogonal" and (adapter.r % 2 or any(rank % 2 for rank in adapter.rank_pattern.values())):
