@@ -57,3 +57,20 @@ def test_adapter_inputs_skip_the_float32_round_trip_under_autocast(tiny_model):
     assert kept_after < kept_before
     with torch.no_grad():
         assert torch.equal(model(ids).logits, plain_before)
+
+
+def test_adapter_layers_become_an_exclusion_of_the_other_blocks():
+    import re
+
+    from tune.models.load import other_blocks
+
+    pattern = other_blocks([3, 1])
+    excluded = {name: bool(re.fullmatch(pattern, name)) for name in (
+        "model.layers.0.mlp.up_proj", "model.layers.1.mlp.up_proj", "model.layers.10.self_attn.q_proj",
+        "model.layers.3.self_attn.o_proj", "transformer.h.2.attn.c_attn", "encoder.layer.1.attention.self.query",
+        "model.fch.0.proj", "lm_head")}
+    assert excluded == {"model.layers.0.mlp.up_proj": True, "model.layers.1.mlp.up_proj": False,
+                        "model.layers.10.self_attn.q_proj": True, "model.layers.3.self_attn.o_proj": False,
+                        "transformer.h.2.attn.c_attn": True, "encoder.layer.1.attention.self.query": False,
+                        "model.fch.0.proj": False, "lm_head": False}
+    assert other_blocks(None) is None

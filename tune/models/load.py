@@ -223,4 +223,4 @@ def other_blocks(layers: list[int] | None) -> str | None:
     if not layers:
         return None
     chosen = "|".join(str(index) for index in sorted(set(layers)))
-    return rf".*\.?(?:layers|layer|h|blocks|block)\.(?!(?:{chosen})\.)\d+\..*"
+    return rf"(?:.*\.)?(?:layers|layer|h|blocks|block)\.(?!(?:{chosen})\.)\d+\..*"
