@@ -41,7 +41,7 @@ def tensor_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
 def coverage_line(recipe) -> str | None:
     """What `all-linear` will adapt on an MoE base, counted from the checkpoint's headers, for `tune
     validate`: attention and MLP layers, expert tensors, and whether the router is in (adapter.target_router)."""
-    from tune.models.targets import HEADS, ROUTERS, layer_kind
+    from tune.models.targets import HEADS, ROUTERS, coverage_phrase, layer_kind
 
     if recipe.adapter.target_modules != "all-linear":
         return None
@@ -62,10 +62,7 @@ def coverage_line(recipe) -> str | None:
             continue
         kind = layer_kind(module)
         counts[kind] = counts.get(kind, 0) + 1
-    order = ("attention", "mlp", "experts", "router", "other")
-    said = ", ".join(f"{kind} {counts[kind]}" for kind in order if kind in counts)
-    router = "" if recipe.adapter.target_router else "; the router is left out (adapter.target_router: true adds it)"
-    return f"adapter: all-linear covers {said} weight tensors{router}"
+    return f"adapter: all-linear covers {coverage_phrase(counts, recipe.adapter.target_router, 'weight tensors')}"
 
 
 def adapter_findings(recipe) -> tuple[list[str], list[str]]:

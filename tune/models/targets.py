@@ -54,6 +54,13 @@ def coverage(model) -> dict[str, int]:
     return counts
 
 
+def coverage_phrase(counts: dict[str, int], router_in: bool, unit: str = "") -> str:
+    """'attention 8, experts 24 <unit>; the router is left out (...)': the counts in a fixed order, for
+    validate (weight tensors on disk) and the run (adapted modules)."""
+    said = ", ".join(f"{kind} {counts[kind]}" for kind in ("attention", "mlp", "experts", "router", "other") if kind in counts)
+    return said + (f" {unit}" if unit else "") + ("" if router_in else "; the router is left out (adapter.target_router: true adds it)")
+
+
 def layer_kind(name: str) -> str:
     leaf = name.rpartition(".")[2]
     if "experts" in name.split("."):

@@ -91,14 +91,11 @@ def _check_names(adapter, adapted: list[str], config) -> None:
 
 def _say_coverage(run, model) -> None:
     """On an MoE base, what the adapter reaches, by kind: the experts and the router are a choice there."""
-    from tune.models.targets import coverage
+    from tune.models.targets import coverage, coverage_phrase
 
     counts = coverage(model)
-    if "experts" not in counts:
-        return
-    said = ", ".join(f"{kind} {count}" for kind, count in counts.items())
-    left_out = "" if "router" in counts else "; the router is left out (adapter.target_router: true adds it)"
-    run.echo(f"adapter: covers {said}{left_out}")
+    if "experts" in counts:
+        run.echo(f"adapter: covers {coverage_phrase(counts, 'router' in counts)}")
 
 
 def _snapshot_start(run, model) -> None:
