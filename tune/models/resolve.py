@@ -112,10 +112,12 @@ def _assembled(module: str, name: str) -> Path:
     target = models_dir() / "gguf" / f"{name}.gguf"
     try:
         return Path(package.assemble(target))
-    except (OSError, ValueError) as exc:  # a damaged or half-written file from an earlier try: join it again
-        if not target.exists():
-            raise TuneError(f"model.name: {name}: its package could not write {target}: {exc}") from None
+    except (OSError, ValueError):  # a damaged or half-written file from an earlier try: join it again
+        pass
+    try:
         return Path(package.assemble(target, overwrite=True))
+    except (OSError, ValueError) as exc:  # a full disk, a chunk missing: one line, not a traceback
+        raise TuneError(f"model.name: {name}: its package could not write {target}: {exc}") from None
 
 
 def _package_dirs(module: str) -> list[Path]:
