@@ -69,6 +69,19 @@ def test_augmentation_beats_the_same_faq_trained_as_written(domain_run, tmp_path
     assert augmented["probes-reverse"]["tuned_share"] >= plain["probes-reverse"]["tuned_share"] + MARGIN
 
 
+def test_lm_eval_tasks_score_the_run_beside_its_base(domain_run):
+    """The bundled local lm-eval tasks on the real model: the base's scores are the ones measured on the plain
+    model folder (docs/evaluation.md), and the FAQ run keeps the general knowledge within 3 of 24 questions."""
+    from tune.infer.harness import evaluate_tasks
+
+    tasks = [str(REPO / "data_templates" / "eval" / name) for name in ("general-knowledge.yaml", "short-answers.yaml")]
+    report = evaluate_tasks(domain_run.summary["output_dir"], tasks, [], echo=print, compare_base=True)
+    print(json.dumps(report["tasks"], indent=1))
+    knowledge, short = report["tasks"]["tune_general_knowledge"], report["tasks"]["tune_short_answers"]
+    assert knowledge["base"]["acc"] == pytest.approx(12 / 24) and short["base"]["exact_match[trimmed]"] == 0.75
+    assert knowledge["tuned"]["acc"] >= knowledge["base"]["acc"] - 3 / 24
+
+
 @pytest.fixture(scope="module")
 def exported(domain_run, tmp_path_factory):
     """The domain adapter merged into a float32 folder and exported as f16 and q8_0 GGUF files."""

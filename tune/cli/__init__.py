@@ -8,7 +8,7 @@ import sys
 
 import typer
 
-from tune.cli import data, export, models, plan, quickstart, recipes, run, use
+from tune.cli import data, evaluate, export, models, plan, quickstart, recipes, run, use
 from tune.cli.console import err
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -17,7 +17,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 COMMANDS = {
     "ls": recipes.list_recipes, "cp": recipes.copy_recipe, "validate": recipes.validate, "run": run.run,
     "init-tiny": models.init_tiny, "schema": recipes.schema, "quickstart": quickstart.quickstart,
-    "generate": use.generate, "chat": use.chat, "eval": use.evaluate, "predict": use.predict,
+    "generate": use.generate, "chat": use.chat, "eval": evaluate.evaluate, "compare": evaluate.compare, "predict": use.predict,
     "merge": export.merge, "export": export.export, "plan": plan.plan,
 }
 for name, command in COMMANDS.items():

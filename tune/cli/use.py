@@ -146,36 +146,6 @@ def _answer_within_context(model, tokenizer, messages: list[dict], sampling, kep
         return reply
 
 
-def evaluate(model_dir: Path = typer.Argument(help="A `tune run` output dir or a full model folder."),
-             data: Path = typer.Option(..., "--data", help="Labelled rows in the run's data format."),
-             exact_match: bool = typer.Option(False, "--exact-match", help="Also generate greedy answers and "
-                                              "count those equal to the reference."),
-             max_new_tokens: int = MAX_NEW, trust_remote_code: bool = TRUST_REMOTE_CODE,
-             allow_pickle: bool = ALLOW_PICKLE) -> None:
-    """Loss and perplexity on the trained-on tokens of --data (and exact match when asked); for a
-    classifier: accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix."""
-    from tune.infer.evaluate import evaluate as run_eval
-    from tune.models.run_dir import grants
-    from tune.quiet import quiet_libraries
-
-    quiet_libraries()
-    try:
-        granted = grants(trust_remote_code, allow_pickle)
-        result = run_eval(model_dir, data, exact_match, max_new_tokens, say_err, granted)
-    except TuneError as exc:
-        fail(exc)
-    if "accuracy" in result:
-        from tune.infer.metrics import report_lines
-
-        out.print(f"{data}: " + "\n".join(report_lines(result)), markup=False)
-        return
-    line = (f"{data}: {result['examples']} examples, {result['target_tokens']} target tokens, "
-            f"loss {result['loss']:.4f}, perplexity {result['perplexity']:.2f}")
-    if "exact_match" in result:
-        line += f", exact match {result['exact_match']:.1%}"
-    out.print(line, markup=False)
-
-
 def predict(model_dir: Path = typer.Argument(help="The output dir of a `train.method: classify` or `reward` run."),
             data: Path = typer.Option(..., "--data", help="classify: rows with the run's text (and text_pair) columns; reward: {prompt, completion} or {prompt, chosen, rejected} rows, and system when a row has its own (the run's data.columns apply)."),
             out_file: Path = typer.Option(..., "--out", help="Where to write: .jsonl or .csv (classify)."),

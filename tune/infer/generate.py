@@ -155,18 +155,25 @@ def inference(model, tokenizer=None):
 
 
 def generate_batch(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int,
-                   batch_size: int = 32) -> list[tuple[str, bool]]:
-    """Greedy answers to many prompts, batched with left padding: (text, finished) per prompt, where
-    finished means the model ended its turn before max_new_tokens."""
+                   batch_size: int = 32, sampling: Sampling | None = None) -> list[tuple[str, bool]]:
+    """Answers to many prompts, batched with left padding: (text, finished) per prompt, where finished means
+    the model ended its turn before max_new_tokens. Greedy unless `sampling` has a temperature (then seeded
+    per batch, so a call repeats exactly)."""
+    import torch
+
+    sampled = sampling is not None and sampling.temperature > 0
+    knobs = (dict(do_sample=True, temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p)
+             if sampled else dict(do_sample=False, temperature=None, top_k=None, top_p=None))
     answers = []
     with inference(model, tokenizer):
         for start in range(0, len(conversations), batch_size):
             texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
                      for c in conversations[start:start + batch_size]]
             batch = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(model.device)
-            output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
-                                    top_k=None, top_p=None, pad_token_id=tokenizer.pad_token_id,
-                                    eos_token_id=tokenizer.eos_token_id)
+            if sampled:
+                torch.manual_seed(sampling.seed + start)
+            output = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                    eos_token_id=tokenizer.eos_token_id, **knobs)
             for row in output[:, batch["input_ids"].shape[1]:].tolist():
                 finished = tokenizer.eos_token_id in row
                 text = tokenizer.decode(row[:row.index(tokenizer.eos_token_id)] if finished else row,
