@@ -59,6 +59,9 @@ def method_problem(recipe) -> str | None:
         able = [name for name, other in METHODS.items() if other.continues_adapter]
         return (f"model.adapter: continuing a trained adapter is supported for train.method: "
                 f"{' or '.join(able)}, not {method}")
+    if recipe.train.eval_tasks and method in ("classify", "reward"):
+        return (f"train.eval_tasks: lm-eval tasks score a model that writes text; train.method: {method} trains a "
+                "classifier head; remove train.eval_tasks")
     return _adapter_problem(recipe) or _section_problem(recipe)
 
 

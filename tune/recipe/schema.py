@@ -180,6 +180,8 @@ class TrainSection(Section):
     keep: Literal["final", "best"] = Field("final", description="sft: best = at every eval_steps answer the unseen wordings (held-out rewordings, probe sets the base mostly fails) and the probe sets it mostly knows, and keep the adapter with the best unseen-wording accuracy whose kept share stays at or above min_kept_share.")
     min_kept_share: float = Field(0.85, ge=0.0, le=1.0, description="sft with keep: best: the least share of the base's right probe answers an adapter must keep to be chosen.")
     stop_after: int | None = Field(None, ge=1, description="sft with keep: best: stop once this many evaluations in a row fall under min_kept_share.")
+    eval_tasks: list[str] = Field(default_factory=list, description="lm-evaluation-harness tasks (names, or task YAML files relative to the recipe) scored after training on the kept adapter and on the base beside it, written to eval/lm-eval.json; needs tune-peft[eval]. Not for classify or reward.")
+    eval_tasks_limit: float | None = Field(None, gt=0, description="eval_tasks: at most this many examples per task (a number below 1 is a share); none = all.")
     use_liger_kernel: bool | Literal["auto"] = Field("auto", description="GPU: Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused cross-entropy; `pip install liger-kernel`); auto = on for SFT on a CUDA GPU when installed.")
     neftune_alpha: float | None = Field(None, gt=0, description="sft: NEFTune, uniform noise of this scale on the input embeddings while training (the paper uses 5); none = off.")
     torch_compile: bool = Field(False, description="Compile the model with torch.compile: slow first steps, faster after (mostly on a GPU).")
@@ -257,6 +259,9 @@ class Recipe(Section):
             # PEFT's FSDP guide: bitsandbytes' 8-bit optimizer states fail when an FSDP checkpoint is saved.
             raise ValueError(f"train.optimizer: {self.train.optimizer} cannot be checkpointed under FSDP; use adamw_torch "
                              "(or auto): FSDP already shards its states across the devices")
+        if strategy != "ddp" and self.train.eval_tasks:
+            raise ValueError(f"train.eval_tasks: the tasks are scored on rank 0 alone, which {strategy}'s sharded "
+                             "weights cannot do; score them with `tune eval RUN --tasks ...` afterwards")
         if strategy != "ddp" and self.data.probes:
             raise ValueError(f"data.probes: the tuned model answers probes on rank 0 alone, which {strategy}'s sharded "
                              "weights cannot do; probe with ddp, or run `tune eval` on the adapter afterwards")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tune.train import benchmarks
+
 
 def findings(recipe, recipe_dir: Path | None) -> tuple[list[str], list[str]]:
     """(problems, warnings): a problem stops the command, a warning is printed and the run goes on."""
@@ -19,6 +21,7 @@ def findings(recipe, recipe_dir: Path | None) -> tuple[list[str], list[str]]:
 
     problems = model_problems(recipe.model) + check(recipe.data, recipe_dir)
     problems += distributed_check(recipe, recipe_dir)  # e.g. a DeepSpeed config file
+    problems += benchmarks.problems(recipe, recipe_dir)  # lm-eval installed, task files there
     layer_problems, warnings = adapter_findings(recipe)  # the base's config and weight names, not its weights
     problems += layer_problems
     if recipe.reward is not None and recipe.reward.model and not problems:  # prompts the reward model would cut

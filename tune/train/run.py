@@ -28,7 +28,7 @@ from tune.models.resolve import model_source
 from tune.output import clear_dir, move_into, versions, write_json, write_text
 from tune.quiet import quiet_libraries
 from tune.recipe import Recipe, dump
-from tune.train import adapter_variants, distributed
+from tune.train import adapter_variants, benchmarks, distributed
 
 
 @dataclass
@@ -56,6 +56,8 @@ class Run:
     precision: str = "float32"  # bf16 / fp16 / bf16-autocast / float32, as arguments() chose
     allow_data_change: bool = False  # resume even though the data's fingerprint changed
     initial_adapter: dict | None = None  # PiSSA/OLoRA: the adapter's weights before any step (adapter_variants)
+    tasks: tuple | None = None  # train.eval_tasks, resolved and loaded (benchmarks.prepare)
+    task_scores: dict | None = None  # their base and tuned scores, for run.json
 
     @property
     def recipe_dir(self) -> Path:
@@ -105,12 +107,13 @@ def start(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         raise TuneError(problems)
     for line in warnings:
         echo(f"warning: {line}")
+    tasks = benchmarks.prepare(recipe, recipe_dir, echo) if main else None  # a task typo stops before training
     return Run(recipe=recipe, recipe_path=Path(recipe_path), source=model_source(recipe.model, echo), out_dir=out_dir,
                resume_from=resume_from, main=main, echo=echo, console=console,
                on_gpu=torch.cuda.is_available(), sharded=distributed.shards_weights(recipe, recipe_dir),
                metrics=MetricsLog(out_dir / "metrics.jsonl", echo, metric_keys),
                created=[p for p in (out_dir, out_dir / "checkpoints") if not p.exists()],
-               allow_data_change=allow_data_change)
+               allow_data_change=allow_data_change, tasks=tasks)
 
 
 def starting_adapter(recipe: Recipe, recipe_dir: Path) -> Path:
@@ -335,6 +338,7 @@ def save(run: Run, trainer, tokenizer, **save_kwargs) -> Path | None:
     if not run.main:
         return None
     tokenizer.save_pretrained(staging)
+    run.task_scores = benchmarks.score_after(run.tasks, run.recipe, trainer.model, tokenizer, staging, run.echo)
     return staging
 
 
@@ -355,6 +359,7 @@ def summary(run: Run, trainer, trained: Trained, parameters: tuple[int, int], to
         "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
         "eval_loss": evals[-1] if evals else None, "device": "cuda" if run.on_gpu else "cpu",
         "trust_remote_code": run.recipe.model.trust_remote_code, **distributed.summary(run.recipe),
+        **({"eval_tasks": run.task_scores} if run.task_scores else {}),
     }
 
 
