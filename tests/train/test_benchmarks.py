@@ -62,3 +62,35 @@ def test_classifiers_and_sharded_runs_refuse_eval_tasks(tmp_path):
     assert str(caught.value).endswith(
         "train.eval_tasks: lm-eval tasks score a model that writes text; train.method: classify trains a classifier "
         "head; remove train.eval_tasks")
+
+
+def test_kept_by_tasks_counts_the_bases_right_items_still_right(monkeypatch):
+    from tune.train import benchmarks
+    from tune.train.guard import Evaluation
+
+    now = {"t/0": True, "t/1": False, "t/2": True, "t/3": False}
+    monkeypatch.setattr(benchmarks, "_items", lambda prepared, recipe, model, tokenizer: now)
+    probes_only = lambda policy, step: Evaluation(step, 0.7, {"unseen": 0.7}, kept=1.0)  # noqa: E731
+    measure = benchmarks.kept_by_tasks(probes_only, ("manager", ["t"]), None, None,
+                                       base={"t/0": True, "t/1": True, "t/2": False, "t/3": False})
+    evaluation = measure("policy", 5)
+    assert (evaluation.step, evaluation.score, evaluation.kept) == (5, 0.7, 0.5)  # t/0 kept, t/1 lost; t/2 not counted
+    assert benchmarks.kept_by_tasks(probes_only, None, None, None, base=None) is probes_only
+
+
+@pytest.mark.slow
+def test_an_sft_guard_keeps_by_task_items(tiny_model, tmp_path):
+    from tune.train.sft import train
+
+    probes = REPO / "data_templates" / "smollm2-domain" / "probes-general.jsonl"
+    path = write_recipe(tmp_path / "r.yaml", data={"probes": [str(probes)]},
+                        train={"max_steps": 4, "eval_steps": 2, "keep": "best", "min_kept_share": 0.0,
+                               "eval_tasks": [KNOWLEDGE], "eval_tasks_limit": 8, "kept_by": "tasks"})
+    lines = []
+    summary = train(recipe_io.load(path, []), path, echo=lines.append).summary
+    base_line = next(line for line in lines if line.startswith("guard: keeps the base's right eval_tasks items ("))
+    right = int(base_line.split("(")[1].split()[0])
+    records = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    kept = [r["probes_kept"] for r in records if "probes_kept" in r]
+    assert len(kept) == 2 and all(round(share * right) == pytest.approx(share * right) for share in kept)
+    assert "eval_tasks items kept" in summary["kept"] or summary["kept"].startswith("kept the final weights")

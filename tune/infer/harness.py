@@ -119,7 +119,7 @@ def load_tasks(manager, names: list[str]) -> list:
 
 
 def score(model, tokenizer, manager, tasks: list, batch_size: int = 8, limit: float | None = None,
-          num_fewshot: int | None = None, chat_template: bool = False, seed: int = 0) -> dict:
+          num_fewshot: int | None = None, chat_template: bool = False, seed: int = 0, per_item: bool = False) -> dict:
     """{"results": {task: {metric: value, metric_stderr: value}}, "samples": {task: n}, ...} for tasks built by
     load_tasks (a task holds its requests once scored: build them again for a second model)."""
     import lm_eval
@@ -132,13 +132,26 @@ def score(model, tokenizer, manager, tasks: list, batch_size: int = 8, limit: fl
     wrapped = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     with _without_environment_probe():
         raw = lm_eval.simple_evaluate(model=wrapped, tasks=tasks, task_manager=manager, limit=limit,
-                                      num_fewshot=num_fewshot, apply_chat_template=chat_template, log_samples=False,
+                                      num_fewshot=num_fewshot, apply_chat_template=chat_template, log_samples=per_item,
                                       random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
                                       fewshot_random_seed=seed, bootstrap_iters=1000)
     results = {task: metrics(values) for task, values in raw["results"].items()}
     samples = {task: count.get("effective") for task, count in (raw.get("n-samples") or {}).items()}
     return {"results": results, "samples": samples, "lm_eval_version": raw.get("lm_eval_version"),
-            "higher_is_better": raw.get("higher_is_better", {})}
+            "higher_is_better": raw.get("higher_is_better", {}),
+            **({"items": right_items(raw)} if per_item else {})}
+
+
+def right_items(raw: dict) -> dict[str, bool]:
+    """{"task/doc id": scored right} by each task's first metric (acc, exact_match...), from lm-eval's samples."""
+    found = {}
+    for task, logged in (raw.get("samples") or {}).items():
+        metrics = list((raw.get("higher_is_better") or {}).get(task) or {})
+        for sample in logged:
+            metric = next((m for m in metrics if isinstance(sample.get(m), (int, float))), None)
+            if metric is not None:
+                found[f"{task}/{sample['doc_id']}"] = bool(sample[metric])
+    return found
 
 
 @contextmanager

@@ -59,6 +59,10 @@ def method_problem(recipe) -> str | None:
         able = [name for name, other in METHODS.items() if other.continues_adapter]
         return (f"model.adapter: continuing a trained adapter is supported for train.method: "
                 f"{' or '.join(able)}, not {method}")
+    if recipe.train.kept_by == "tasks" and not recipe.train.eval_tasks:
+        return "train.kept_by: tasks counts the base's right eval_tasks items still right; name train.eval_tasks"
+    if recipe.train.kept_by == "tasks" and not (recipe.train.keep == "best" or method == "grpo"):
+        return "train.kept_by: tasks is what the guard keeps by; it needs train.keep: best (sft) or train.method: grpo"
     if recipe.train.eval_tasks and method in ("classify", "reward"):
         return (f"train.eval_tasks: lm-eval tasks score a model that writes text; train.method: {method} trains a "
                 "classifier head; remove train.eval_tasks")

@@ -182,6 +182,7 @@ class TrainSection(Section):
     stop_after: int | None = Field(None, ge=1, description="sft with keep: best: stop once this many evaluations in a row fall under min_kept_share.")
     eval_tasks: list[str] = Field(default_factory=list, description="lm-evaluation-harness tasks (names, or task YAML files relative to the recipe) scored after training on the kept adapter and on the base beside it, written to eval/lm-eval.json; needs tune-peft[eval]. Not for classify or reward.")
     eval_tasks_limit: float | None = Field(None, gt=0, description="eval_tasks: at most this many examples per task (a number below 1 is a share); none = all.")
+    kept_by: Literal["probes", "tasks"] = Field("probes", description="What the guard's kept share counts (sft keep: best, grpo): the base's right probe answers still right, or the base's right eval_tasks items still right (scored at every evaluation, eval_tasks_limit items per task).")
     use_liger_kernel: bool | Literal["auto"] = Field("auto", description="GPU: Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused cross-entropy; `pip install liger-kernel`); auto = on for SFT on a CUDA GPU when installed.")
     neftune_alpha: float | None = Field(None, gt=0, description="sft: NEFTune, uniform noise of this scale on the input embeddings while training (the paper uses 5); none = off.")
     torch_compile: bool = Field(False, description="Compile the model with torch.compile: slow first steps, faster after (mostly on a GPU).")

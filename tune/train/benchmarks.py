@@ -69,3 +69,42 @@ def score_after(prepared, recipe, model, tokenizer, staging: Path, echo) -> dict
     for line in table(report).splitlines():
         echo(line)
     return {task: {"base": entry["base"], "tuned": entry["tuned"]} for task, entry in report["tasks"].items()}
+
+
+def base_items(prepared, recipe, model, tokenizer, echo) -> dict[str, bool] | None:
+    """train.kept_by: tasks: which task items the model answers right before training (None otherwise)."""
+    if prepared is None or recipe.train.kept_by != "tasks":
+        return None
+    right = _items(prepared, recipe, model, tokenizer)
+    echo(f"guard: keeps the base's right eval_tasks items ({sum(right.values())} of {len(right)} right)")
+    return right
+
+
+def _items(prepared, recipe, model, tokenizer) -> dict[str, bool]:
+    from tune.infer.generate import inference
+    from tune.infer.harness import load_tasks, score
+
+    manager, names = prepared
+    with inference(model):  # eval mode and no gradients, and the training mode back afterwards
+        return score(model, tokenizer, manager, load_tasks(manager, names), batch_size=recipe.train.batch_size,
+                     limit=recipe.train.eval_tasks_limit, seed=recipe.train.seed, per_item=True)["items"]
+
+
+def kept_by_tasks(evaluate, prepared, recipe, tokenizer, base: dict[str, bool] | None):
+    """The guard's evaluate(policy, step) with its kept share counted on the tasks' items instead of probes: of
+    the items the base got right, the share the policy still gets right."""
+    if base is None:
+        return evaluate
+    from dataclasses import replace
+
+    def evaluate_with_tasks(policy, step):
+        now = _items(prepared, recipe, policy, tokenizer)
+        right = [item for item, was_right in base.items() if was_right]
+        kept = sum(now.get(item, False) for item in right) / len(right) if right else None
+        return replace(evaluate(policy, step), kept=kept)
+    return evaluate_with_tasks
+
+
+def kept_of(base: dict[str, bool] | None) -> str:
+    """What the guard's messages call the kept share."""
+    return "probes" if base is None else "eval_tasks items"

@@ -21,7 +21,7 @@ from tune.models.run_dir import check_fits_base
 from tune.output import write_text
 from tune.recipe import Recipe
 from tune.recipe.rules import generation_batch_problem
-from tune.train import distributed, rewards
+from tune.train import benchmarks, distributed, rewards
 from tune.train import run as skeleton
 from tune.train.arguments import arguments
 from tune.train.guard import (Guard, ZeroSpreadWarning, answerer, base_right, chosen_by_report, evaluator, report,
@@ -80,6 +80,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     first, _ = rewards.score_answers(reward_funcs, weights, checked, base_answer(
         [row["prompt"] for row in checked], limit), tokenizer, untrained)
     before = evaluate(base_answer, untrained)
+    base_items = benchmarks.base_items(run.tasks, recipe, model, tokenizer, run.echo)  # train.kept_by: tasks
     before_report = reported(evaluate_report(base_answer, untrained), before) if split else before
     run.echo(f"base model: held-out reward {shown(before_report.score)}"
              + (f" ({len(reported_on)} prompts; {shown(before.score)} on the {len(chosen_by)} the guard chooses by)"
@@ -97,10 +98,11 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         **generation_engine(grpo, run),
     )
     # the trainer's own state (TRL's trainer_state, at the guard's step), looked up when the guard evaluates
-    guard = Guard(lambda policy, _step: evaluate(answerer(policy, tokenizer), trainer.state, before),
+    guard = Guard(benchmarks.kept_by_tasks(lambda policy, _step: evaluate(answerer(policy, tokenizer), trainer.state,
+                                                                        before), run.tasks, recipe, tokenizer, base_items),
                         recipe.train.eval_steps, grpo.min_kept_share, grpo.stop_after, run.metrics, run.echo,
                         rollback=grpo.rollback,  # completions sampled by the rejected weights are not trained on
-                        on_rollback=lambda: setattr(trainer, "_buffered_inputs", None))
+                        on_rollback=lambda: setattr(trainer, "_buffered_inputs", None), kept_of=benchmarks.kept_of(base_items))
     trainer_class, replay = replaying(autocast_sampling(GRPOTrainer, run.precision == "bf16-autocast"), recipe,
                                       base_answer, tokenizer, data, run.recipe_dir, run.echo)
     trainer = trainer_class(

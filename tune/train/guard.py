@@ -64,7 +64,8 @@ class Guard(TrainerCallback):
     walks into that gap instead of past it."""
 
     def __init__(self, evaluate, every: int | None, min_kept_share: float, stop_after: int | None,
-                 metrics, echo, measure: Measure = HELD_OUT_REWARD, rollback: float | None = None, on_rollback=None):
+                 metrics, echo, measure: Measure = HELD_OUT_REWARD, rollback: float | None = None, on_rollback=None,
+                 kept_of: str = "probes"):
         self.evaluate, self.every, self.measure = evaluate, every, measure
         self.on_rollback = on_rollback  # what else the method drops when the weights go back (GRPO's sampled batches)
         self.min_kept_share, self.stop_after, self.rollback = min_kept_share, stop_after, rollback
@@ -78,6 +79,7 @@ class Guard(TrainerCallback):
         self.below = 0  # evaluations in a row under the probe bar
         self.stopped_early: str | None = None
         self.seconds = 0.0  # spent answering held-out prompts and probes, inside the training time
+        self.kept_of = kept_of  # what the kept share counts: "eval_tasks items" under train.kept_by: tasks
 
     def passes(self, evaluation: Evaluation) -> bool:
         return evaluation.kept is None or evaluation.kept >= self.min_kept_share
@@ -111,7 +113,7 @@ class Guard(TrainerCallback):
             return
         self.below += 1
         if self.stop_after and self.below >= self.stop_after and not last:
-            self.stopped_early = (f"the probes kept {evaluation.kept:.0%} (under {self.measure.bar} "
+            self.stopped_early = (f"the {self.kept_of} kept {evaluation.kept:.0%} (under {self.measure.bar} "
                                   f"{self.min_kept_share:.0%}) at {self.below} evaluations in a row")
             self.echo(f"guard: stopping at step {state.global_step}: {self.stopped_early}")
             control.should_training_stop = True
@@ -134,7 +136,7 @@ class Guard(TrainerCallback):
         self.interval = max(1, (self.interval or 1) // 2)
         self.next_at = step + self.interval
         self.rollbacks.append(step)
-        self.echo(f"guard: step {step}: the probes kept {evaluation.kept:.0%} (under {self.min_kept_share:.0%}); back to "
+        self.echo(f"guard: step {step}: the {self.kept_of} kept {evaluation.kept:.0%} (under {self.min_kept_share:.0%}); back to "
                   f"the adapter of step {self.best.step}, learning rate x{self.rollback:g} ({before:.2e} -> "
                   f"{before * self.rollback:.2e}), evaluating every "
                   + (f"{self.interval} steps" if self.interval > 1 else "step"))
@@ -185,7 +187,7 @@ class Guard(TrainerCallback):
         final = self.history[-1] if self.history else None
         if self.best is None:
             return (f"kept the final weights (step {final.step}), although no evaluation kept "
-                    f"{self.min_kept_share:.0%} of the probes: lower the learning rate or the steps"
+                    f"{self.min_kept_share:.0%} of the {self.kept_of}: lower the learning rate or the steps"
                     if final else "kept the final weights"), final
         if final is not None and self.best.step == final.step:
             return (f"kept the final weights (step {final.step}): the highest {self.measure.name} within the "
@@ -194,8 +196,8 @@ class Guard(TrainerCallback):
 
         set_peft_model_state_dict(model, self.best_state)
         return (f"kept step {self.best.step}: {self.measure.name} {shown(self.best.score)}, the highest among "
-                f"evaluations whose probes kept at least {self.min_kept_share:.0%} (final step {final.step}: "
-                f"{self.measure.name.split()[-1]} {shown(final.score)}{_kept_text(final)}){self._next_higher(final)}"), self.best
+                f"evaluations whose {self.kept_of} kept at least {self.min_kept_share:.0%} (final step {final.step}: "
+                f"{self.measure.name.split()[-1]} {shown(final.score)}{_kept_text(final, self.kept_of)}){self._next_higher(final)}"), self.best
 
     def _next_higher(self, final: Evaluation) -> str:
         """What the next step up in the measure cost: the lowest-scoring evaluation above the kept one."""
@@ -203,12 +205,12 @@ class Guard(TrainerCallback):
         if not higher or min(higher, key=lambda e: (e.score, e.step)) is final:  # said already
             return ""
         above = min(higher, key=lambda e: (e.score, e.step))
-        kept = f" but kept {above.kept:.0%} of the probes" if above.kept is not None else ""
+        kept = f" but kept {above.kept:.0%} of the {self.kept_of}" if above.kept is not None else ""
         return f"; the next higher, step {above.step}, reached {shown(above.score)}{kept}"
 
 
-def _kept_text(evaluation: Evaluation) -> str:
-    return f", probes kept {evaluation.kept:.0%}" if evaluation.kept is not None else ""
+def _kept_text(evaluation: Evaluation, kept_of: str = "probes") -> str:
+    return f", {kept_of} kept {evaluation.kept:.0%}" if evaluation.kept is not None else ""
 
 
 def _adapter_state(model) -> dict:

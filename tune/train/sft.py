@@ -19,7 +19,7 @@ from tune.infer.answer_cache import augment_generator, base_answerer, generator_
 from tune.models.load import load_model, load_tokenizer, lora_config
 from tune.output import write_text
 from tune.recipe import Recipe
-from tune.train import distributed, knowledge, lm_head
+from tune.train import benchmarks, distributed, knowledge, lm_head
 from tune.train import run as skeleton
 from tune.train.arguments import arguments
 from tune.train.guard import UNSEEN_ACCURACY, Guard, answerer
@@ -61,6 +61,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     asked = knowledge.questions_of(recipe.data, data.train_rows)
     evaluate = knowledge.evaluator(sets, asked, recipe.data.system_prompt, recipe.data.probe_max_new_tokens)
     before = knowledge.timed(evaluate, base_answer, 0, None, sets, run.echo, "base model") if sets else None
+    base_items = benchmarks.base_items(run.tasks, recipe, model, tokenizer, run.echo)  # train.kept_by: tasks
     if recipe.data.replay:
         replay = make_replay(base_answer, tokenizer, template, recipe.data, data.train, run.recipe_dir,
                              recipe.train.seed, data.report)
@@ -93,8 +94,10 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         # Length-grouped batches cut the padding computed when rows are not packed.
         train_sampling_strategy="group_by_length" if recipe.data.group_by_length and not recipe.data.packing else "random",
     )
-    guard = Guard(lambda policy, step: evaluate(answerer(policy, tokenizer), step, before), recipe.train.eval_steps,
-                  recipe.train.min_kept_share, recipe.train.stop_after, run.metrics, run.echo, UNSEEN_ACCURACY)
+    measure = benchmarks.kept_by_tasks(lambda policy, step: evaluate(answerer(policy, tokenizer), step, before),
+                                       run.tasks, recipe, tokenizer, base_items)
+    guard = Guard(measure, recipe.train.eval_steps, recipe.train.min_kept_share, recipe.train.stop_after, run.metrics,
+                  run.echo, UNSEEN_ACCURACY, kept_of=benchmarks.kept_of(base_items))
     trainer = SFTTrainer(
         model=model, args=config, processing_class=tokenizer, peft_config=lora_config(recipe.adapter, model),
         train_dataset=Dataset.from_list(data.train),
