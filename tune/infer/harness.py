@@ -44,8 +44,10 @@ def _local_task_names(path: Path) -> list[str]:
     return names
 
 
-def resolve(specs: list[str], include: list[Path], base_dir: Path = Path(".")) -> tuple[object, list[str]]:
+def resolve(specs: list[str], include: list[Path]) -> tuple[object, list[str]]:
     """(TaskManager, task names) for `--tasks` specs; every problem raises one TuneError line."""
+    from tune.paths import find_file
+
     _harness()
     paths = [str(Path(folder).resolve()) for folder in include]
     for folder in include:
@@ -54,8 +56,8 @@ def resolve(specs: list[str], include: list[Path], base_dir: Path = Path(".")) -
     names = []
     for spec in specs:
         if spec.endswith((".yaml", ".yml")):
-            path = (base_dir / spec) if not Path(spec).is_absolute() else Path(spec)
-            if not path.is_file():
+            path = find_file(spec, None)  # the working dir, then tune's bundled files (data_templates/eval/...)
+            if path is None or not path.is_file():
                 raise TuneError(f"--tasks {spec}: no such task file")
             paths.append(str(path.resolve().parent))
             names += _local_task_names(path)
