@@ -121,7 +121,8 @@ def load_tasks(manager, names: list[str]) -> list:
 
 
 def score(model, tokenizer, manager, tasks: list, batch_size: int = 8, limit: float | None = None,
-          num_fewshot: int | None = None, chat_template: bool = False, seed: int = 0, per_item: bool = False) -> dict:
+          num_fewshot: int | None = None, chat_template: bool = False, seed: int = 0, per_item: bool = False,
+          progress: bool = True) -> dict:
     """{"results": {task: {metric: value, metric_stderr: value}}, "samples": {task: n}, ...} for tasks built by
     load_tasks (a task holds its requests once scored: build them again for a second model)."""
     import lm_eval
@@ -132,7 +133,7 @@ def score(model, tokenizer, manager, tasks: list, batch_size: int = 8, limit: fl
     quiet_libraries()
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # per-task config notes, not the user's business
     wrapped = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-    with _without_environment_probe():
+    with _without_environment_probe(), _progress_bars(progress):
         raw = lm_eval.simple_evaluate(model=wrapped, tasks=tasks, task_manager=manager, limit=limit,
                                       num_fewshot=num_fewshot, apply_chat_template=chat_template, log_samples=per_item,
                                       random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
@@ -169,6 +170,28 @@ def _without_environment_probe():
         for name, stand_in in (("get_git_commit_hash", lambda: None), ("add_env_info", lambda storage: None)):
             if hasattr(evaluator, name):
                 stack.enter_context(mock.patch.object(evaluator, name, stand_in))
+        yield
+
+
+@contextmanager
+def _progress_bars(shown: bool):
+    """lm-eval's progress bars, or none (inside a training run, whose own lines are the log)."""
+    if shown:
+        yield
+        return
+    import importlib
+    from unittest import mock
+
+    from tqdm import tqdm
+
+    def silent(*args, **kwargs):
+        return tqdm(*args, **{**kwargs, "disable": True})
+
+    with ExitStack() as stack:
+        for name in ("lm_eval.models.huggingface", "lm_eval.api.model", "lm_eval.api.task"):
+            module = importlib.import_module(name)
+            if hasattr(module, "tqdm"):
+                stack.enter_context(mock.patch.object(module, "tqdm", silent))
         yield
 
 

@@ -56,7 +56,8 @@ def score_after(prepared, recipe, model, tokenizer, staging: Path, echo) -> dict
     from tune.infer.harness import load_tasks, score, table, write_report
 
     manager, names = prepared
-    options = {"batch_size": recipe.train.batch_size, "limit": recipe.train.eval_tasks_limit, "seed": recipe.train.seed}
+    options = {"batch_size": recipe.train.batch_size, "limit": recipe.train.eval_tasks_limit, "seed": recipe.train.seed,
+               "progress": False}
     started = time.perf_counter()
     tuned = score(model, tokenizer, manager, load_tasks(manager, names), **options)
     with model.disable_adapter():
@@ -87,7 +88,7 @@ def _items(prepared, recipe, model, tokenizer) -> dict[str, bool]:
     manager, names = prepared
     with inference(model):  # eval mode and no gradients, and the training mode back afterwards
         return score(model, tokenizer, manager, load_tasks(manager, names), batch_size=recipe.train.batch_size,
-                     limit=recipe.train.eval_tasks_limit, seed=recipe.train.seed, per_item=True)["items"]
+                     limit=recipe.train.eval_tasks_limit, seed=recipe.train.seed, per_item=True, progress=False)["items"]
 
 
 def kept_by_tasks(evaluate, prepared, recipe, tokenizer, base: dict[str, bool] | None):
