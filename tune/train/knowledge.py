@@ -43,13 +43,14 @@ def evaluator(sets: list[probes.ProbeSet], trained_questions: list[str], system_
     return evaluate
 
 
-def describe(sets: list[probes.ProbeSet], trained_questions: list[str], base: Evaluation) -> str:
+def describe(sets: list[probes.ProbeSet], trained_questions: list[str], base: Evaluation,
+             kept_of: str = "probes") -> str:
     """How the sets were sorted, for the run's output: which ones the guard selects on and which it keeps."""
     shares = probes.score(sets, base.probe_answers, base.probe_answers)[1]
     known, trained = probes.known(shares), trained_sets(sets, trained_questions)
     unseen = [name for name in shares if name not in set(known) | trained]
-    return (f"guard: selects on unseen wordings ({', '.join(unseen) or 'none'}); keeps the base's right answers of "
-            f"{', '.join(known) or 'none'}" + (f"; trained questions, shown only: {', '.join(sorted(trained))}"
+    keeps = f"answers of {', '.join(known) or 'none'}" if kept_of == "probes" else kept_of
+    return (f"guard: selects on unseen wordings ({', '.join(unseen) or 'none'}); keeps the base's right {keeps}" + (f"; trained questions, shown only: {', '.join(sorted(trained))}"
                                                if trained else ""))
 
 

@@ -108,7 +108,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     run.echo(lm_head.install(trainer, run.on_gpu, run.sharded))
     skeleton.model_line(run, model.dtype, parameters, f"{recipe.adapter.method} r={recipe.adapter.r}")
     if sets and recipe.train.eval_steps:
-        run.echo(knowledge.describe(sets, asked, before))
+        run.echo(knowledge.describe(sets, asked, before, guard.kept_of))
 
     # ---- train, keep the adapter the rule picks, then the generated rows and the probe table beside it
     skeleton.write_records(run, data.fingerprint)
