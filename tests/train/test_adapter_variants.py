@@ -141,6 +141,10 @@ def test_neftune_noises_the_embeddings_while_training(tiny_model, tmp_path):
     ("adapter: {init: pissa}\ntrain: {method: dpo}\ndata: {train: data.jsonl, format: preference}",
      "adapter.init: pissa moves the base's top directions into the adapter, so the model with the adapter switched "
      "off (dpo's reference) is no longer the base; use adapter.init: default for dpo"),
+    ("adapter: {init: corda}\ntrain: {method: grpo}\ndata: {train: data.jsonl, format: prompt}\n"
+     "reward: {functions: [json_valid]}\ngrpo: {beta: 0.0}",
+     "adapter.init: corda is calibrated on the activations of rows SFT prepares (train.method: sft); use pissa or "
+     "olora for grpo"),
     ("adapter: {init: orthogonal, r: 7}",
      "adapter.init: orthogonal pairs the rank's directions; use an even adapter.r (and even rank_pattern ranks)"),
     ("train: {neftune_alpha: 5, method: classify}\ndata: {train: data.jsonl, format: classification}",
@@ -180,3 +184,22 @@ def test_a_resumed_pissa_run_saves_the_same_adapter(tiny_model, tmp_path, monkey
     assert resumed.summary["resumed_from"].endswith("checkpoint-2")
     one, other = load_file(straight / "adapter_model.safetensors"), load_file(tmp_path / "stopped" / "out" / "adapter_model.safetensors")
     assert one.keys() == other.keys() and all(torch.allclose(one[k], other[k], atol=1e-6) for k in one)
+
+
+@pytest.mark.parametrize("method", ["kpm", "ipm"])
+def test_corda_calibrates_then_saves_a_plain_lora_equal_to_the_trained_model(method, tiny_model, tmp_path):
+    lines = []
+    path = write_recipe(tmp_path / "r.yaml", adapter={"r": 8, "dropout": 0.0, "init": "corda", "corda_method": method},
+                        train={"max_steps": 6})
+    result = train(recipe_io.load(path), path, echo=lines.append)
+    what = "general prompts" if method == "kpm" else "training rows"
+    assert any(line.startswith(f"adapter: CorDA ({method}) calibration on ") and line.endswith(what) for line in lines)
+    assert result.summary["last_loss"] < result.summary["first_loss"]
+    config = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
+    assert config["r"] == 16 and config["init_lora_weights"] is True  # converted: twice the rank, a plain start
+    result.model.eval()
+    with torch.no_grad():
+        trained = result.model(IDS).logits
+    before, after = plain_peft_logits(tiny_model, tmp_path / "out")
+    assert (after - before).abs().max() > 1e-3
+    assert torch.allclose(after, trained, atol=1e-4), (after - trained).abs().max()

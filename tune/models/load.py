@@ -210,11 +210,18 @@ def lora_config(adapter: AdapterSection, model=None, initialize: bool = True):
         use_dora=adapter.method == "dora",
         use_rslora=adapter.method == "rslora",
         init_lora_weights=init,
+        corda_config=_corda_config(adapter) if init == "corda" else None,
         rank_pattern=dict(adapter.rank_pattern),
         alpha_pattern=dict(adapter.alpha_pattern),
         exclude_modules=excluded,
         task_type="CAUSAL_LM",
     )
+
+
+def _corda_config(adapter: AdapterSection):
+    from peft.tuners.lora.config import CordaConfig
+
+    return CordaConfig(corda_method=adapter.corda_method, verbose=False)
 
 
 def other_blocks(layers: list[int] | None) -> str | None:

@@ -69,26 +69,32 @@ def method_problem(recipe) -> str | None:
     return _adapter_problem(recipe) or _section_problem(recipe)
 
 
+REWRITES_BASE = ("pissa", "olora", "corda")  # inits that move the base's own directions into the adapter
+
+
 def _adapter_problem(recipe) -> str | None:
     """The adapter variants' combinations that PEFT or tune cannot run, as one line each."""
     adapter, method, strategy = recipe.adapter, recipe.train.method, recipe.distributed.strategy
     init = adapter.init
-    if init in ("pissa", "olora") and recipe.model.quantization != "none":
+    if init in REWRITES_BASE and recipe.model.quantization != "none":
         return (f"adapter.init: {init} rewrites the base weights it starts from, which a {recipe.model.quantization} "
                 "base cannot hold; set model.quantization: none, or adapter.init: default for QLoRA")
-    if init in ("pissa", "olora") and adapter.method == "dora":
+    if init in REWRITES_BASE and adapter.method == "dora":
         return (f"adapter.init: {init} is saved as a plain LoRA (PEFT's conversion), which DoRA's magnitudes are "
                 "not; use adapter.method: lora or rslora")
-    if init in ("pissa", "olora") and (method in ("dpo", "kto") or (method == "grpo" and recipe.grpo.beta > 0)):
+    if init in REWRITES_BASE and (method in ("dpo", "kto") or (method == "grpo" and recipe.grpo.beta > 0)):
         return (f"adapter.init: {init} moves the base's top directions into the adapter, so the model with the adapter "
                 f"switched off ({method}'s reference) is no longer the base; use adapter.init: default for {method}")
     if init == "eva" and method != "sft":
         return f"adapter.init: eva starts from the training rows' activations (train.method: sft); use pissa or olora for {method}"
+    if init == "corda" and method != "sft":
+        return (f"adapter.init: corda is calibrated on the activations of rows SFT prepares (train.method: sft); use "
+                f"pissa or olora for {method}")
     if init == "orthogonal" and (adapter.r % 2 or any(rank % 2 for rank in adapter.rank_pattern.values())):
         return "adapter.init: orthogonal pairs the rank's directions; use an even adapter.r (and even rank_pattern ranks)"
     if init != "default" and recipe.model.adapter is not None:
         return "adapter.init: sets up a new adapter; model.adapter continues a trained one, so remove adapter.init"
-    if init in ("pissa", "olora", "eva") and strategy != "ddp":
+    if init in (*REWRITES_BASE, "eva") and strategy != "ddp":
         return f"adapter.init: {init} is computed on whole weights and not verified under {strategy}; use ddp or adapter.init: default"
     if adapter.lora_plus_ratio and strategy != "ddp":
         return (f"adapter.lora_plus_ratio: builds its own optimizer groups, which {strategy} replaces with its own; "

@@ -121,8 +121,9 @@ class AdapterSection(Section):
         "all-linear", description="Layers that get adapters: all-linear (every linear layer but the output head) or a list of names.")
     target_router: bool = Field(False, description="MoE bases: all-linear also adapts the router that picks each token's experts (off: routing stays as pretrained).")
     modules_to_save: list[str] = Field(default_factory=list, description="Layers trained fully and saved with the adapter (e.g. embed_tokens when adding tokens).")
-    init: Literal["default", "gaussian", "orthogonal", "pissa", "olora", "eva"] = Field(
-        "default", description="How the adapter starts: default (B = 0, the adapter starts as a no-op), gaussian, orthogonal; pissa / olora start from the base's principal directions (saved as a plain LoRA of twice the rank); eva from the training rows' activations (sft).")
+    init: Literal["default", "gaussian", "orthogonal", "pissa", "olora", "eva", "corda"] = Field(
+        "default", description="How the adapter starts: default (B = 0, the adapter starts as a no-op), gaussian, orthogonal; pissa / olora start from the base's principal directions (saved as a plain LoRA of twice the rank); eva from the training rows' activations (sft); corda from the base's directions weighed by what its activations use (sft; see corda_method).")
+    corda_method: Literal["kpm", "ipm"] = Field("kpm", description="init: corda: kpm (knowledge-preserving) trains the directions the general prompts (data.replay_prompts) use least, leaving what the model knows; ipm (instruction-previewed) starts from the directions the training rows use most.")
     lora_plus_ratio: float | None = Field(None, ge=1, description="LoRA+: the B matrices learn this many times faster than A (the paper uses 16); none = one learning rate.")
     rank_pattern: dict[str, int] = Field(default_factory=dict, description="Per-layer ranks: a layer name or regex (matched at the end of the name, e.g. 'mlp.down_proj' or 'layers.0.self_attn.q_proj') to its rank.")
     alpha_pattern: dict[str, float] = Field(default_factory=dict, description="Per-layer alphas, named like rank_pattern.")

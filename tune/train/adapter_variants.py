@@ -13,7 +13,8 @@ from pathlib import Path
 
 from tune.errors import TuneError
 
-CONVERTED = ("pissa", "olora")  # start from the base's own directions, so they rewrite the base they train on
+CONVERTED = ("pissa", "olora", "corda")  # start from the base's own directions, so they rewrite the base they train on
+CALIBRATION_ROWS = 256  # CorDA's covariance: PEFT's guide estimates hidden size / tokens per row x 128 rows
 
 
 def prepare(run, trainer) -> None:
@@ -27,6 +28,42 @@ def prepare(run, trainer) -> None:
         _snapshot_start(run, trainer.model)
     if adapter.lora_plus_ratio:
         trainer.optimizer = _lora_plus_optimizer(trainer, adapter.lora_plus_ratio)
+
+
+def calibrate(run, model, config, tokenizer, train_rows: list[dict]):
+    """CorDA (arXiv 2406.05223) needs, before the adapter is attached, the covariance of each adapted layer's
+    inputs on calibration rows: kpm takes the general prompts (data.replay_prompts) so that the adapter
+    trains the directions they use least and what the model knows is left alone; ipm takes the training rows
+    so that it starts from the directions they use most. Returns the config to attach with (all-linear spelt
+    out: CorDA's hooks match layer names, not the shorthand); every other init gets its config back as it is."""
+    if run.recipe.adapter.init != "corda":
+        return config
+    import torch
+    from peft.tuners.lora.corda import preprocess_corda
+    from peft.tuners.tuners_utils import _maybe_include_all_linear_layers
+
+    config = _maybe_include_all_linear_layers(config, model)
+
+    from tune.data.replay import prompt_file, read_prompts
+
+    method = run.recipe.adapter.corda_method
+    if method == "kpm":
+        prompts = read_prompts(prompt_file(run.recipe.data.replay_prompts, run.recipe_dir))[:CALIBRATION_ROWS]
+        texts = [tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                               add_generation_prompt=True) for prompt in prompts]
+        rows = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    else:
+        rows = [row["input_ids"] for row in train_rows[:CALIBRATION_ROWS]]
+
+    def run_model():
+        with torch.no_grad():
+            for ids in rows:
+                model(input_ids=torch.tensor([ids], device=model.device))
+
+    run.echo(f"adapter: CorDA ({method}) calibration on {len(rows)} "
+             + ("general prompts" if method == "kpm" else "training rows"))
+    preprocess_corda(model, config, run_model=run_model)
+    return config
 
 
 def describe(recipe) -> str:
@@ -59,6 +96,7 @@ def conversion(run, model):
     try:
         config = copy.deepcopy(model.peft_config["default"])
         config.init_lora_weights = True  # loading it must not decompose the base a second time
+        config.corda_config = None  # nor calibrate it again
         config.save_pretrained(str(folder))
         save_file(run.initial_adapter, str(folder / "adapter_model.safetensors"))
         yield {"path_initial_model_for_weight_conversion": str(folder)}
