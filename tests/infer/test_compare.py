@@ -44,6 +44,7 @@ def test_the_table_shows_what_differs_and_what_each_run_measured(two_runs, tmp_p
     assert rows["first loss"] == [f"{run['first_loss']:.4f}" for run in two_runs]
     assert rows["last loss"] == [f"{run['last_loss']:.4f}" for run in two_runs]
     assert rows["steps"] == ["4", "4"]
+    assert all(float(cell) > 0.1 for cell in rows["peak RSS GiB (process)"])  # torch alone takes more
     assert rows["lm-eval my_task acc"] == ["-", "0.5000"]
     assert found["plot"] == str(tmp_path / "curves.png") and (tmp_path / "curves.png").stat().st_size > 10_000
 

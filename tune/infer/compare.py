@@ -100,6 +100,8 @@ def rows(runs: list[dict]) -> list[tuple[str, list[str]]]:
     _evaluations(runs, add)
     add("train seconds", [_number(s.get("train_seconds"), 1) for s in summaries])
     add("tokens per second", [_number(s.get("trained_tokens_per_second"), 1) for s in summaries])
+    add("peak RSS GiB (process)", [_number(s["peak_rss_bytes"] / 2**30, 2) if s.get("peak_rss_bytes") else "-"
+                                   for s in summaries])
     add("peak GPU memory GiB", [_number(s["peak_gpu_memory_bytes"] / 2**30, 2) if s.get("peak_gpu_memory_bytes")
                                 else "-" for s in summaries])
     return table

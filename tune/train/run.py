@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -351,7 +352,7 @@ def summary(run: Run, trainer, trained: Trained, parameters: tuple[int, int], to
         "output_dir": str(run.out_dir.resolve()), "model": run.source, "method": run.recipe.train.method,
         **own,
         "steps": trainer.state.global_step, "train_seconds": round(trained.seconds, 2),
-        "peak_gpu_memory_bytes": trained.peak_gpu_bytes,
+        "peak_gpu_memory_bytes": trained.peak_gpu_bytes, "peak_rss_bytes": peak_rss_bytes(),
         "resumed_from": str(run.resume_from) if run.resume_from else None,
         "trainable_parameters": parameters[0], "total_parameters": parameters[1],
         "trained_tokens_per_second": round(tokens_per_epoch * trained.epochs / max(trained.seconds, 1e-9), 1),
@@ -361,6 +362,16 @@ def summary(run: Run, trainer, trained: Trained, parameters: tuple[int, int], to
         "trust_remote_code": run.recipe.model.trust_remote_code, **distributed.summary(run.recipe),
         **({"eval_tasks": run.task_scores} if run.task_scores else {}),
     }
+
+
+def peak_rss_bytes() -> int | None:
+    """This process's peak resident memory (what a CPU run costs; `tune compare` shows it), None off Linux/macOS."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # macOS counts bytes, Linux kilobytes
 
 
 def finish(run: Run, staging: Path, summary: dict) -> None:
