@@ -63,10 +63,6 @@ def requirements(recipe, gpus: int, nproc: int | None = None) -> list[str]:
     section = recipe.distributed
     if section.strategy == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
         return [f"distributed.strategy: deepspeed needs the deepspeed package: {EXTRA}"]
-    if section.strategy != "ddp" and gpus == 0:
-        # accelerate applies FSDP and DeepSpeed on accelerators only; on the CPU it would silently run DDP.
-        return [f"distributed.strategy: {section.strategy} shards across GPUs and this host has none; "
-                "on the CPU use distributed.strategy: ddp"]
     if section.backend == "nccl" and gpus == 0:
         return ["distributed.backend: nccl needs GPUs; use auto (gloo on the CPU)"]
     if nproc is not None and gpus and nproc > gpus:
@@ -268,18 +264,55 @@ def check_resume(checkpoint: Path | None, processes: int | None = None) -> None:
 
 def check_trainer(trainer) -> None:
     """The Trainer must see every process (e.g. TrainingArguments without use_cpu on a CPU host would train
-    each process alone on all the data)."""
+    each process alone on all the data), and shard when the recipe says fsdp."""
     if world_size() > 1 and trainer.accelerator.num_processes != world_size():
         raise TuneError(f"distributed: the trainer sees {trainer.accelerator.num_processes} of {world_size()} processes")
+    if trainer.args.fsdp_plugin_args is not None and not trainer.is_fsdp_enabled:
+        shard_on_cpu(trainer)
+
+
+def shard_on_cpu(trainer) -> None:
+    """FSDP over gloo. accelerate turns its FSDP plugin on for accelerators only: on a CPU its state keeps
+    MULTI_CPU and drops the plugin, so the Trainer would silently wrap the model in DDP (a full copy each).
+    torch's fully_shard itself runs on CPU tensors, so the plugin the Trainer built from our fsdp_config is
+    put back before training wraps the model; what the Trainer decided at construction without it (keep the
+    model on its device, no optimizer passed in) is the same on a CPU."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    plugin = FullyShardedDataParallelPlugin(**trainer.args.fsdp_plugin_args)
+    state = trainer.accelerator.state
+    if state.mixed_precision != "no":
+        plugin.set_mixed_precision(state.mixed_precision)
+    state.fsdp_plugin, state.distributed_type = plugin, DistributedType.FSDP
+    # As accelerate does on a GPU: each new AcceleratorState() copies the type back from the PartialState.
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    trainer.is_fsdp_enabled = True
 
 
 def save_adapter(trainer, folder: Path, **kwargs) -> None:
     """Rank 0 writes the adapter. FSDP and ZeRO-3 hold it in shards: every process first takes part in
-    gathering the full state dict (a collective), as Trainer.save_model does."""
+    gathering it (a collective), as Trainer.save_model does."""
     state = None
-    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+    if trainer.is_fsdp_enabled and trainer.accelerator.is_fsdp2:
+        state = gathered_adapter(trainer.model)
+    elif trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
         if trainer.is_fsdp_enabled:
             trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
         state = trainer.accelerator.get_state_dict(trainer.model_wrapped)
     if is_main():
         trainer.model.save_pretrained(folder, safe_serialization=True, state_dict=state, **kwargs)
+
+
+def gathered_adapter(model) -> dict:
+    """FSDP2: the adapter's tensors (PEFT names them after the adapter, `...lora_A.default.weight`) in full,
+    each all-gathered from its shards in the same order on every process; the base's shards stay where they
+    are (accelerate's get_state_dict would gather the whole base onto every process first)."""
+    from torch.distributed.tensor import DTensor
+
+    names = tuple(model.peft_config)
+    state = {}
+    for key, value in model.state_dict().items():
+        if any(f".{name}." in key or key.endswith(f".{name}") for name in names):
+            state[key] = (value.full_tensor() if isinstance(value, DTensor) else value).detach().cpu().clone()
+    return state
