@@ -142,8 +142,19 @@ def test_host_requirements(tmp_path, monkeypatch):
     assert distributed.requirements(recipe_io.load(DEEPSPEED_RECIPE), gpus=8) == [
         "distributed.strategy: deepspeed needs the deepspeed package: pip install 'tune-peft[deepspeed]'"]
     fsdp = recipe_io.load(write_recipe(tmp_path / "r.yaml", distributed={"strategy": "fsdp"}))
-    assert distributed.requirements(fsdp, gpus=0) == [
-        "distributed.strategy: fsdp shards across GPUs and this host has none; on the CPU use distributed.strategy: ddp"]
+    assert distributed.requirements(fsdp, gpus=0, nproc=2) == []  # FSDP2 shards over gloo (tests/train/test_fsdp.py)
+    for keys, line in [
+        ({"fsdp_version": 1}, "distributed.fsdp_version: 1 (the FlatParameter wrapper) runs on GPUs only; on the CPU "
+                              "use fsdp_version: 2"),
+        ({"fsdp_offload": True}, "distributed.fsdp_offload: moves shards from GPU memory to CPU RAM, where a CPU run "
+                                 "keeps them anyway; set it false on the CPU")]:
+        other = recipe_io.load(write_recipe(tmp_path / "r.yaml", distributed={"strategy": "fsdp", **keys}))
+        assert distributed.requirements(other, gpus=0) == [line]
+        assert distributed.requirements(other, gpus=2) == []
+    zero = recipe_io.load(DEEPSPEED_RECIPE)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "deepspeed" else real(name, *a))
+    assert distributed.requirements(zero, gpus=0) == [
+        "distributed.strategy: deepspeed needs GPUs (docs/multi-gpu.md says why); on the CPU use fsdp or ddp"]
     ddp = recipe_io.load(write_recipe(tmp_path / "r.yaml"))
     assert distributed.requirements(ddp, gpus=0, nproc=2) == []
     assert distributed.requirements(ddp, gpus=4, nproc=8) == ["--nproc 8: this host has 4 GPUs; one process per GPU"]

@@ -57,12 +57,24 @@ def check(recipe, recipe_dir: Path | None) -> list[str]:
 
 
 def requirements(recipe, gpus: int, nproc: int | None = None) -> list[str]:
-    """What this host must have for the strategy: DeepSpeed installed, GPUs for sharding, enough GPUs."""
+    """What this host must have for the strategy: DeepSpeed installed, GPUs for DeepSpeed and for what only
+    GPUs do (FSDP1, offloading to CPU RAM, nccl), enough GPUs. FSDP2 itself also runs on the CPU (gloo)."""
     import importlib.util
 
     section = recipe.distributed
     if section.strategy == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
         return [f"distributed.strategy: deepspeed needs the deepspeed package: {EXTRA}"]
+    if section.strategy == "fsdp" and section.fsdp_offload and gpus == 0:
+        return ["distributed.fsdp_offload: moves shards from GPU memory to CPU RAM, where a CPU run keeps them "
+                "anyway; set it false on the CPU"]
+    if section.strategy == "deepspeed" and gpus == 0:
+        return ["distributed.strategy: deepspeed needs GPUs (docs/multi-gpu.md says why); on the CPU use fsdp "
+                "or ddp"]
+    if section.strategy == "fsdp" and section.fsdp_version == 1 and gpus == 0:
+        # accelerate refuses FSDP1's sync_module_states on a CPU, and without it torch's FlatParameter wrapper
+        # stops at "Inconsistent compute device and `device_id`: cpu vs cpu:0" (torch 2.13, accelerate 1.15).
+        return ["distributed.fsdp_version: 1 (the FlatParameter wrapper) runs on GPUs only; on the CPU use "
+                "fsdp_version: 2"]
     if section.backend == "nccl" and gpus == 0:
         return ["distributed.backend: nccl needs GPUs; use auto (gloo on the CPU)"]
     if nproc is not None and gpus and nproc > gpus:
@@ -101,6 +113,8 @@ def setup(recipe, recipe_dir: Path) -> None:
         # the Trainer (which would set it) exists: with it, only rank 0 reads the checkpoint.
         os.environ["ACCELERATE_USE_FSDP"] = "true"
         os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = str(recipe.distributed.fsdp_cpu_ram_efficient_loading).lower()
+        if not gpus:
+            shard_on_cpu()
     from accelerate import PartialState
 
     PartialState(cpu=not gpus, backend=backend(recipe.distributed, bool(gpus)))
@@ -268,26 +282,39 @@ def check_trainer(trainer) -> None:
     if world_size() > 1 and trainer.accelerator.num_processes != world_size():
         raise TuneError(f"distributed: the trainer sees {trainer.accelerator.num_processes} of {world_size()} processes")
     if trainer.args.fsdp_plugin_args is not None and not trainer.is_fsdp_enabled:
-        shard_on_cpu(trainer)
+        raise TuneError("distributed.strategy: fsdp was asked for but the trainer did not enable it (a changed "
+                        "accelerate?); it would train a full copy per process. Use ddp, or report this")
 
 
-def shard_on_cpu(trainer) -> None:
+def shard_on_cpu() -> None:
     """FSDP over gloo. accelerate turns its FSDP plugin on for accelerators only: on a CPU its state keeps
-    MULTI_CPU and drops the plugin, so the Trainer would silently wrap the model in DDP (a full copy each).
-    torch's fully_shard itself runs on CPU tensors, so the plugin the Trainer built from our fsdp_config is
-    put back before training wraps the model; what the Trainer decided at construction without it (keep the
-    model on its device, no optimizer passed in) is the same on a CPU."""
-    from accelerate.state import PartialState
-    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+    MULTI_CPU and drops the plugin, and every Trainer would silently wrap the model in DDP (a full copy
+    each). torch's fully_shard runs on CPU tensors, so as soon as a Trainer has built its Accelerator, a
+    plugin made from the same fsdp_config is put in, as accelerate does on a GPU; the rest of the Trainer's
+    set-up (no move of a model whose new head rank 0 broadcasts later, the optimizer made before wrapping,
+    TRL's reference handling) then follows the FSDP path. Patched in this worker process only."""
+    from transformers import Trainer
 
-    plugin = FullyShardedDataParallelPlugin(**trainer.args.fsdp_plugin_args)
-    state = trainer.accelerator.state
-    if state.mixed_precision != "no":
-        plugin.set_mixed_precision(state.mixed_precision)
-    state.fsdp_plugin, state.distributed_type = plugin, DistributedType.FSDP
-    # As accelerate does on a GPU: each new AcceleratorState() copies the type back from the PartialState.
-    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
-    trainer.is_fsdp_enabled = True
+    original = Trainer.create_accelerator_and_postprocess
+    if getattr(original, "tune_shards_on_cpu", False):
+        return
+
+    def create(self) -> None:
+        original(self)
+        if self.args.fsdp_plugin_args is not None and not self.is_fsdp_enabled:
+            from accelerate.state import PartialState
+            from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+            plugin, state = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args), self.accelerator.state
+            if state.mixed_precision != "no":
+                plugin.set_mixed_precision(state.mixed_precision)
+            state.fsdp_plugin, state.distributed_type = plugin, DistributedType.FSDP
+            # Each new AcceleratorState() copies the type from the PartialState: set it there too (as on a GPU).
+            PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+            self.is_fsdp_enabled = True
+
+    create.tune_shards_on_cpu = True
+    Trainer.create_accelerator_and_postprocess = create
 
 
 def save_adapter(trainer, folder: Path, **kwargs) -> None:
