@@ -207,6 +207,24 @@ def test_torchrun_gets_the_command_and_the_options_after_the_dashes(tiny_model, 
     assert args.training_script_args == ["run", str(path), "--set", "train.seed=3", "--set", "output.overwrite=true"]
 
 
+def test_only_the_first_nodes_launcher_plans_the_output_dir(tiny_model, tmp_path, monkeypatch):
+    """The output dir is global rank 0's (on the first node): a later node's launcher, maybe on a shared
+    filesystem while rank 0 writes there, neither locks it nor tidies its checkpoints."""
+    started = []
+    monkeypatch.setattr("torch.distributed.run.run", lambda args: started.append(args))
+    path = write_recipe(tmp_path / "r.yaml")
+    out = tmp_path / "out"
+    (out / "checkpoints" / "checkpoint-4").mkdir(parents=True)  # rank 0 writing it: no manifest yet
+    (out / "recipe.yaml").write_text(recipe_io.dump(recipe_io.load(path)))
+    node = ["--", "--nnodes", "2", "--rdzv-endpoint", "host:29500", "--node-rank"]
+    result = run_cli(path, "--nproc", 1, *node, "1")
+    assert result.exit_code == 0, result.stderr
+    assert (out / "checkpoints" / "checkpoint-4").is_dir() and started[0].node_rank == 1
+    result = run_cli(path, "--nproc", 1, *node, "0")  # the first node's launcher does plan it: an unfinished run
+    assert result.exit_code == 0 and "no complete checkpoint; starting the run from step 0" in result.output
+    assert not (out / "checkpoints" / "checkpoint-4").exists()
+
+
 # ---- failures of other processes: said once
 
 def failure(exitcode, timestamp, message=None, callstack="", peer=False):
