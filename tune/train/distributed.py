@@ -39,8 +39,14 @@ def is_main() -> bool:
 
 
 def check(recipe, recipe_dir: Path | None) -> list[str]:
-    """Problems with the recipe's `distributed` section that need the file system (its DeepSpeed file)."""
+    """Problems with the recipe's `distributed` section that need the file system (its DeepSpeed file, the
+    base's config)."""
     section = recipe.distributed
+    if section.strategy == "fsdp" and recipe.train.method == "classify" and _model_type(recipe) == "bert":
+        # Measured (torch 2.13, transformers 5.25, PEFT 0.21): fully_shard of all-MiniLM-L6-v2 with its trained
+        # head stops at "Invariant encountered: value was None"; classify on a decoder base (Llama) shards.
+        return ["distributed.strategy: fsdp cannot shard a BERT encoder for train.method: classify here (torch's "
+                "fully_shard fails on it); use ddp, which holds a 22M-110M encoder easily"]
     if section.strategy != "deepspeed" or section.deepspeed_config is None:
         return []
     found = find_regular_file(section.deepspeed_config, recipe_dir)
@@ -56,6 +62,17 @@ def check(recipe, recipe_dir: Path | None) -> list[str]:
     return []
 
 
+def _model_type(recipe) -> str | None:
+    """config.json's model_type of a local base (None for a hub id not downloaded yet)."""
+    from tune.models.resolve import resolve_model
+
+    try:
+        config = Path(resolve_model(recipe.model.name)) / "config.json"
+        return json.loads(config.read_text(encoding="utf-8")).get("model_type") if config.is_file() else None
+    except (TuneError, OSError, ValueError):
+        return None
+
+
 def requirements(recipe, gpus: int, nproc: int | None = None) -> list[str]:
     """What this host must have for the strategy: DeepSpeed installed, GPUs for DeepSpeed and for what only
     GPUs do (FSDP1, offloading to CPU RAM, nccl), enough GPUs. FSDP2 itself also runs on the CPU (gloo)."""
@@ -68,8 +85,10 @@ def requirements(recipe, gpus: int, nproc: int | None = None) -> list[str]:
         return ["distributed.fsdp_offload: moves shards from GPU memory to CPU RAM, where a CPU run keeps them "
                 "anyway; set it false on the CPU"]
     if section.strategy == "deepspeed" and gpus == 0:
-        return ["distributed.strategy: deepspeed needs GPUs (docs/multi-gpu.md says why); on the CPU use fsdp "
-                "or ddp"]
+        # Measured with DeepSpeed 0.19.8: its CPU accelerator trains ZeRO-2/3 over gloo, but first compiles its
+        # shared-memory op with ninja and a C++ compiler (none: "Unable to JIT load the deepspeed_shm_comm op").
+        return ["distributed.strategy: deepspeed is run on GPUs only (on the CPU it compiles its own C++ op and is "
+                "not tested; docs/multi-gpu.md); on the CPU use fsdp or ddp"]
     if section.strategy == "fsdp" and section.fsdp_version == 1 and gpus == 0:
         # accelerate refuses FSDP1's sync_module_states on a CPU, and without it torch's FlatParameter wrapper
         # stops at "Inconsistent compute device and `device_id`: cpu vs cpu:0" (torch 2.13, accelerate 1.15).
