@@ -133,6 +133,8 @@ def setup(recipe, recipe_dir: Path) -> None:
         os.environ["ACCELERATE_USE_FSDP"] = "true"
         os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = str(recipe.distributed.fsdp_cpu_ram_efficient_loading).lower()
         if not gpus:
+            from tune.train.sharded import shard_on_cpu
+
             shard_on_cpu()
     from accelerate import PartialState
 
@@ -167,7 +169,7 @@ def fsdp_config(section) -> dict:
         "cpu_offload": section.fsdp_offload,
         "cpu_ram_efficient_loading": section.fsdp_cpu_ram_efficient_loading,
         # Checkpoints hold each process's shard (no gather of a 70B base every save_steps); the final adapter
-        # is gathered once in full by save_adapter().
+        # is gathered once in full by sharded.save_adapter().
         "state_dict_type": "SHARDED_STATE_DICT",
     }
     if section.fsdp_version == 2:
@@ -184,7 +186,7 @@ def deepspeed_config(section) -> dict:
     zero = {"stage": section.zero_stage, "overlap_comm": True, "contiguous_gradients": True, "reduce_bucket_size": "auto"}
     if section.zero_stage == 3:
         zero.update(stage3_prefetch_bucket_size="auto", stage3_param_persistence_threshold="auto",
-                    stage3_gather_16bit_weights_on_model_save=True)  # save_adapter() gathers the adapter from it
+                    stage3_gather_16bit_weights_on_model_save=True)  # sharded.save_adapter() gathers it
     config = {"zero_optimization": zero, "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"},
               "train_micro_batch_size_per_gpu": "auto", "train_batch_size": "auto",
               "gradient_accumulation_steps": "auto", "gradient_clipping": "auto"}
@@ -303,62 +305,3 @@ def check_trainer(trainer) -> None:
     if trainer.args.fsdp_plugin_args is not None and not trainer.is_fsdp_enabled:
         raise TuneError("distributed.strategy: fsdp was asked for but the trainer did not enable it (a changed "
                         "accelerate?); it would train a full copy per process. Use ddp, or report this")
-
-
-def shard_on_cpu() -> None:
-    """FSDP over gloo. accelerate turns its FSDP plugin on for accelerators only: on a CPU its state keeps
-    MULTI_CPU and drops the plugin, and every Trainer would silently wrap the model in DDP (a full copy
-    each). torch's fully_shard runs on CPU tensors, so as soon as a Trainer has built its Accelerator, a
-    plugin made from the same fsdp_config is put in, as accelerate does on a GPU; the rest of the Trainer's
-    set-up (no move of a model whose new head rank 0 broadcasts later, the optimizer made before wrapping,
-    TRL's reference handling) then follows the FSDP path. Patched in this worker process only."""
-    from transformers import Trainer
-
-    original = Trainer.create_accelerator_and_postprocess
-    if getattr(original, "tune_shards_on_cpu", False):
-        return
-
-    def create(self) -> None:
-        original(self)
-        if self.args.fsdp_plugin_args is not None and not self.is_fsdp_enabled:
-            from accelerate.state import PartialState
-            from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
-
-            plugin, state = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args), self.accelerator.state
-            if state.mixed_precision != "no":
-                plugin.set_mixed_precision(state.mixed_precision)
-            state.fsdp_plugin, state.distributed_type = plugin, DistributedType.FSDP
-            # Each new AcceleratorState() copies the type from the PartialState: set it there too (as on a GPU).
-            PartialState._shared_state["distributed_type"] = DistributedType.FSDP
-            self.is_fsdp_enabled = True
-
-    create.tune_shards_on_cpu = True
-    Trainer.create_accelerator_and_postprocess = create
-
-
-def save_adapter(trainer, folder: Path, **kwargs) -> None:
-    """Rank 0 writes the adapter. FSDP and ZeRO-3 hold it in shards: every process first takes part in
-    gathering it (a collective), as Trainer.save_model does."""
-    state = None
-    if trainer.is_fsdp_enabled and trainer.accelerator.is_fsdp2:
-        state = gathered_adapter(trainer.model)
-    elif trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
-        if trainer.is_fsdp_enabled:
-            trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
-        state = trainer.accelerator.get_state_dict(trainer.model_wrapped)
-    if is_main():
-        trainer.model.save_pretrained(folder, safe_serialization=True, state_dict=state, **kwargs)
-
-
-def gathered_adapter(model) -> dict:
-    """FSDP2: the adapter's tensors (PEFT names them after the adapter, `...lora_A.default.weight`) in full,
-    each all-gathered from its shards in the same order on every process; the base's shards stay where they
-    are (accelerate's get_state_dict would gather the whole base onto every process first)."""
-    from torch.distributed.tensor import DTensor
-
-    names = tuple(model.peft_config)
-    state = {}
-    for key, value in model.state_dict().items():
-        if any(f".{name}." in key or key.endswith(f".{name}") for name in names):
-            state[key] = (value.full_tensor() if isinstance(value, DTensor) else value).detach().cpu().clone()
-    return state
