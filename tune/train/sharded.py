@@ -55,12 +55,17 @@ def save_adapter(trainer, folder: Path, main: bool, **kwargs) -> None:
 def gathered_adapter(model) -> dict:
     """FSDP2: the adapter's tensors (PEFT names them after the adapter, `...lora_A.default.weight`) in full,
     each all-gathered from its shards in the same order on every process; the base's shards stay where they
-    are (accelerate's get_state_dict would gather the whole base onto every process first)."""
+    are (accelerate's get_state_dict would gather the whole base onto every process first). When an adapter
+    targets embed_tokens or lm_head, PEFT also saves those whole layers (save_embedding_layers="auto"), so
+    they are gathered too."""
+    from peft.utils.constants import EMBEDDING_LAYER_NAMES
     from torch.distributed.tensor import DTensor
 
     names = tuple(model.peft_config)
+    targets = " ".join(str(config.target_modules) for config in model.peft_config.values())
+    embeddings = tuple(f"{layer}." for layer in EMBEDDING_LAYER_NAMES if layer in targets)
     state = {}
     for key, value in model.state_dict().items():
-        if any(f".{name}." in key or key.endswith(f".{name}") for name in names):
+        if any(f".{name}." in key or key.endswith(f".{name}") for name in names) or any(e in key for e in embeddings):
             state[key] = (value.full_tensor() if isinstance(value, DTensor) else value).detach().cpu().clone()
     return state
