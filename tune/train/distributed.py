@@ -39,8 +39,14 @@ def is_main() -> bool:
 
 
 def check(recipe, recipe_dir: Path | None) -> list[str]:
-    """Problems with the recipe's `distributed` section that need the file system (its DeepSpeed file)."""
+    """Problems with the recipe's `distributed` section that need the file system (its DeepSpeed file, the
+    base's config)."""
     section = recipe.distributed
+    if section.strategy == "fsdp" and recipe.train.method == "classify" and _model_type(recipe) == "bert":
+        # Measured (torch 2.13, transformers 5.25, PEFT 0.21): fully_shard of all-MiniLM-L6-v2 with its trained
+        # head stops at "Invariant encountered: value was None"; classify on a decoder base (Llama) shards.
+        return ["distributed.strategy: fsdp cannot shard a BERT encoder for train.method: classify here (torch's "
+                "fully_shard fails on it); use ddp, which holds a 22M-110M encoder easily"]
     if section.strategy != "deepspeed" or section.deepspeed_config is None:
         return []
     found = find_regular_file(section.deepspeed_config, recipe_dir)
@@ -56,17 +62,38 @@ def check(recipe, recipe_dir: Path | None) -> list[str]:
     return []
 
 
+def _model_type(recipe) -> str | None:
+    """config.json's model_type of a local base (None for a hub id not downloaded yet)."""
+    from tune.models.resolve import resolve_model
+
+    try:
+        config = Path(resolve_model(recipe.model.name)) / "config.json"
+        return json.loads(config.read_text(encoding="utf-8")).get("model_type") if config.is_file() else None
+    except (TuneError, OSError, ValueError):
+        return None
+
+
 def requirements(recipe, gpus: int, nproc: int | None = None) -> list[str]:
-    """What this host must have for the strategy: DeepSpeed installed, GPUs for sharding, enough GPUs."""
+    """What this host must have for the strategy: DeepSpeed installed, GPUs for DeepSpeed and for what only
+    GPUs do (FSDP1, offloading to CPU RAM, nccl), enough GPUs. FSDP2 itself also runs on the CPU (gloo)."""
     import importlib.util
 
     section = recipe.distributed
     if section.strategy == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
         return [f"distributed.strategy: deepspeed needs the deepspeed package: {EXTRA}"]
-    if section.strategy != "ddp" and gpus == 0:
-        # accelerate applies FSDP and DeepSpeed on accelerators only; on the CPU it would silently run DDP.
-        return [f"distributed.strategy: {section.strategy} shards across GPUs and this host has none; "
-                "on the CPU use distributed.strategy: ddp"]
+    if section.strategy == "fsdp" and section.fsdp_offload and gpus == 0:
+        return ["distributed.fsdp_offload: moves shards from GPU memory to CPU RAM, where a CPU run keeps them "
+                "anyway; set it false on the CPU"]
+    if section.strategy == "deepspeed" and gpus == 0:
+        # Measured with DeepSpeed 0.19.8: its CPU accelerator trains ZeRO-2/3 over gloo, but first compiles its
+        # shared-memory op with ninja and a C++ compiler (none: "Unable to JIT load the deepspeed_shm_comm op").
+        return ["distributed.strategy: deepspeed is run on GPUs only (on the CPU it compiles its own C++ op and is "
+                "not tested; docs/multi-gpu.md); on the CPU use fsdp or ddp"]
+    if section.strategy == "fsdp" and section.fsdp_version == 1 and gpus == 0:
+        # accelerate refuses FSDP1's sync_module_states on a CPU, and without it torch's FlatParameter wrapper
+        # stops at "Inconsistent compute device and `device_id`: cpu vs cpu:0" (torch 2.13, accelerate 1.15).
+        return ["distributed.fsdp_version: 1 (the FlatParameter wrapper) runs on GPUs only; on the CPU use "
+                "fsdp_version: 2"]
     if section.backend == "nccl" and gpus == 0:
         return ["distributed.backend: nccl needs GPUs; use auto (gloo on the CPU)"]
     if nproc is not None and gpus and nproc > gpus:
@@ -105,6 +132,10 @@ def setup(recipe, recipe_dir: Path) -> None:
         # the Trainer (which would set it) exists: with it, only rank 0 reads the checkpoint.
         os.environ["ACCELERATE_USE_FSDP"] = "true"
         os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = str(recipe.distributed.fsdp_cpu_ram_efficient_loading).lower()
+        if not gpus:
+            from tune.train.sharded import shard_on_cpu
+
+            shard_on_cpu()
     from accelerate import PartialState
 
     PartialState(cpu=not gpus, backend=backend(recipe.distributed, bool(gpus)))
@@ -138,7 +169,7 @@ def fsdp_config(section) -> dict:
         "cpu_offload": section.fsdp_offload,
         "cpu_ram_efficient_loading": section.fsdp_cpu_ram_efficient_loading,
         # Checkpoints hold each process's shard (no gather of a 70B base every save_steps); the final adapter
-        # is gathered once in full by save_adapter().
+        # is gathered once in full by sharded.save_adapter().
         "state_dict_type": "SHARDED_STATE_DICT",
     }
     if section.fsdp_version == 2:
@@ -155,7 +186,7 @@ def deepspeed_config(section) -> dict:
     zero = {"stage": section.zero_stage, "overlap_comm": True, "contiguous_gradients": True, "reduce_bucket_size": "auto"}
     if section.zero_stage == 3:
         zero.update(stage3_prefetch_bucket_size="auto", stage3_param_persistence_threshold="auto",
-                    stage3_gather_16bit_weights_on_model_save=True)  # save_adapter() gathers the adapter from it
+                    stage3_gather_16bit_weights_on_model_save=True)  # sharded.save_adapter() gathers it
     config = {"zero_optimization": zero, "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"},
               "train_micro_batch_size_per_gpu": "auto", "train_batch_size": "auto",
               "gradient_accumulation_steps": "auto", "gradient_clipping": "auto"}
@@ -268,18 +299,9 @@ def check_resume(checkpoint: Path | None, processes: int | None = None) -> None:
 
 def check_trainer(trainer) -> None:
     """The Trainer must see every process (e.g. TrainingArguments without use_cpu on a CPU host would train
-    each process alone on all the data)."""
+    each process alone on all the data), and shard when the recipe says fsdp."""
     if world_size() > 1 and trainer.accelerator.num_processes != world_size():
         raise TuneError(f"distributed: the trainer sees {trainer.accelerator.num_processes} of {world_size()} processes")
-
-
-def save_adapter(trainer, folder: Path, **kwargs) -> None:
-    """Rank 0 writes the adapter. FSDP and ZeRO-3 hold it in shards: every process first takes part in
-    gathering the full state dict (a collective), as Trainer.save_model does."""
-    state = None
-    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
-        if trainer.is_fsdp_enabled:
-            trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
-        state = trainer.accelerator.get_state_dict(trainer.model_wrapped)
-    if is_main():
-        trainer.model.save_pretrained(folder, safe_serialization=True, state_dict=state, **kwargs)
+    if trainer.args.fsdp_plugin_args is not None and not trainer.is_fsdp_enabled:
+        raise TuneError("distributed.strategy: fsdp was asked for but the trainer did not enable it (a changed "
+                        "accelerate?); it would train a full copy per process. Use ddp, or report this")

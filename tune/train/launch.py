@@ -37,16 +37,21 @@ def from_cli(recipe_path: Path, sets: list[str], resume: bool, nproc: int | None
     from tune.output import exclusive
 
     recipe = recipe_io.load(recipe_path, sets)
-    with exclusive(Path(recipe.output.dir)):  # never plans (and tidies) a dir another run is writing
-        check_before_launch(recipe, recipe_path, nproc, resume, not launcher_args, echo)
+    if parse(nproc, [], launcher_args).node_rank == 0:
+        with exclusive(Path(recipe.output.dir)):  # never plans (and tidies) a dir another run is writing
+            check_before_launch(recipe, recipe_path, nproc, resume, not launcher_args, echo)
+    else:  # only global rank 0 (on the first node) writes: the output dir, maybe shared and in use, is its own
+        check_before_launch(recipe, recipe_path, nproc, resume, False, echo, plan=False)
     child = ["run", str(recipe_path)] + [arg for item in sets for arg in ("--set", item)] + (["--resume"] if resume else [])
     child += ["--allow-data-change"] if allow_data_change else []
     return launch(nproc, child, launcher_args, err)
 
 
-def check_before_launch(recipe, recipe_path: Path, nproc: int, resume: bool, single_node: bool, echo) -> None:
+def check_before_launch(recipe, recipe_path: Path, nproc: int, resume: bool, single_node: bool, echo,
+                        plan: bool = True) -> None:
     """A bad recipe, missing data, a missing package, too few GPUs or an output dir the run may not use:
-    refused before any process starts (each would otherwise pay for imports and model loading first)."""
+    refused before any process starts (each would otherwise pay for imports and model loading first).
+    `plan`: also check the output dir (the first node; a later node's launcher leaves it to that one)."""
     import torch
 
     from tune.train import distributed
@@ -59,6 +64,8 @@ def check_before_launch(recipe, recipe_path: Path, nproc: int, resume: bool, sin
     problems = problems or findings(recipe, recipe_dir)[0]  # rank 0 prints the warnings, once
     if problems:
         raise TuneError(problems)
+    if not plan:
+        return
     # Rank 0 plans the dir again and finds the same; incomplete checkpoints are reported (and removed) here.
     resume_from = plan_output_dir(recipe, recipe_path, resume, echo)
     if single_node:
@@ -69,15 +76,9 @@ def launch(nproc: int, child_args: list[str], launcher_args: list[str], err=None
     """Run `python -m tune *child_args` in nproc processes; the exit code of the run."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import get_args_parser, run
+    from torch.distributed.run import run
 
-    parser = get_args_parser()
-
-    def refuse(message: str):
-        raise TuneError(f"torchrun options after --: {message}")
-
-    parser.error = refuse  # argparse would print its usage and exit; keep errors one line
-    args = parser.parse_args(["--nproc-per-node", str(nproc), *launcher_args, "-m", "tune", *child_args])
+    args = parse(nproc, child_args, launcher_args)
     # The launcher's own log lines (OMP_NUM_THREADS banner, per-worker failure lines) repeat what the
     # workers say; rank 0 prints the run, and a failure is reported once below.
     for name in ("torch.distributed.run", "torch.distributed.elastic", "torch.distributed.launcher"):
@@ -89,6 +90,19 @@ def launch(nproc: int, child_args: list[str], launcher_args: list[str], err=None
     except SignalException as exc:
         return 128 + int(exc.sigval)
     return 0
+
+
+def parse(nproc: int, child_args: list[str], launcher_args: list[str]):
+    """torchrun's own reading of its options (the node rank among them); a bad one is one line."""
+    from torch.distributed.run import get_args_parser
+
+    parser = get_args_parser()
+
+    def refuse(message: str):
+        raise TuneError(f"torchrun options after --: {message}")
+
+    parser.error = refuse  # argparse would print its usage and exit; keep errors one line
+    return parser.parse_args(["--nproc-per-node", str(nproc), *launcher_args, "-m", "tune", *child_args])
 
 
 def report(failures: dict, err=None) -> int:

@@ -29,7 +29,7 @@ from tune.models.resolve import model_source
 from tune.output import clear_dir, move_into, versions, write_json, write_text
 from tune.quiet import quiet_libraries
 from tune.recipe import Recipe, dump
-from tune.train import adapter_variants, benchmarks, distributed
+from tune.train import adapter_variants, benchmarks, distributed, sharded
 
 
 @dataclass
@@ -335,7 +335,7 @@ def save(run: Run, trainer, tokenizer, **save_kwargs) -> Path | None:
     if run.main:
         shutil.rmtree(staging, ignore_errors=True)
     with adapter_variants.conversion(run, trainer.model) as converted:
-        distributed.save_adapter(trainer, staging, **save_kwargs, **converted)
+        sharded.save_adapter(trainer, staging, run.main, **save_kwargs, **converted)
     if not run.main:
         return None
     tokenizer.save_pretrained(staging)
