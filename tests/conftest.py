@@ -77,3 +77,12 @@ def smollm2_folder(tune_home) -> Path:
     from tune.models.resolve import packaged_gguf
 
     return hf_folder(packaged_gguf("smollm2-135m-instruct"), "smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_tree(tune_home) -> Path:
+    """llama.cpp's converter as a user gets it: fetched once with pip into the session's TUNE_HOME (the
+    sdist is ~77 MB; 11-35 s), or the checkout/sdist that TUNE_LLAMA_CPP names (a developer's shortcut)."""
+    from tune.export import llama_cpp
+
+    return llama_cpp.locate(echo=lambda line: None)

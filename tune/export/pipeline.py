@@ -74,8 +74,9 @@ def merge(adapter_dir: Path, out: Path, dtype: str = "auto", shard_size: str = "
 
 def export(adapter_dir: Path, out: Path, fmt: str, quant: str = "f16", dtype: str = "auto",
            shard_size: str = "2GB", base: str | None = None, verify: bool = True, overwrite: bool = False,
-           echo=print, granted: frozenset[str] = frozenset()) -> dict:
-    from tune.export import to_gguf
+           echo=print, granted: frozenset[str] = frozenset(), converter: str = "auto") -> dict:
+    """`converter` (gguf only): auto (tune's writer where it serves, else llama.cpp's), tune or llama.cpp."""
+    from tune.export import gguf_route, to_gguf
 
     if fmt not in FORMATS:
         raise TuneError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
@@ -87,11 +88,10 @@ def export(adapter_dir: Path, out: Path, fmt: str, quant: str = "f16", dtype: st
     if fmt == "gguf" and run.labels is not None:
         raise TuneError(f"--format: gguf: {run.path} is a classifier ({run.recipe.get('train', {}).get('method')} "
                         "run) and llama.cpp runs causal language models; export it with --format adapter or merged")
-    if fmt == "gguf":
-        to_gguf.check_supported(base_config(run), run.path)
+    route = gguf_route.choose(base_config(run), run.path, converter, echo) if fmt == "gguf" else None
     with staged(out, overwrite, run) as temp:
         report = _export_adapter(run, temp, verify, echo) if fmt == "adapter" else \
-            _export_gguf(run, temp, quant, shard_size, verify, echo)
+            _export_gguf(run, temp, quant, shard_size, verify, echo, route)
         write_card(temp, run, fmt, report, Path(out))
         _write_record(temp, report)
     return report
@@ -160,31 +160,45 @@ def _export_adapter(run: AdapterRun, temp: Path, verify: bool, echo) -> dict:
     return report
 
 
-def _export_gguf(run: AdapterRun, temp: Path, quant: str, shard_size: str, verify: bool, echo) -> dict:
+def _export_gguf(run: AdapterRun, temp: Path, quant: str, shard_size: str, verify: bool, echo, route) -> dict:
     from transformers import AutoTokenizer
 
-    from tune.export import ollama, to_gguf
-    from tune.export.verify import gguf_check
+    from tune.export import gguf_route, ollama, to_gguf
+    from tune.export.verify import gguf_check, gguf_transformers_check
 
     merged = temp / ".merged"  # the verified merge the GGUF is converted from; removed at the end
     merged.mkdir()
     report = _merge_verified(run, merged, "auto", shard_size, verify, False, echo)
     tokenizer = AutoTokenizer.from_pretrained(merged)
     name = f"model-{quant}.gguf"
-    report["gguf"] = to_gguf.write(merged, temp / name, quant, run.base_name, ollama.stop_tokens(tokenizer))
+    echo(f"gguf: converting with {route.describe()}")
+    report["gguf"] = gguf_route.write(route, merged, temp / name, quant, run.base_name, ollama.stop_tokens(tokenizer))
     echo(f"gguf: {name} ({report['gguf']['architecture']}, tensor types {report['gguf']['tensor_types']})")
     (temp / "Modelfile").write_text(ollama.modelfile(tokenizer, name), encoding="utf-8")
     if verify:
-        readback = to_gguf.read_back(temp / name, merged, quant)
+        if route.converter == "tune":
+            readback = to_gguf.read_back(temp / name, merged, quant)
+            echo(f"verify gguf: {readback['tensors']} tensors read back, max relative weight error "
+                 f"{readback['max_relative_error']:.2e} (tolerance {to_gguf.READBACK_TOLERANCE[quant]:.0e})"
+                 + ("" if not readback["problems"] else f"; {len(readback['problems'])} problem(s)"))
+        else:
+            readback = gguf_route.read_back(temp / name, merged, tokenizer)
+            echo(f"verify gguf: read back {readback['tensors']} tensors, {readback['tokens']} tokens, hyper-parameters "
+                 "and tokenizer keys" + ("" if not readback["problems"] else f"; {len(readback['problems'])} problem(s)"))
         report["readback"] = readback
-        echo(f"verify gguf: {readback['tensors']} tensors read back, max relative weight error "
-             f"{readback['max_relative_error']:.2e} (tolerance {to_gguf.READBACK_TOLERANCE[quant]:.0e})"
-             + ("" if not readback["problems"] else f"; {len(readback['problems'])} problem(s)"))
         if readback["problems"]:
             raise VerificationError([f"{temp / name}: {problem}" for problem in readback["problems"]])
+        logits = gguf_transformers_check(temp / name, report["_reference"], tokenizer, merged)
+        if isinstance(logits, str):
+            echo(f"verify gguf: transformers cannot read this GGUF back ({logits}); logits not compared there")
+        else:
+            echo(logits.line())
+            report["verification"].append(logits.as_dict())
+            if not logits.ok:
+                raise VerificationError(f"{logits.line()}; the export was not written")
         check = gguf_check(temp / name, report["_reference"], quant)
         if check is None:
-            echo("verify gguf: llama-cpp-python is not installed; logits not compared (weights were)")
+            echo("verify gguf: llama-cpp-python is not installed; llama.cpp's own logits not compared")
         else:
             echo(check.line())
             report["verification"].append(check.as_dict())

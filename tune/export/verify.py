@@ -79,18 +79,18 @@ class Verification:
                 "adapter_measurable": self.measurable, "ok": self.ok}
 
 
-def probe_ids(tokenizer) -> list[list[int]]:
+def probe_texts(tokenizer) -> list[str]:
     """The probes as the model sees them at inference: rendered with the run's chat template."""
-    probes = []
-    for text in PROBES:
-        if tokenizer.chat_template:
-            rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                                     add_generation_prompt=True)
-            ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
-        else:
-            ids = tokenizer(text)["input_ids"]
-        probes.append(list(ids))
-    return probes
+    if not tokenizer.chat_template:
+        return list(PROBES)
+    return [tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                          add_generation_prompt=True) for text in PROBES]
+
+
+def probe_ids(tokenizer) -> list[list[int]]:
+    # A rendered template carries its own special tokens; plain text gets the tokenizer's (e.g. BOS).
+    special = not tokenizer.chat_template
+    return [list(tokenizer(text, add_special_tokens=special)["input_ids"]) for text in probe_texts(tokenizer)]
 
 
 def reference(run) -> Reference:
@@ -168,3 +168,65 @@ def gguf_check(path, ref: Reference, quant: str) -> Verification | None:
     model.close()
     scale = max(1.0, max(r.abs().max().item() for r in ref.adapted))
     return compare(f"gguf {quant} (llama.cpp)", logits, ref, quant, GGUF_TOLERANCE[quant] * scale)
+
+
+# What the file must reproduce when transformers dequantizes it and runs it in float32: the direction of every
+# position's logits, and the argmax nearly everywhere (ties in a random tiny model may flip under rounding).
+GGUF_COSINE, GGUF_TOP1 = 0.999, 0.9
+
+
+@dataclass
+class GgufLogits:
+    min_cosine: float
+    top1_agreement: float
+    tokens_equal: int  # probe texts the file's own tokenizer encodes exactly as the run's tokenizer does
+    probes: int
+
+    @property
+    def ok(self) -> bool:
+        return self.min_cosine >= GGUF_COSINE and self.top1_agreement >= GGUF_TOP1 and self.tokens_equal == self.probes
+
+    def line(self) -> str:
+        return (f"verify gguf (transformers' GGUF loader): min cosine {self.min_cosine:.6f} (>= {GGUF_COSINE}), "
+                f"top-1 agreement {self.top1_agreement:.2f} (>= {GGUF_TOP1}) vs base+adapter; its tokenizer "
+                f"encodes {self.tokens_equal}/{self.probes} probes as the run's does "
+                + ("OK" if self.ok else "FAILED"))
+
+    def as_dict(self) -> dict:
+        return {"what": "gguf (transformers)", "min_cosine": self.min_cosine, "top1_agreement": self.top1_agreement,
+                "tokenizer_probes_equal": f"{self.tokens_equal}/{self.probes}", "ok": self.ok}
+
+
+def gguf_transformers_check(path, ref: Reference, tokenizer, config_dir) -> GgufLogits | str:
+    """The GGUF read back by transformers (weights dequantized, llama.cpp's tensor layout undone) against
+    base+adapter on the probe ids, and its tokenizer on the probe texts; a reason string when transformers
+    cannot read this architecture."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig
+
+    from tune.quiet import quiet_libraries
+
+    quiet_libraries()
+    try:
+        # The merged config, not the one transformers derives from the file: its GGUF reader maps only some
+        # keys and assumes the rest (qwen3 head_dim 128, qwen3_moe expert width 768). The file's own
+        # hyper-parameters are compared with the merged config by the read-back instead.
+        config = AutoConfig.from_pretrained(config_dir)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, config=config,
+                                                     dtype=torch.float32).eval()
+        loaded = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    except (ValueError, KeyError, OSError, RuntimeError, NotImplementedError, TypeError) as exc:
+        return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    cosines, agree, positions = [], 0, 0
+    with torch.no_grad():
+        for ids, want in zip(ref.probes, ref.adapted):
+            got = model(torch.tensor([ids])).logits[0].float()[:, : want.shape[-1]]
+            want = want[:, : got.shape[-1]]  # a converter may drop padded embedding rows
+            cosines.append(torch.nn.functional.cosine_similarity(got, want, dim=-1).min().item())
+            agree += int((got.argmax(-1) == want.argmax(-1)).sum())
+            positions += len(ids)
+    del model
+    texts = probe_texts(tokenizer)
+    equal = sum(loaded(text)["input_ids"] == tokenizer(text)["input_ids"] for text in texts)
+    return GgufLogits(min(cosines), agree / positions, equal, len(texts))
