@@ -75,7 +75,7 @@ def download(echo) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     if (target / SDIST).is_file() and _sha256(target / SDIST) == SDIST_SHA256:
         return target / SDIST
-    echo(f"gguf: fetching llama.cpp's converter once: {PIP_COMMAND} (76.6 MB, about 35 s; nothing is compiled)")
+    echo(f"gguf: fetching llama.cpp's converter once: {PIP_COMMAND} (76.6 MB, seconds to minutes; nothing is compiled)")
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
                f"llama-cpp-python=={VERSION}", "-d", str(target)]
     try:
