@@ -62,7 +62,10 @@ def locate(echo=print, fetch: bool = True) -> Path:
         return cache_dir()
     if not fetch:
         raise TuneError(f"llama.cpp's converter is not in {cache_dir()}; {fetch_hint()}")
-    return _extract(download(echo), echo)
+    sdist = download(echo)
+    tree = _extract(sdist, echo)
+    sdist.unlink(missing_ok=True)  # 76.6 MB; the 2 MB kept is all the converter needs
+    return tree
 
 
 def fetch_hint() -> str:
@@ -75,7 +78,7 @@ def download(echo) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     if (target / SDIST).is_file() and _sha256(target / SDIST) == SDIST_SHA256:
         return target / SDIST
-    echo(f"gguf: fetching llama.cpp's converter once: {PIP_COMMAND} (76.6 MB, about 35 s; nothing is compiled)")
+    echo(f"gguf: fetching llama.cpp's converter once: {PIP_COMMAND} (76.6 MB, 10-35 s; nothing is compiled)")
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
                f"llama-cpp-python=={VERSION}", "-d", str(target)]
     try:
