@@ -31,7 +31,8 @@ class Route:
             return "tune's GGUF writer"
         from tune.export.llama_cpp import LLAMA_CPP_COMMIT
 
-        notes = [f"pre-tokenizer {self.pre_fallback!r} by its regex"] if self.pre_fallback else []
+        notes = [f"pre-tokenizer {self.pre_fallback!r} by its regex if llama.cpp's hash table lacks the vocabulary"] \
+            if self.pre_fallback else []
         notes += ["SentencePiece vocabulary from tokenizer.json"] if self.spm_from_json else []
         return f"llama.cpp's convert_hf_to_gguf.py (llama.cpp@{LLAMA_CPP_COMMIT})" + \
             (f" with {', '.join(notes)}" if notes else "")
@@ -98,6 +99,8 @@ def write(route: Route, merged: Path, path: Path, quant: str, name: str, stops: 
         name = gguf.GGMLQuantizationType(ggml_type).name
         counts[name] = counts.get(name, 0) + 1
     return {"file": path.name, "quant": quant, "architecture": header.fields.get("general.architecture"),
+            "tokenizer": f"{header.fields.get('tokenizer.ggml.model')}, pre-tokenizer "
+                         f"{header.fields.get('tokenizer.ggml.pre')}",
             "tensor_types": counts, "converter": route.describe()}
 
 

@@ -62,7 +62,10 @@ def locate(echo=print, fetch: bool = True) -> Path:
         return cache_dir()
     if not fetch:
         raise TuneError(f"llama.cpp's converter is not in {cache_dir()}; {fetch_hint()}")
-    return _extract(download(echo), echo)
+    sdist = download(echo)
+    tree = _extract(sdist, echo)
+    sdist.unlink(missing_ok=True)  # 76.6 MB; the 2 MB kept is all the converter needs
+    return tree
 
 
 def fetch_hint() -> str:

@@ -163,8 +163,7 @@ def _export_adapter(run: AdapterRun, temp: Path, verify: bool, echo) -> dict:
 def _export_gguf(run: AdapterRun, temp: Path, quant: str, shard_size: str, verify: bool, echo, route) -> dict:
     from transformers import AutoTokenizer
 
-    from tune.export import gguf_route, ollama, to_gguf
-    from tune.export.verify import gguf_check, gguf_transformers_check
+    from tune.export import gguf_route, ollama
 
     merged = temp / ".merged"  # the verified merge the GGUF is converted from; removed at the end
     merged.mkdir()
@@ -173,39 +172,50 @@ def _export_gguf(run: AdapterRun, temp: Path, quant: str, shard_size: str, verif
     name = f"model-{quant}.gguf"
     echo(f"gguf: converting with {route.describe()}")
     report["gguf"] = gguf_route.write(route, merged, temp / name, quant, run.base_name, ollama.stop_tokens(tokenizer))
-    echo(f"gguf: {name} ({report['gguf']['architecture']}, tensor types {report['gguf']['tensor_types']})")
+    tokenizer_kind = f", tokenizer {report['gguf']['tokenizer']}" if "tokenizer" in report["gguf"] else ""
+    echo(f"gguf: {name} ({report['gguf']['architecture']}{tokenizer_kind}, tensor types {report['gguf']['tensor_types']})")
     (temp / "Modelfile").write_text(ollama.modelfile(tokenizer, name), encoding="utf-8")
     if verify:
-        if route.converter == "tune":
-            readback = to_gguf.read_back(temp / name, merged, quant)
-            echo(f"verify gguf: {readback['tensors']} tensors read back, max relative weight error "
-                 f"{readback['max_relative_error']:.2e} (tolerance {to_gguf.READBACK_TOLERANCE[quant]:.0e})"
-                 + ("" if not readback["problems"] else f"; {len(readback['problems'])} problem(s)"))
-        else:
-            readback = gguf_route.read_back(temp / name, merged, tokenizer)
-            echo(f"verify gguf: read back {readback['tensors']} tensors, {readback['tokens']} tokens, hyper-parameters "
-                 "and tokenizer keys" + ("" if not readback["problems"] else f"; {len(readback['problems'])} problem(s)"))
-        report["readback"] = readback
-        if readback["problems"]:
-            raise VerificationError([f"{temp / name}: {problem}" for problem in readback["problems"]])
-        logits = gguf_transformers_check(temp / name, report["_reference"], tokenizer, merged)
+        _verify_gguf(route, temp / name, merged, quant, tokenizer, report, echo)
+    shutil.rmtree(merged)
+    return report
+
+
+def _verify_gguf(route, path: Path, merged: Path, quant: str, tokenizer, report: dict, echo) -> None:
+    """Read the file back, then compare logits: tune's writer is checked tensor by tensor against the merged
+    weights; llama.cpp's converter renames, permutes and shifts them, so its file goes through transformers'
+    GGUF reader instead (which costs ~25 s on SmolLM2, so not where the tensor check exists); and through
+    llama.cpp itself when llama-cpp-python is installed."""
+    from tune.export import gguf_route, to_gguf
+    from tune.export.verify import gguf_check, gguf_transformers_check
+
+    if route.converter == "tune":
+        readback = to_gguf.read_back(path, merged, quant)
+        echo(f"verify gguf: {readback['tensors']} tensors read back, max relative weight error "
+             f"{readback['max_relative_error']:.2e} (tolerance {to_gguf.READBACK_TOLERANCE[quant]:.0e})"
+             + ("" if not readback["problems"] else f"; {len(readback['problems'])} problem(s)"))
+    else:
+        readback = gguf_route.read_back(path, merged, tokenizer)
+        echo(f"verify gguf: read back {readback['tensors']} tensors, {readback['tokens']} tokens, hyper-parameters "
+             "and tokenizer keys" + ("" if not readback["problems"] else f"; {len(readback['problems'])} problem(s)"))
+    report["readback"] = readback
+    if readback["problems"]:
+        raise VerificationError([f"{path}: {problem}" for problem in readback["problems"]])
+    checks = []
+    if route.converter != "tune":
+        logits = gguf_transformers_check(path, report["_reference"], tokenizer, merged, quant)
         if isinstance(logits, str):
             echo(f"verify gguf: transformers cannot read this GGUF back ({logits}); logits not compared there")
         else:
-            echo(logits.line())
-            report["verification"].append(logits.as_dict())
-            if not logits.ok:
-                raise VerificationError(f"{logits.line()}; the export was not written")
-        check = gguf_check(temp / name, report["_reference"], quant)
-        if check is None:
-            echo("verify gguf: llama-cpp-python is not installed; llama.cpp's own logits not compared")
-        else:
-            echo(check.line())
-            report["verification"].append(check.as_dict())
-            if not check.ok:
-                raise VerificationError(f"{check.line()}; the export was not written")
-    shutil.rmtree(merged)
-    return report
+            checks.append(logits)
+    native = gguf_check(path, report["_reference"], quant)
+    for check in checks + ([native] if native is not None else []):
+        echo(check.line())
+        report["verification"].append(check.as_dict())
+        if not check.ok:
+            raise VerificationError(f"{check.line()}; the export was not written")
+    if native is None:
+        echo("verify gguf: llama-cpp-python is not installed; llama.cpp's own logits not compared")
 
 
 def _write_record(temp: Path, report: dict) -> None:
