@@ -28,7 +28,7 @@ def quickstart(dest: Path = typer.Option(Path("runs/quickstart"), "--dir", help=
                   trust_remote_code=False)
         else:
             export(dest, gguf, fmt="gguf", quant="q8_0", dtype="auto", shard_size="2GB", base=None, verify=True,
-                   overwrite=True, trust_remote_code=False)
+                   overwrite=True, converter="auto", trust_remote_code=False)
     for question in QUICKSTART_PROMPTS:
         out.print(f"\n$ tune generate {merged} --prompt {question!r}", markup=False)
         generate(merged, prompt=question, data=None, out_file=None, system=None, max_new_tokens=24, temperature=0.0,
