@@ -137,3 +137,13 @@ def test_run_unknown_local_model_is_one_line(tmp_path):
 def test_python_dash_m_and_help():
     result = tune("--help")
     assert result.returncode == 0 and "validate" in result.stdout and "run" in result.stdout
+
+
+@pytest.mark.slow
+def test_the_readme_quickstart_runs_to_the_end(tune_home, tmp_path):
+    """`tune quickstart` as the README's first command runs it: train, merge, GGUF export, answers (a change to
+    the export command's arguments once stopped it at the GGUF step with nothing else failing)."""
+    result = tune("quickstart", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "gguf export in runs/quickstart-gguf" in result.stdout
+    assert (tmp_path / "runs" / "quickstart-gguf" / "Modelfile").is_file()
