@@ -4,6 +4,7 @@ package versions, data fingerprint. Also how a long list is shown in a printed l
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -190,3 +191,12 @@ def listed(items, limit: int = 12) -> str:
     items = [str(item) for item in items]
     more = f", ... ({len(items) - limit:,} more)" if len(items) > limit else ""
     return ", ".join(items[:limit]) + more
+
+
+def file_sha256(path: Path) -> str:
+    """A file's sha256, read in 1 MiB blocks (multi-GB GGUFs and sdists never sit in memory)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -12,7 +12,6 @@ path with its own gguf-py first on sys.path, so it never meets the older PyPI `g
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
 import os
 import shutil
@@ -23,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from tune.errors import TuneError
+from tune.output import file_sha256
 from tune.paths import tune_home
 
 VERSION = "0.3.36"  # llama-cpp-python release; its vendor/llama.cpp is ggml-org/llama.cpp@0c1e57098
@@ -76,7 +76,7 @@ def fetch_hint() -> str:
 def download(echo) -> Path:
     target = tune_home() / "tools" / "downloads"
     target.mkdir(parents=True, exist_ok=True)
-    if (target / SDIST).is_file() and _sha256(target / SDIST) == SDIST_SHA256:
+    if (target / SDIST).is_file() and file_sha256(target / SDIST) == SDIST_SHA256:
         return target / SDIST
     echo(f"gguf: fetching llama.cpp's converter once: {PIP_COMMAND} (76.6 MB, seconds to minutes; nothing is compiled)")
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
@@ -93,7 +93,7 @@ def download(echo) -> Path:
 
 def _extract(sdist: Path, echo) -> Path:
     """Check the sdist against the pinned sha256 and keep only the converter's files, atomically."""
-    digest = _sha256(sdist)
+    digest = file_sha256(sdist)
     if digest != SDIST_SHA256:
         raise TuneError(f"{sdist}: sha256 {digest[:16]}... is not llama-cpp-python {VERSION}'s "
                         f"({SDIST_SHA256[:16]}...); {fetch_hint()}")
@@ -147,10 +147,3 @@ def convert(tree: Path, merged: Path, out: Path, quant: str, pre_fallback: str |
         raise TuneError(f"gguf: llama.cpp's convert_hf_to_gguf.py failed on the merged model: {reason.strip()[:300]}")
     return log
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

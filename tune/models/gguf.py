@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from tune.errors import TuneError
+from tune.output import file_sha256
 from tune.paths import models_dir
 
 GGUF_MAGIC = b"GGUF"
@@ -95,17 +96,9 @@ def convert(gguf: Path, folder: Path) -> Path:
     model.save_pretrained(partial, safe_serialization=True)
     tokenizer.save_pretrained(partial)
     stat = gguf.stat()
-    record = {"gguf": str(gguf.resolve()), "bytes": stat.st_size, "sha256": _sha256(gguf),
+    record = {"gguf": str(gguf.resolve()), "bytes": stat.st_size, "sha256": file_sha256(gguf),
               "architecture": model.config.model_type}
     (partial / SOURCE_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     shutil.rmtree(folder, ignore_errors=True)
     partial.rename(folder)
     return folder
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -5,7 +5,6 @@ first non-finite gradient, before the optimizer can write NaN into the adapter."
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shlex
 import shutil
@@ -15,22 +14,14 @@ import yaml
 from transformers import TrainerCallback
 
 from tune.errors import TrainingError, TuneError
-from tune.output import write_json
+from tune.output import file_sha256, write_json
 
 MANIFEST = "manifest.json"
 PREFIX = "checkpoint-"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_manifest(checkpoint: Path, step: int) -> None:
-    files = {str(p.relative_to(checkpoint)): _sha256(p) for p in sorted(checkpoint.rglob("*"))
+    files = {str(p.relative_to(checkpoint)): file_sha256(p) for p in sorted(checkpoint.rglob("*"))
              if p.is_file() and p.name != MANIFEST}
     write_json(checkpoint / MANIFEST, {"step": step, "files": files})
 
@@ -48,7 +39,7 @@ def is_complete(checkpoint: Path) -> tuple[bool, str]:
     if on_disk != set(files):
         return False, f"files differ from its manifest ({sorted(on_disk ^ set(files))[:3]})"
     for name, digest in files.items():
-        if _sha256(checkpoint / name) != digest:
+        if file_sha256(checkpoint / name) != digest:
             return False, f"{name} does not match its checksum"
     return True, ""
 
