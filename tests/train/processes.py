@@ -30,3 +30,27 @@ def children_of(pid: int) -> list[int]:
     import psutil
 
     return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+
+
+def kill_all_after_first_checkpoint(command: list[str], out: Path) -> Path:
+    """Start `command`, and once its step-8 checkpoint is complete SIGKILL the launcher and every worker at
+    once, as a lost node does (none cleans up). Returns that checkpoint's manifest."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = out / "checkpoints" / "checkpoint-8" / "manifest.json"
+    deadline = time.time() + 240
+    workers: list[int] = []
+    while not first.exists() and process.poll() is None and time.time() < deadline:
+        workers = children_of(process.pid) or workers
+        time.sleep(0.002)
+    for pid in [process.pid] + workers:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait()
+    return first

@@ -3,16 +3,13 @@ curve of a single process with the same global batch, and an interrupted DDP run
 adapter, bit for bit."""
 
 import json
-import os
-import signal
 import subprocess
-import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.train.processes import QUICKSTART, SETS, children_of, records, sets, tune_cmd
+from tests.train.processes import QUICKSTART, SETS, kill_all_after_first_checkpoint, records, sets, tune_cmd
 from tune import recipe as recipe_io
 from tune.errors import TuneError
 from tune.train.sft import train
@@ -67,19 +64,7 @@ def test_an_interrupted_ddp_run_resumes_to_the_same_adapter(ddp_run, tmp_path):
     straight, _ = ddp_run
     out = tmp_path / "out"
     command = tune_cmd("run", QUICKSTART, "--nproc", 2, *sets(f"output.dir={out}", "train.batch_size=4"))
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = out / "checkpoints" / "checkpoint-8" / "manifest.json"
-    deadline = time.time() + 240
-    workers: list[int] = []
-    while not first.exists() and process.poll() is None and time.time() < deadline:
-        workers = children_of(process.pid) or workers
-        time.sleep(0.002)
-    for pid in [process.pid] + workers:  # a lost node: every process dies at once, none cleans up
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    process.wait()
+    first = kill_all_after_first_checkpoint(command, out)
     assert first.exists() and not (out / "adapter_model.safetensors").exists()
 
     # The checkpoint holds two processes' RNG states: resuming it in one process would change the batches.

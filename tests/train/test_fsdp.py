@@ -5,16 +5,14 @@ adapter is one plain PEFT adapter, and a killed FSDP run resumes to the same ada
 
 import json
 import os
-import signal
 import socket
 import subprocess
-import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.train.processes import QUICKSTART, children_of, records, sets, tune_cmd
+from tests.train.processes import QUICKSTART, kill_all_after_first_checkpoint, records, sets, tune_cmd
 
 # The DDP run's global batch (4 per device x 2 processes); one complete checkpoint kept, so the run of 16 steps
 # with save_steps 8 shows the rotation (checkpoint-8 deleted once checkpoint-16 is complete).
@@ -108,19 +106,7 @@ def test_a_killed_fsdp_run_resumes_to_the_same_adapter(two_nodes, tmp_path):
     straight, _ = two_nodes
     out = tmp_path / "out"
     command = tune_cmd("run", QUICKSTART, "--nproc", 2, *sets(f"output.dir={out}", *FSDP))
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = out / "checkpoints" / "checkpoint-8" / "manifest.json"
-    deadline = time.time() + 240
-    workers: list[int] = []
-    while not first.exists() and process.poll() is None and time.time() < deadline:
-        workers = children_of(process.pid) or workers
-        time.sleep(0.002)
-    for pid in [process.pid] + workers:  # a lost node: every process dies at once, none cleans up
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    process.wait()
+    first = kill_all_after_first_checkpoint(command, out)
     assert first.exists() and not (out / "adapter_model.safetensors").exists()
 
     resumed = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=300)
