@@ -93,8 +93,8 @@ def test_streamed_merge_casts_to_the_asked_dtype(trained, tmp_path):
 def test_a_wrong_merge_fails_verification_and_leaves_nothing(trained, tmp_path, monkeypatch):
     real = merge_module.lora_pairs
 
-    def half_scaled(run):
-        return {name: (a, b, scale / 2) for name, (a, b, scale) in real(run).items()}
+    def half_scaled(run, wrapped=frozenset()):
+        return {name: (a, b, scale / 2) for name, (a, b, scale) in real(run, wrapped).items()}
 
     monkeypatch.setattr(merge_module, "lora_pairs", half_scaled)
     with pytest.raises(VerificationError) as caught:
@@ -150,7 +150,7 @@ def test_a_merge_that_did_nothing_fails_though_the_adapter_moves_logits_less_tha
     weights = load_file(light / "adapter_model.safetensors")
     save_file({k: v / 200 if "lora_B" in k else v for k, v in weights.items()}, light / "adapter_model.safetensors")
     with monkeypatch.context() as patch, pytest.raises(VerificationError) as caught:
-        patch.setattr(merge_module, "lora_pairs", lambda run: {})  # the merge writes the plain base
+        patch.setattr(merge_module, "lora_pairs", lambda run, wrapped: {})  # the merge writes the plain base
         pipeline.merge(light, tmp_path / "out", dtype="float16", echo=lambda line: None)
     line = caught.value.problems[0]
     assert line.endswith(" FAILED: it is nearer the base than base+adapter, as if the adapter were not merged; "

@@ -1,7 +1,7 @@
 """A tiny random Qwen3-MoE (4 experts, 2 per token, fused 3-D expert tensors as transformers 5 stores them):
 LoRA under all-linear reaches the experts and leaves the router alone unless adapter.target_router asks,
-the run says what it covers, adapter.layers reaches expert tensors too, and the merge (PEFT's, in memory)
-applies the expert adapters exactly."""
+the run says what it covers, adapter.layers reaches expert tensors too, and the streamed merge applies the
+expert adapters exactly in the checkpoint's own layout (per expert, or fused)."""
 
 import json
 
@@ -71,24 +71,52 @@ def test_layers_reach_the_expert_tensors_of_the_chosen_blocks_only(tiny_moe, tmp
     assert saved and not [key for key in saved if ".layers.0." in key]
 
 
-def test_merge_applies_the_expert_adapters_exactly(tiny_moe, tmp_path):
+def merged_logits(folder):
+    from transformers import AutoModelForCausalLM
+
+    with torch.no_grad():
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()(IDS).logits
+
+
+@pytest.mark.parametrize("adapter", [{}, {"target_router": True}], ids=["experts", "experts+router"])
+def test_streamed_merge_applies_the_expert_adapters_exactly(tiny_moe, tmp_path, adapter):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     from tune.export import pipeline
 
-    _, _, out = moe_run(tmp_path, tiny_moe)
+    _, _, out = moe_run(tmp_path, tiny_moe, **adapter)
     report = pipeline.merge(out, tmp_path / "merged", echo=lambda line: None)
-    # Not streamed: the file does not record which nested wrapper holds which expert tensor.
-    assert report["why_in_memory"] == "expert tensors (target_parameters) are merged by PEFT's own wrappers"
+    # 8 attention weights, then per layer 4 experts x gate/up/down (and the router) on disk
+    assert (report["method"], report["merged_weights"]) == ("streamed", 8 + 2 * (12 + bool(adapter)))
     assert report["verification"][0]["max_abs_logit_diff"] < 1e-5
+    streamed = load_file(tmp_path / "merged" / "model.safetensors")
+    assert set(streamed) == set(load_file(tiny_moe / "model.safetensors"))  # the checkpoint's own layout
+    pipeline.merge(out, tmp_path / "in-memory", in_memory=True, echo=lambda line: None)
+    in_memory = load_file(tmp_path / "in-memory" / "model.safetensors")
+    assert max((streamed[k] - in_memory[k]).abs().max().item() for k in streamed) < 1e-6
     with torch.no_grad():
         base = AutoModelForCausalLM.from_pretrained(tiny_moe, dtype=torch.float32).eval()
         plain = base(IDS).logits
         want = PeftModel.from_pretrained(base, out).eval()(IDS).logits
-        got = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32).eval()(IDS).logits
     assert (want - plain).abs().max() > 1e-3  # the adapter matters, so the next check can fail
-    assert (got - want).abs().max() < 1e-5
+    assert (merged_logits(tmp_path / "merged") - want).abs().max() < 1e-5
+
+
+def test_streamed_merge_keeps_a_checkpoint_stored_fused(tiny_moe, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from tune.export import pipeline
+
+    fused = tmp_path / "fused-base"
+    AutoModelForCausalLM.from_pretrained(tiny_moe).save_pretrained(fused, save_original_format=False)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (fused / name).write_bytes((tiny_moe / name).read_bytes())
+    assert "model.layers.0.mlp.experts.gate_up_proj" in load_file(fused / "model.safetensors")
+    _, _, out = moe_run(tmp_path, fused)
+    report = pipeline.merge(out, tmp_path / "merged", echo=lambda line: None)
+    assert (report["method"], report["merged_weights"]) == ("streamed", 8 + 2 * 2)
+    assert report["verification"][0]["max_abs_logit_diff"] < 1e-5
 
 
 def test_validate_counts_what_all_linear_will_cover(tiny_moe, tmp_path):

@@ -2,7 +2,8 @@
 generation config, and the run's tokenizer with the chat template it trained with).
 
 - streamed: reads the base's safetensors shards tensor by tensor, adds scale * B @ A to each adapted
-  weight and writes output shards as they fill, so peak memory is about one shard, not the model.
+  weight and writes output shards as they fill, so peak memory is about one shard, not the model; adapters on
+  parameters (MoE expert stacks, a router) are split into the checkpoint's per-expert names (expert_merge).
 - in memory: PEFT's own merge_and_unload() on the whole model; used for DoRA (its magnitude vector
   needs the norm of the merged weight, so the update is not a plain low-rank sum), for a base that is not
   a local safetensors checkpoint, and for adapter features the stream does not model.
@@ -54,8 +55,6 @@ def stream_blocker(run: AdapterRun) -> str | None:
         return "the base is not a local safetensors checkpoint"
     if config.get("use_dora"):
         return "DoRA rescales each merged weight by its column norm, which only PEFT's merge does"
-    if config.get("target_parameters"):  # nested wrappers, one per tensor, in an order the file does not record
-        return "expert tensors (target_parameters) are merged by PEFT's own wrappers"
     for key, reason in (("modules_to_save", "modules_to_save replace whole layers"),
                         ("alpha_pattern", "per-module alpha (alpha_pattern)"),
                         ("lora_bias", "LoRA bias terms"), ("fan_in_fan_out", "fan_in_fan_out (Conv1D) layers"),
@@ -68,14 +67,17 @@ def stream_blocker(run: AdapterRun) -> str | None:
     return None
 
 
-def lora_pairs(run: AdapterRun) -> dict:
-    """{base weight name: (A, B, scale)} from the adapter file; scale is alpha/r, or alpha/sqrt(r) for rsLoRA."""
+def lora_pairs(run: AdapterRun, wrapped: set[str] = frozenset()) -> dict:
+    """{base weight name: (A, B, scale)} from the adapter file; scale is alpha/r, or alpha/sqrt(r) for rsLoRA.
+    `wrapped`: key stems of adapters on parameters, whose deltas expert_merge computes."""
     from safetensors.torch import load_file
 
     tensors = load_file(run.path / "adapter_model.safetensors")
     alpha = float(run.config["lora_alpha"])
     pairs = {}
     for key, a in tensors.items():
+        if key.rsplit(".lora_", 1)[0] in wrapped:
+            continue
         if not key.endswith(".lora_A.weight"):
             if not key.endswith(".lora_B.weight"):
                 raise TuneError(f"{run.path}: adapter tensor {key} is not a LoRA A/B matrix")
@@ -88,13 +90,25 @@ def lora_pairs(run: AdapterRun) -> dict:
     return pairs
 
 
-def merge_streamed(run: AdapterRun, out_dir: Path, dtype, shard_bytes: int) -> dict:
-    """Write the merged checkpoint to out_dir without ever holding more than one shard of it."""
+def checkpoint_names(run: AdapterRun) -> set[str]:
+    from safetensors import safe_open
+
+    names = set()
+    for file in checkpoint_files(run.base):
+        with safe_open(file, framework="pt") as handle:
+            names.update(handle.keys())
+    return names
+
+
+def merge_streamed(run: AdapterRun, out_dir: Path, dtype, shard_bytes: int, experts=None,
+                   wrapped: set[str] = frozenset()) -> dict:
+    """Write the merged checkpoint to out_dir without ever holding more than one shard of it (plus one fused
+    expert delta, when `experts` has them: see expert_merge)."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
     files = checkpoint_files(run.base)
-    pairs = lora_pairs(run)
+    pairs = lora_pairs(run, wrapped)
     # ---- plan: every tensor's source and output size from the headers, then the output shards
     plan, sizes = [], {}
     for file in files:
@@ -130,6 +144,8 @@ def merge_streamed(run: AdapterRun, out_dir: Path, dtype, shard_bytes: int) -> d
                 a, b, scale = pairs[name]
                 # The same order of operations as PEFT's get_delta_weight, in float32, rounded once.
                 weight = weight.float() + (b.float() @ a.float()) * scale
+            elif experts is not None and name in experts:
+                weight = weight.float() + experts.take(name)
             merged[name] = weight.to(dtype).contiguous()
             weight_map[name] = shard_name
             total += sizes[name]
@@ -146,7 +162,8 @@ def merge_streamed(run: AdapterRun, out_dir: Path, dtype, shard_bytes: int) -> d
     if (Path(run.base) / "generation_config.json").is_file():
         shutil.copyfile(Path(run.base) / "generation_config.json", out_dir / "generation_config.json")
     copy_tokenizer(run, out_dir)
-    return {"method": "streamed", "shards": len(shards), "merged_weights": len(pairs)}
+    merged_weights = len(pairs) + (len(experts.owner) if experts is not None else 0)
+    return {"method": "streamed", "shards": len(shards), "merged_weights": merged_weights}
 
 
 def load_peft(run: AdapterRun, dtype=None):
@@ -196,8 +213,14 @@ def merge(run: AdapterRun, out_dir: Path, dtype_name: str = "auto", shard_size: 
     shard_bytes = parse_size(shard_size)
     dtype = output_dtype(run, dtype_name)
     blocker = "--in-memory was given" if in_memory else stream_blocker(run)
+    experts, wrapped = None, set()
+    if blocker is None and run.config.get("target_parameters"):
+        from tune.export.expert_merge import expert_deltas
+
+        experts, wrapped = expert_deltas(run, checkpoint_names(run))
+        blocker = wrapped if experts is None else None
     if blocker is None:
-        report = merge_streamed(run, out_dir, dtype, shard_bytes)
+        report = merge_streamed(run, out_dir, dtype, shard_bytes, experts, wrapped)
     else:
         report = merge_in_memory(run, out_dir, dtype, shard_bytes)
         report["why_in_memory"] = blocker
