@@ -6,6 +6,8 @@ own peak RSS. Both results are compared tensor by tensor at the end.
 
     python bench/merge_memory.py            # ~1-2 minutes on 2 CPU cores, ~3.5 GB of temp disk
     python bench/merge_memory.py --keep DIR # build into DIR and leave it there
+    python bench/merge_memory.py --moe      # a random Qwen3-MoE of ~1.2 GB instead (16 experts, 8 layers),
+                                            # rank-16 LoRA on attention and on the fused expert tensors
 """
 
 from __future__ import annotations
@@ -105,6 +107,32 @@ def build(root: Path) -> tuple[Path, Path, int]:
     return base, adapter, total
 
 
+def build_moe(root: Path) -> tuple[Path, Path, int]:
+    """A random Qwen3-MoE saved as transformers 5 saves it (one weight per expert on disk), and a random
+    adapter on attention and on the fused expert tensors (PEFT's target_parameters)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    base, adapter = root / "base", root / "adapter"
+    torch.manual_seed(0)
+    config = Qwen3MoeConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=FFN, moe_intermediate_size=512,
+                            num_hidden_layers=8, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
+                            head_dim=HIDDEN // HEADS, num_experts=16, num_experts_per_tok=2, decoder_sparse_step=1,
+                            mlp_only_layers=[], tie_word_embeddings=False)
+    model = Qwen3MoeForCausalLM(config)
+    model.save_pretrained(base, max_shard_size=SHARD_BYTES)
+    lora = LoraConfig(r=RANK, lora_alpha=2 * RANK, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                      target_parameters=["experts.gate_up_proj", "experts.down_proj"], init_lora_weights=False)
+    get_peft_model(model, lora).save_pretrained(adapter)
+    (adapter / "recipe.yaml").write_text(f"model:\n  name: {base}\n  dtype: float32\n")
+    return base, adapter, build_moe_size(root)
+
+
+def build_moe_size(root: Path) -> int:
+    return json.loads((root / "base" / "model.safetensors.index.json").read_text())["metadata"]["total_size"]
+
+
 def run_child(code: str, *args: str) -> dict:
     result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
     if result.returncode != 0:
@@ -129,12 +157,25 @@ def same_tensors(a: Path, b: Path) -> tuple[int, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", type=Path, help="Build into this folder and keep it.")
+    parser.add_argument("--moe", action="store_true", help="A random Qwen3-MoE with adapters on its experts.")
+    parser.add_argument("--build-moe-into", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.build_moe_into:
+        print(json.dumps([str(p) for p in build_moe(args.build_moe_into)[:2]] + [build_moe_size(args.build_moe_into)]))
+        return
     root = args.keep or Path(tempfile.mkdtemp(prefix="tune-merge-bench-"))
     started = time.perf_counter()
-    base, adapter, total = build(root)
+    if args.moe:  # built in its own process: a child's peak RSS counts the parent's at the fork (Linux)
+        built = subprocess.run([sys.executable, __file__, "--build-moe-into", str(root)], capture_output=True, text=True)
+        if built.returncode != 0:
+            sys.exit(built.stderr)
+        base, adapter, total = json.loads(built.stdout.strip().splitlines()[-1])
+        base, adapter = Path(base), Path(adapter)
+    else:
+        base, adapter, total = build(root)
     shards = len(list(base.glob("*.safetensors")))
-    print(f"base: {total / 1e9:.2f} GB float32 in {shards} shards, LoRA r={RANK} on 7 x {LAYERS} layers "
+    what = "attention and the expert stacks of 8 layers" if args.moe else f"7 x {LAYERS} layers"
+    print(f"base: {total / 1e9:.2f} GB float32 in {shards} shards, LoRA r={RANK} on {what} "
           f"(built in {time.perf_counter() - started:.0f} s)")
     floor = run_child(BASELINE)["peak_rss_mb"]
     results = {}
