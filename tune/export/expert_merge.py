@@ -74,11 +74,15 @@ def expert_deltas(run: AdapterRun, checkpoint_names: set[str]) -> tuple[ExpertDe
     model = PeftModel.from_pretrained(base, run.path, low_cpu_mem_usage=True)
     # PEFT leaves the adapter on the base's (meta) device; the real A/B matrices are assigned in place.
     saved = load_file(run.path / "adapter_model.safetensors")
-    model.load_state_dict({re.sub(r"\.(lora_[AB])\.weight$", rf".\1.{ADAPTER}.weight", key): value
-                           for key, value in saved.items()}, strict=False, assign=True)
+    loaded = model.load_state_dict({re.sub(r"\.(lora_[AB])\.weight$", rf".\1.{ADAPTER}.weight", key): value
+                                    for key, value in saved.items()}, strict=False, assign=True)
+    if loaded.unexpected_keys:
+        return None, f"PEFT's model has no place for adapter tensor {loaded.unexpected_keys[0]}"
     wrappers, stems = {}, set()
     for name, module in model.named_modules():
         if isinstance(module, ParamWrapper):
+            if module.lora_A[ADAPTER].weight.is_meta or module.lora_B[ADAPTER].weight.is_meta:
+                return None, f"the adapter file holds no weights for {name}"
             stems.add(name)
             fused = name.removeprefix("base_model.model.").replace(".base_layer", "") + "." + module.parameter_name
             wrappers[fused] = module
