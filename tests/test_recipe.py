@@ -57,6 +57,14 @@ def test_bad_choice_lists_the_choices(tmp_path):
     assert problems(tmp_path, text) == ["R:8: adapter.method: Input should be 'lora', 'dora' or 'rslora'"]
 
 
+def test_a_value_from_another_tool_says_why_it_is_not_offered(tmp_path):
+    text = VALID + "adapter:\n  init: loftq\n"
+    assert problems(tmp_path, text) == [
+        "R:8: adapter.init: LoftQ is not offered: PEFT 0.21 computes it on a CUDA or XPU device only, and its adapter "
+        "belongs on the 4-bit base's dequantized weights, which tune's merge and export do not use; train QLoRA with "
+        "model.quantization: nf4 (init: default), or init: pissa on an unquantized base"]
+
+
 def test_missing_required_key_points_at_its_section(tmp_path):
     assert problems(tmp_path, "model:\n  dtype: float32\ndata:\n  train: x.jsonl\n") == [
         "R:1: model.name: required key is missing"]

@@ -121,6 +121,12 @@ def _number_or_str(text: str) -> Any:
     return float(text) if _FLOAT.fullmatch(text.strip()) else text
 
 
+# Values people bring from other tools' docs that tune does not take, with why and what to use instead.
+NOT_OFFERED = {
+    ("adapter", "init", "loftq"): "LoftQ is not offered: PEFT 0.21 computes it on a CUDA or XPU device only, and its "
+    "adapter belongs on the 4-bit base's dequantized weights, which tune's merge and export do not use; train "
+    "QLoRA with model.quantization: nf4 (init: default), or init: pissa on an unquantized base",
+}
 _FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
@@ -138,6 +144,8 @@ def _describe(err: dict, path: Path, lines: dict[tuple, int], set_paths: dict[tu
         message = "required key is missing"
     else:
         message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "literal_error" and (*loc, str(err.get("input"))) in NOT_OFFERED:
+            message = NOT_OFFERED[(*loc, str(err["input"]))]
     for depth in range(len(loc), 0, -1):
         if loc[:depth] in set_paths:
             return f"--set {set_paths[loc[:depth]]}: {dotted}: {message}"
