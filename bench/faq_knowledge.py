@@ -35,12 +35,17 @@ VARIANTS = {
     "augment": ["train.keep=final", "train.eval_steps=null"],  # + statements
     "augment+reverse": ["data.augment.reverse=2", "train.keep=final", "train.eval_steps=null"],
     "augment+guard": [],  # the recipe as bundled
+    "augment+guard+neftune": ["train.neftune_alpha=5"],  # + noise on the input embeddings while training
 }
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def coop_faq() -> list[dict]:
     folder = REPO / "data_templates" / "smollm2-domain"
-    read = lambda name: [json.loads(line) for line in (folder / name).read_text().splitlines() if line.strip()]  # noqa: E731
+    read = lambda name: read_jsonl(folder / name)  # noqa: E731
     trained, heldout = read("probes-trained.jsonl"), read("probes-heldout.jsonl")
     reverse = {row["from"]: row for row in read("probes-reverse.jsonl")}
     rows = []
@@ -58,13 +63,15 @@ def write_inputs(faq: list[dict], folder: Path) -> None:
     (folder / "faq.jsonl").write_text(lines({"instruction": f["question"], "output": f["answer"]} for f in faq))
 
 
-def score_sets(faq: list[dict]) -> dict[str, list[tuple[str, list[str]]]]:
+def score_sets(faq: list[dict], general_check: Path | None = None) -> dict[str, list[tuple[str, list[str]]]]:
     expected = lambda value: value if isinstance(value, list) else [value]  # noqa: E731
-    general = [json.loads(line) for line in GENERAL.read_text().splitlines() if line.strip()]
-    return {"trained": [(f["question"], expected(f["expected"])) for f in faq],
+    sets = {"trained": [(f["question"], expected(f["expected"])) for f in faq],
             "reworded": [(q, expected(f["expected"])) for f in faq for q in f["rewordings"]],
             "reverse": [(f["reverse"]["question"], expected(f["reverse"]["expected"])) for f in faq if "reverse" in f],
-            "general": [(g["question"], expected(g["expected"])) for g in general]}
+            "general": [(g["question"], expected(g["expected"])) for g in read_jsonl(GENERAL)]}
+    if general_check is not None:  # general questions the run's guard never sees
+        sets["general check"] = [(g["question"], expected(g["expected"])) for g in read_jsonl(general_check)]
+    return sets
 
 
 def answers(model, tokenizer, questions: list[str]) -> list[str]:
@@ -108,20 +115,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--faq", default="bench/faq/quillnote.jsonl", help="an FAQ jsonl, or `coop` (the demo's)")
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--general-check", type=Path, help="a second set of general {question, expected} rows, "
+                        "scored for the kept share but not given to the run (the guard selects on the bundled set)")
     parser.add_argument("--set", action="append", default=[], help="more recipe overrides for every run")
     args = parser.parse_args()
-    faq = coop_faq() if args.faq == "coop" else [json.loads(l) for l in Path(args.faq).read_text().splitlines() if l.strip()]
+    faq = coop_faq() if args.faq == "coop" else read_jsonl(Path(args.faq))
     home = Path(os.environ.get("TUNE_HOME", Path.home() / ".cache" / "tune"))
     base_dir = str(home / "models" / "smollm2-135m-instruct")
-    sets = score_sets(faq)
+    sets = score_sets(faq, args.general_check)
     work = Path(tempfile.mkdtemp(prefix="faq-bench-"))
     write_inputs(faq, work)
     base = score(base_dir, None, sets)
     print(f"FAQ {args.faq}: {len(faq)} facts; scored {', '.join(f'{k} {len(v)}' for k, v in sets.items())}")
-    header = "| variant | trained | reworded (unseen) | reverse | general kept | run s | kept step |"
-    rows = [header, "|---|---|---|---|---|---|---|",
+    general = [name for name in ("general", "general check") if name in sets]  # what the kept share is scored on
+    header = "| variant | trained | reworded (unseen) | reverse | general kept |"
+    header += " check kept |" if len(general) > 1 else ""
+    rows = [header + " run s | kept step |", "|---" * (header.count("|") + 1) + "|",
             f"| base model | {mean(base['trained'])} | {mean(base['reworded'])} | {mean(base['reverse'])} | "
-            f"{sum(base['general'])}/{len(base['general'])} right | | |"]
+            + " | ".join(f"{sum(base[k])}/{len(base[k])} right" for k in general)
+            + " | | |"]
     for name in args.variants.split(","):
         out = work / f"run-{name}"
         command = [sys.executable, "-m", "tune", "run", str(REPO / "recipes" / "smollm2-domain.yaml"),
@@ -137,14 +149,19 @@ def main() -> None:
             continue
         (work / f"{name}.log").write_text(result.stdout + result.stderr)
         tuned = score(base_dir, out, sets)
-        kept = [t for b, t in zip(base["general"], tuned["general"]) if b]
+        kept = [kept_share(base[k], tuned[k]) for k in general]
         summary = json.loads((out / "run.json").read_text())
         kept_step = (summary.get("kept") or "").split(":")[0].replace("kept ", "")
         rows.append(f"| {name} | {mean(tuned['trained'])} | {mean(tuned['reworded'])} | {mean(tuned['reverse'])} | "
-                    f"{sum(kept) / max(1, len(kept)):.2f} | {seconds:.0f} | {kept_step} |")
+                    + " | ".join(kept) + f" | {seconds:.0f} | {kept_step} |")
         print(rows[-1], flush=True)
     print("\n".join(rows))
     print(f"(runs and logs in {work})")
+
+
+def kept_share(base: list[bool], tuned: list[bool]) -> str:
+    kept = [t for b, t in zip(base, tuned) if b]
+    return f"{sum(kept) / max(1, len(kept)):.2f}"
 
 
 def mean(flags: list[bool]) -> str:
