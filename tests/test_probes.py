@@ -104,7 +104,7 @@ def test_augmented_rows_train_and_the_guard_keeps_the_best_unseen_accuracy(tiny_
     """data.augment end to end on the tiny model, with a scripted generator (the random model writes no
     usable question): held-out rewordings become the augment-heldout probe set, the rest train, and
     train.keep: best evaluates every eval_steps and says which step it kept, in run.json too."""
-    import tune.infer.generate
+    import tune.infer.sampling
     from tune.data.augment import KINDS
 
     rows = [row for row in map(json.loads, SAMPLE_DATA.read_text().splitlines()) if row.get("instruction", "").endswith("?")][:8]
@@ -122,7 +122,7 @@ def test_augmented_rows_train_and_the_guard_keeps_the_best_unseen_accuracy(tiny_
                 out.append([f"It is known that {source.lower()}" if text.startswith(state) else "?"])
         return out
 
-    monkeypatch.setattr(tune.infer.generate, "sample_batch", sample_batch)
+    monkeypatch.setattr(tune.infer.sampling, "sample_batch", sample_batch)
     path = write_recipe(tmp_path / "r.yaml", data={"train": str(data), "augment": {"rewordings": 3, "statements": 1, "heldout": 0.34,
                                                               "round_trip": None}, "probe_max_new_tokens": 6},
                         train={"eval_steps": 4, "keep": "best", "min_kept_share": 0.0, "max_steps": 8})

@@ -100,7 +100,7 @@ def test_generated_candidates_are_cached_by_content(tiny_model, monkeypatch):
     """A second run asks nothing of the model; a changed prompt, sample count or sampling knob asks again."""
     import torch
 
-    from tune.infer import answer_cache, generate
+    from tune.infer import answer_cache, sampling
 
     calls = []
 
@@ -108,7 +108,7 @@ def test_generated_candidates_are_cached_by_content(tiny_model, monkeypatch):
         calls.append((texts, samples, temperature))
         return [[f"{text} #{i}" for i in range(samples)] for text in texts]
 
-    monkeypatch.setattr(generate, "sample_batch", sample_batch)
+    monkeypatch.setattr(sampling, "sample_batch", sample_batch)
     model = type("Model", (), {"device": torch.device("cpu"), "dtype": torch.float32})()
     setting = {"generator": "tiny", "seed": 1, "temperature": 1.0, "top_p": 0.95, "max_new_tokens": 48}
     first = answer_cache.cached_sampler(model, None, str(tiny_model), setting)(["a", "b"], 2)
@@ -144,15 +144,33 @@ def test_the_round_trip_keeps_questions_that_fit_their_own_answer_best():
                                                       "fits another row's answer better (round trip)": 1}
 
 
+def test_each_candidate_is_compared_with_every_one_of_its_rivals():
+    """Four rows, so each has three rivals: a candidate dropped at its first rival must not shift the scores
+    the next candidate is judged by."""
+    def fact(n: int, question: str, answer: str) -> Fact:
+        return Fact(f"faq.jsonl:row {n}", [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+                    question, answer)
+    rows = [fact(1, "When does Thistlewick Co-op open?", "At 7:45."), fact(2, "When does Thistlewick Co-op close?", "At 19:00."),
+            fact(3, "When does Thistlewick Co-op deliver?", "On Fridays."), fact(4, "When does Thistlewick Co-op restock?", "On Mondays.")]
+    first, second = "At what hour does Thistlewick Co-op close?", "At what hour does Thistlewick Co-op open?"
+    likelihood = {(first, "At 7:45."): -1.0, (first, "At 19:00."): -0.5, (first, "On Fridays."): -0.2,
+                  (first, "On Mondays."): -0.2, (second, "At 7:45."): -1.0}
+    score = lambda pairs: [likelihood.get(pair, -3.0 if "hour" in pair[0] else -1.0) for pair in pairs]  # noqa: E731
+    generate = lambda prompts, n: [[first, second] if "open?" in p else [] for p in prompts]  # noqa: E731
+    result = augment(generate, rows, {"rewordings": 2}, samples=2, heldout_share=0.0, seed=0, score=score, margin=0.5)
+    assert [row["messages"][-2]["content"] for row in result.rows] == [second]
+    assert result.counts["rewordings"]["dropped"] == {"fits another row's answer better (round trip)": 1}
+
+
 def test_tune_data_augment_writes_the_rows_a_run_would_train(tiny_model, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    import tune.infer.generate
+    import tune.infer.sampling
     from tests.conftest import write_recipe
     from tune.cli import app
 
     (tmp_path / "faq.jsonl").write_text(json.dumps({"instruction": FOUNDED.question, "output": FOUNDED.answer}) + "\n")
-    monkeypatch.setattr(tune.infer.generate, "sample_batch", lambda model, tokenizer, texts, n, *args: scripted(texts, n))
+    monkeypatch.setattr(tune.infer.sampling, "sample_batch", lambda model, tokenizer, texts, n, *args: scripted(texts, n))
     bare = write_recipe(tmp_path / "bare.yaml", data={"train": str(tmp_path / "faq.jsonl")})
     refused = CliRunner().invoke(app, ["data", "augment", str(bare), "--out", str(tmp_path / "rows.jsonl")])
     assert refused.exit_code == 2 and refused.stderr == (

@@ -248,27 +248,25 @@ def _round_trip(score, margin: float, facts: list[Fact], passed: list[list[str]]
     """Each fact's questions that keep its answer within `margin` of the likelihood its own question gives
     it, and that fit its answer better than the answers of the RIVALS rows whose questions are most alike
     (each answer measured against its own question), likeliest first. A question about another fact of
-    the same FAQ ("Who founded X?" written for "When was X founded?") would teach a wrong answer."""
+    the same FAQ ("Who founded X?" written for "When was X founded?") would teach a wrong answer. The
+    rivals are scored only for the questions within the margin (about half of them)."""
     rivals = [sorted((j for j in range(len(facts)) if j != i),
                      key=lambda j: -len(content_words(facts[i].question) & content_words(facts[j].question)))[:RIVALS]
               for i in range(len(facts))]
-    pairs = [(fact.question, fact.answer) for fact in facts]
-    pairs += [(text, facts[k].answer) for i, texts in enumerate(passed) for text in texts for k in [i, *rivals[i]]]
-    scores = iter(score(pairs))
-    own = [next(scores) for _ in facts]
-    ranked = []
-    for i, texts in enumerate(passed):
-        kept = []
-        for text in texts:
-            gain = {k: next(scores) - own[k] for k in [i, *rivals[i]]}
-            if gain[i] < -margin:
-                dropped["asks something else (round trip)"] += 1
-            elif any(gain[k] >= gain[i] for k in rivals[i]):
-                dropped["fits another row's answer better (round trip)"] += 1
-            else:
-                kept.append((gain[i], text))
-        ranked.append([text for _, text in sorted(kept, key=lambda x: -x[0])])
-    return ranked
+    candidates = [(i, text) for i, texts in enumerate(passed) for text in texts]
+    scores = score([(fact.question, fact.answer) for fact in facts] + [(text, facts[i].answer) for i, text in candidates])
+    own, gains = scores[:len(facts)], [s - scores[i] for (i, _), s in zip(candidates, scores[len(facts):])]
+    close = [(i, text, gain) for (i, text), gain in zip(candidates, gains) if gain >= -margin]
+    dropped["asks something else (round trip)"] += len(candidates) - len(close)
+    rival_scores = iter(score([(text, facts[k].answer) for i, text, _ in close for k in rivals[i]]))
+    ranked: list[list[tuple[float, str]]] = [[] for _ in facts]
+    for i, text, gain in close:
+        rival_gains = [next(rival_scores) - own[k] for k in rivals[i]]  # all read: the scores are in order
+        if any(rival_gain >= gain for rival_gain in rival_gains):
+            dropped["fits another row's answer better (round trip)"] += 1
+        else:
+            ranked[i].append((gain, text))
+    return [[text for _, text in sorted(kept, key=lambda x: -x[0])] for kept in ranked]
 
 
 def facts_of(rows: list[tuple[str, dict]], to_messages, data) -> list[Fact]:

@@ -76,7 +76,7 @@ def cached_sampler(model, tokenizer, source: str, setting: dict):
     `setting`: everything besides the texts that decides the samples (model, sampling knobs, seed)."""
     import torch
 
-    from tune.infer.generate import sample_batch
+    from tune.infer.sampling import sample_batch
     from tune.models.load import cpu_has_bf16
 
     hardware = torch.cuda.get_device_name() if model.device.type == "cuda" else f"cpu bf16={cpu_has_bf16()}"

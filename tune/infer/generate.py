@@ -182,49 +182,36 @@ def generate_batch(model, tokenizer, conversations: list[list[dict]], max_new_to
     return answers
 
 
-def sample_batch(model, tokenizer, texts: list[str], samples: int, max_new_tokens: int, temperature: float,
-                 top_p: float, seed: int, batch_size: int = 16) -> list[list[str]]:
-    """`samples` sampled one-line continuations of each raw text (no chat template: few-shot prompts that
-    base and chat models alike continue); a sequence stops at its first line break, as a few-shot answer
-    ends there (a model continuing the pattern would otherwise write max_new_tokens every time). Seeded:
-    the same call repeats exactly on the same machine and software, so its results can be cached."""
-    import torch
-
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    results = []
-    with inference(model, tokenizer):
-        for start in range(0, len(texts), batch_size):
-            batch = tokenizer(texts[start:start + batch_size], add_special_tokens=False, padding=True,
-                              return_tensors="pt").to(model.device)
-            torch.manual_seed(seed + start)
-            output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
-                                    top_p=top_p, top_k=None, num_return_sequences=samples, pad_token_id=pad,
-                                    eos_token_id=tokenizer.eos_token_id, stop_strings=["\n"], tokenizer=tokenizer)
-            decoded = tokenizer.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-            cut = [text.strip().split("\n")[0] for text in decoded]
-            results += [cut[i:i + samples] for i in range(0, len(cut), samples)]
-    return results
-
-
 def answer_logprobs(model, tokenizer, examples: list[dict], batch_size: int = 16) -> list[float]:
     """The mean log-probability per trained token of each tokenized example ({input_ids, labels}): how
-    likely the model finds the answer after the question."""
+    likely the model finds the answer after the question. Examples of alike length are batched together,
+    and the output layer runs only from the first trained position of the batch on (over a 49k vocabulary
+    it is a fifth of a small model's compute)."""
+    import inspect
+
     import torch
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    means = []
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    can_skip = "logits_to_keep" in inspect.signature(inner.forward).parameters
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
+    means: dict[int, float] = {}
     with inference(model):
-        for start in range(0, len(examples), batch_size):
-            batch = examples[start:start + batch_size]
+        for start in range(0, len(order), batch_size):
+            batch = [examples[i] for i in order[start:start + batch_size]]
             width = max(len(e["input_ids"]) for e in batch)
             padded = lambda key, fill: torch.tensor([e[key] + [fill] * (width - len(e[key])) for e in batch],  # noqa: E731
                                                     device=model.device)
             ids, labels = padded("input_ids", pad), padded("labels", -100)
             lengths = torch.tensor([len(e["input_ids"]) for e in batch], device=model.device)
             mask = (torch.arange(width, device=model.device)[None] < lengths[:, None]).long()
-            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
-            targets = labels[:, 1:]
+            first = min(next((i for i, label in enumerate(e["labels"]) if label != -100), width) for e in batch)
+            kept = width - max(0, first - 1) if can_skip else width  # logits at position t predict token t + 1
+            skip = {"logits_to_keep": kept} if can_skip else {}
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False, **skip).logits.float()
+            targets = labels[:, width - kept + 1:]
             picked = torch.log_softmax(logits[:, :-1], -1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
             counted = targets != -100
-            means += ((picked * counted).sum(1) / counted.sum(1).clamp(min=1)).tolist()
-    return means
+            scores = ((picked * counted).sum(1) / counted.sum(1).clamp(min=1)).tolist()
+            means.update(zip(order[start:start + batch_size], scores))
+    return [means[i] for i in range(len(examples))]
