@@ -6,7 +6,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
 
-from tune.infer.sampling import sample_batch, shared_prompt_cache
+from tune.infer.phases import continue_in_phases, shared_prompt_cache
+from tune.infer.sampling import sample_batch
 
 PROMPTS = ["the cat sat on the mat and then", "a"]  # different lengths: the short one is left-padded
 
@@ -62,7 +63,7 @@ def test_seeded_samples_repeat_and_differ_between_samples(tiny):
 def test_sequences_leave_the_batch_when_their_line_ends_and_the_rest_write_on(tiny_model, monkeypatch):
     """Greedy, so the phased calls must write what one call writes: the first sequence ends early (its third
     token made the end token), the others run the whole length through three phases of the cache."""
-    from tune.infer import sampling
+    from tune.infer import phases
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     tokenizer.pad_token = tokenizer.eos_token
@@ -81,8 +82,32 @@ def test_sequences_leave_the_batch_when_their_line_ends_and_the_rest_write_on(ti
         plain = model.generate(**batch, max_new_tokens=12, do_sample=False, pad_token_id=stop, eos_token_id=stop,
                                stop_strings=["\n"], tokenizer=tokenizer)
     expected = [text.strip().split("\n")[0] for text in tokenizer.batch_decode(plain[:, width:], skip_special_tokens=True)]
-    monkeypatch.setattr(sampling, "PHASES", (4, 3))
+    monkeypatch.setattr(phases, "PHASES", (4, 3))
     key, cache = shared_prompt_cache(model, batch, 1)
-    lines = sampling._lines(model, tokenizer, dict(batch), key, cache, 12, {"do_sample": False})
+    written = continue_in_phases(model, tokenizer, dict(batch), key, cache, 12, {"do_sample": False}, ["\n"])
+    lines = [text.strip().split("\n")[0] for text in tokenizer.batch_decode(written, skip_special_tokens=True)]
     assert lines == expected
     assert len(tokenizer(lines[0], add_special_tokens=False)["input_ids"]) < len(tokenizer(lines[1], add_special_tokens=False)["input_ids"])
+
+
+def test_batched_answers_come_back_in_order_as_one_prompt_at_a_time(tiny):
+    """generate_batch sorts prompts by length and drops ended answers from the batch; each answer must still
+    be the one plain generate gives that prompt alone, at its place in the list."""
+    from tune.infer.generate import generate_batch, inference
+
+    model, tokenizer = tiny
+    questions = ["the cat sat on the mat and then the dog", "a", "the dog ran", "where is the cat today", "b c"]
+    conversations = [[{"role": "user", "content": q}] for q in questions]
+    alone = []
+    for conversation in conversations:
+        ids = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, return_tensors="pt",
+                                            return_dict=True)
+        with inference(model, tokenizer):  # the precision generate_batch runs in (bf16 autocast where native)
+            out = model.generate(**ids, max_new_tokens=20, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                                 eos_token_id=tokenizer.eos_token_id)
+        row = out[0, ids["input_ids"].shape[1]:].tolist()
+        finished = tokenizer.eos_token_id in row
+        alone.append((tokenizer.decode(row[:row.index(tokenizer.eos_token_id)] if finished else row,
+                                       skip_special_tokens=True).strip(), finished))
+    assert generate_batch(model, tokenizer, conversations, 20, batch_size=2) == alone
+    assert len(set(alone)) == len(alone)

@@ -34,6 +34,33 @@ def test_sets_are_sorted_by_the_base_and_the_training_rows_and_scored():
     assert kept_share(SETS, base.probe_answers, tuned.probe_answers) == 1 / 3
 
 
+def test_the_guards_evaluations_leave_out_the_trained_questions_and_the_kept_one_gets_them_answered():
+    """During training only what the guard decides by is asked (the trained questions, which the base does not
+    know, decide nothing); the kept adapter then answers them for the table, scored as if asked at once."""
+    from tune.train.knowledge import complete
+
+    asked = []
+
+    def answer(replies):
+        def reply(conversations, limit):
+            asked.extend(c[-1]["content"] for c in conversations)
+            return scripted(replies)(conversations, limit)
+        return reply
+    evaluate = evaluator(SETS, TRAINED.questions, None, 16)
+    base = evaluate(answer({"Capital of France?": "Paris.", "2 + 2?": "4", "Largest ocean?": "The Pacific."}), 0)
+    tuned_replies = {"Who founded Pipwick?": "Ada.", "Which person started Pipwick?": "Ada did.",
+                     "Capital of France?": "Paris", "2 + 2?": "4", "Largest ocean?": "Pacific"}
+    asked.clear()
+    during = evaluate(answer(tuned_replies), 10, base, True)
+    assert asked == REWORDED.questions + GENERAL.questions
+    assert during.unanswered == ["trained"] and during.probe_answers[0] == ["", ""]
+    assert (during.score, during.kept) == (0.5, 1.0)
+    asked.clear()
+    shown = complete(during, answer(tuned_replies), SETS, None, 16)
+    assert asked == TRAINED.questions and shown.unanswered == []
+    assert shown == evaluate(answer(tuned_replies), 10, base)  # the same as answering every set at once
+
+
 def test_the_guard_keeps_the_best_unseen_accuracy_within_the_bar_and_says_so(tiny_model):
     import torch
     from peft import get_peft_model, get_peft_model_state_dict

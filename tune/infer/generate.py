@@ -156,30 +156,36 @@ def inference(model, tokenizer=None):
 
 def generate_batch(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int,
                    batch_size: int = 32, sampling: Sampling | None = None) -> list[tuple[str, bool]]:
-    """Answers to many prompts, batched with left padding: (text, finished) per prompt, where finished means
-    the model ended its turn before max_new_tokens. Greedy unless `sampling` has a temperature (then seeded
-    per batch, so a call repeats exactly)."""
+    """Answers to many prompts, batched with left padding, prompts of alike length together and ended answers
+    out of the batch (tune/infer/phases.py): (text, finished) per prompt, where finished means the model
+    ended its turn before max_new_tokens. Greedy unless `sampling` has a temperature (then seeded per
+    batch, so a call repeats exactly)."""
     import torch
+
+    from tune.infer.phases import continue_in_phases, shared_prompt_cache
 
     sampled = sampling is not None and sampling.temperature > 0
     knobs = (dict(do_sample=True, temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p)
              if sampled else dict(do_sample=False, temperature=None, top_k=None, top_p=None))
-    answers = []
+    texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    order = sorted(range(len(texts)), key=lambda i: lengths[i])
+    answers: dict[int, tuple[str, bool]] = {}
     with inference(model, tokenizer):
-        for start in range(0, len(conversations), batch_size):
-            texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
-                     for c in conversations[start:start + batch_size]]
-            batch = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(model.device)
+        for start in range(0, len(order), batch_size):
+            chosen = order[start:start + batch_size]
+            batch = tokenizer([texts[i] for i in chosen], add_special_tokens=False, padding=True,
+                              return_tensors="pt").to(model.device)
             if sampled:
                 torch.manual_seed(sampling.seed + start)
-            output = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                    eos_token_id=tokenizer.eos_token_id, **knobs)
-            for row in output[:, batch["input_ids"].shape[1]:].tolist():
+            key, cache = shared_prompt_cache(model, batch)
+            written = continue_in_phases(model, tokenizer, dict(batch), key, cache, max_new_tokens, knobs)
+            for i, row in zip(chosen, written):
                 finished = tokenizer.eos_token_id in row
                 text = tokenizer.decode(row[:row.index(tokenizer.eos_token_id)] if finished else row,
                                         skip_special_tokens=True).strip()
-                answers.append((text, finished))
-    return answers
+                answers[i] = (text, finished)
+    return [answers[i] for i in range(len(texts))]
 
 
 def answer_logprobs(model, tokenizer, examples: list[dict], batch_size: int = 16) -> list[float]:

@@ -52,6 +52,7 @@ class Evaluation:
     answers: list[str] = field(default_factory=list)
     rewards: list[float | None] = field(default_factory=list)
     probe_answers: list[list[str]] = field(default_factory=list)
+    unanswered: list[str] = field(default_factory=list)  # probe sets left out (their answers blank): shown only
 
 
 class Guard(TrainerCallback):

@@ -11,6 +11,7 @@ are answered greedily in one batched pass and sorted by what the base and the tr
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from tune.data import probes
@@ -27,11 +28,16 @@ def trained_sets(sets: list[probes.ProbeSet], trained_questions: list[str]) -> s
 
 def evaluator(sets: list[probes.ProbeSet], trained_questions: list[str], system_prompt: str | None,
               max_new_tokens: int):
-    """evaluate(answer, step, base=None) -> Evaluation; the base's own evaluation sorts the sets."""
+    """evaluate(answer, step, base=None, guarded_only=False) -> Evaluation; the base's own evaluation sorts
+    the sets. guarded_only (the guard's evaluations during training) leaves out the trained sets the base
+    does not know: they decide nothing, and only the kept adapter's answers to them are shown (complete)."""
     trained = trained_sets(sets, trained_questions)
 
-    def evaluate(answer, step, base: Evaluation | None = None) -> Evaluation:
-        answers = probes.answer_sets(answer, sets, system_prompt, max_new_tokens)
+    def evaluate(answer, step, base: Evaluation | None = None, guarded_only: bool = False) -> Evaluation:
+        left_out = trained - set(probes.known(_base_shares(sets, base))) if guarded_only and base else set()
+        answered = iter(probes.answer_sets(answer, [s for s in sets if s.name not in left_out], system_prompt,
+                                           max_new_tokens))
+        answers = [[""] * len(s.questions) if s.name in left_out else next(answered) for s in sets]
         shares = probes.score(sets, base.probe_answers if base else answers, answers)[1]
         known = set(probes.known(shares))
         unseen = [name for name in shares if name not in known | trained]
@@ -39,14 +45,31 @@ def evaluator(sets: list[probes.ProbeSet], trained_questions: list[str], system_
         asked = sum(shares[name]["questions"] for name in unseen)
         kept = probes.kept_share(sets, base.probe_answers, answers) if base else None
         return Evaluation(step, right / asked if asked else None,
-                          {name: shares[name]["tuned_share"] for name in unseen}, kept, probe_answers=answers)
+                          {name: shares[name]["tuned_share"] for name in unseen}, kept, probe_answers=answers,
+                          unanswered=sorted(left_out))
     return evaluate
+
+
+def complete(evaluation: Evaluation, answer, sets: list[probes.ProbeSet], system_prompt: str | None,
+             max_new_tokens: int) -> Evaluation:
+    """`evaluation` with the sets it left out answered by `answer` (the kept adapter), for the report."""
+    if not evaluation.unanswered:
+        return evaluation
+    missing = iter(probes.answer_sets(answer, [s for s in sets if s.name in evaluation.unanswered], system_prompt,
+                                      max_new_tokens))
+    answers = [next(missing) if s.name in evaluation.unanswered else given
+               for s, given in zip(sets, evaluation.probe_answers)]
+    return replace(evaluation, probe_answers=answers, unanswered=[])
+
+
+def _base_shares(sets: list[probes.ProbeSet], base: Evaluation) -> dict:
+    return probes.score(sets, base.probe_answers, base.probe_answers)[1]
 
 
 def describe(sets: list[probes.ProbeSet], trained_questions: list[str], base: Evaluation,
              kept_of: str = "probes") -> str:
     """How the sets were sorted, for the run's output: which ones the guard selects on and which it keeps."""
-    shares = probes.score(sets, base.probe_answers, base.probe_answers)[1]
+    shares = _base_shares(sets, base)
     known, trained = probes.known(shares), trained_sets(sets, trained_questions)
     unseen = [name for name in shares if name not in set(known) | trained]
     keeps = f"answers of {', '.join(known) or 'none'}" if kept_of == "probes" else kept_of

@@ -94,7 +94,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         # Length-grouped batches cut the padding computed when rows are not packed.
         train_sampling_strategy="group_by_length" if recipe.data.group_by_length and not recipe.data.packing else "random",
     )
-    measure = benchmarks.kept_by_tasks(lambda policy, step: evaluate(answerer(policy, tokenizer), step, before),
+    measure = benchmarks.kept_by_tasks(lambda policy, step: evaluate(answerer(policy, tokenizer), step, before, True),
                                        run.tasks, recipe, tokenizer, base_items)
     guard = Guard(measure, recipe.train.eval_steps, recipe.train.min_kept_share, recipe.train.stop_after, run.metrics,
                   run.echo, UNSEEN_ACCURACY, kept_of=benchmarks.kept_of(base_items))
@@ -120,6 +120,9 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     if sets and after is None:  # no evaluation of the kept weights yet
         after = knowledge.timed(evaluate, answerer(trainer.model, tokenizer), trainer.state.global_step, before,
                                 sets, run.echo, "tuned model")
+    elif after is not None:  # the guard's evaluation left out the trained sets: the table shows them
+        after = knowledge.complete(after, answerer(trainer.model, tokenizer), sets, recipe.data.system_prompt,
+                                   recipe.data.probe_max_new_tokens)
     staging = skeleton.save(run, trainer, tokenizer)
     if staging is None:
         return RunResult({}, trainer.model)
