@@ -93,3 +93,51 @@ def test_the_guard_keeps_the_best_unseen_accuracy_within_the_bar_and_says_so(tin
                                           "whose probes kept at least 85% (final step 6: accuracy 1.000, probes kept 50%)")
     restored = get_peft_model_state_dict(model)
     assert all(torch.equal(restored[k], weights[4][k]) for k in restored)
+
+
+def test_when_no_evaluation_keeps_the_bar_the_final_adapter_is_scaled_toward_the_base(tiny_model):
+    """Scripted: the kept share rises as the adapter's B matrices shrink; the guard tries 0.85 then 0.7, keeps
+    0.7 (the first within the bar) with exactly 0.7 times the final B weights and A untouched, and says so.
+    With no factor within the bar the final weights stay as trained."""
+    import torch
+    from peft import get_peft_model, get_peft_model_state_dict
+    from transformers import AutoModelForCausalLM, TrainerControl, TrainerState
+
+    from tune.models.load import lora_config
+    from tune.recipe import AdapterSection
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), lora_config(AdapterSection(r=4)))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.fill_(1.0)
+    final = {k: v.clone() for k, v in get_peft_model_state_dict(model).items()}
+
+    def evaluate(m, step):  # B at 1.0 keeps 60%, at 0.85 about 70%, at 0.7 about 80%
+        b = next(p for n, p in m.named_parameters() if "lora_B" in n).flatten()[0].item()
+        return Evaluation(step, round(b / 2, 3), {"reworded": round(b / 2, 3)}, round(1.3 - 0.7 * b, 3))
+
+    lines = []
+    metrics = type("Metrics", (), {"add": lambda self, record, max_steps: None})()
+    for bar, expected_scale in ((0.79, 0.7), (0.95, None)):
+        guard = Guard(evaluate, every=2, min_kept_share=bar, stop_after=None, metrics=metrics, echo=lines.append,
+                      measure=UNSEEN_ACCURACY, scales=(0.85, 0.7))
+        state = TrainerState(max_steps=2)
+        state.global_step = 2
+        guard.on_step_end(None, state, TrainerControl(), model=model)
+        message, kept = guard.restore_best(model)
+        now = get_peft_model_state_dict(model)
+        if expected_scale is None:
+            assert message.startswith("kept the final weights (step 2), although no evaluation kept 95%")
+            assert kept.scale is None and all(torch.equal(now[k], final[k]) for k in now)
+            continue
+        assert message == ("kept the final weights (step 2) scaled x0.7 toward the base: no evaluation kept 79% of the "
+                           "probes (final: accuracy 0.500, probes kept 60%); scaled: accuracy 0.350, probes kept 81%")
+        assert kept.scale == 0.7 and kept.kept == 0.81
+        assert all(torch.equal(now[k], final[k] * (0.7 if "lora_B" in k else 1.0)) for k in now)
+        assert lines[-2:] == ["guard: the final adapter scaled x0.85 toward the base: probes kept 70%, measure 0.425",
+                              "guard: the final adapter scaled x0.7 toward the base: probes kept 81%, measure 0.350"]
+        with torch.no_grad():  # back to the final weights for the next case
+            for name, parameter in model.named_parameters():
+                if "lora_B" in name:
+                    parameter.fill_(1.0)

@@ -53,6 +53,7 @@ class Evaluation:
     rewards: list[float | None] = field(default_factory=list)
     probe_answers: list[list[str]] = field(default_factory=list)
     unanswered: list[str] = field(default_factory=list)  # probe sets left out (their answers blank): shown only
+    scale: float | None = None  # the adapter's B matrices times this (tune/train/scaling.py); None: as trained
 
 
 class Guard(TrainerCallback):
@@ -66,8 +67,9 @@ class Guard(TrainerCallback):
 
     def __init__(self, evaluate, every: int | None, min_kept_share: float, stop_after: int | None,
                  metrics, echo, measure: Measure = HELD_OUT_REWARD, rollback: float | None = None, on_rollback=None,
-                 kept_of: str = "probes"):
+                 kept_of: str = "probes", scales: tuple[float, ...] = ()):
         self.evaluate, self.every, self.measure = evaluate, every, measure
+        self.scales = scales  # tried on the final adapter when no evaluation passes (tune/train/scaling.py)
         self.on_rollback = on_rollback  # what else the method drops when the weights go back (GRPO's sampled batches)
         self.min_kept_share, self.stop_after, self.rollback = min_kept_share, stop_after, rollback
         self.interval = every  # steps between evaluations: halved at each rollback
@@ -186,6 +188,17 @@ class Guard(TrainerCallback):
     def restore_best(self, model) -> tuple[str, Evaluation | None]:
         """Load the kept adapter into the model (keep: best); say which one it is and why, with its evaluation."""
         final = self.history[-1] if self.history else None
+        if self.best is None and final is not None and self.scales:
+            from tune.train.scaling import toward_base
+
+            rescued = toward_base(model, lambda: self.evaluate(model, final.step), self.passes, self.scales, self.echo,
+                                  self.kept_of)
+            if rescued is not None:
+                scale, evaluation = rescued
+                return (f"kept the final weights (step {final.step}) scaled x{scale:g} toward the base: no evaluation "
+                        f"kept {self.min_kept_share:.0%} of the {self.kept_of} (final: {self.measure.name.split()[-1]} "
+                        f"{shown(final.score)}{_kept_text(final, self.kept_of)}); scaled: {self.measure.name.split()[-1]} "
+                        f"{shown(evaluation.score)}{_kept_text(evaluation, self.kept_of)}"), evaluation
         if self.best is None:
             return (f"kept the final weights (step {final.step}), although no evaluation kept "
                     f"{self.min_kept_share:.0%} of the {self.kept_of}: lower the learning rate or the steps"

@@ -19,7 +19,7 @@ from tune.infer.answer_cache import augment_generator, base_answerer, generator_
 from tune.models.load import load_model, load_tokenizer, lora_config
 from tune.output import write_text
 from tune.recipe import Recipe
-from tune.train import adapter_variants, benchmarks, distributed, knowledge, lm_head
+from tune.train import adapter_variants, benchmarks, distributed, knowledge, lm_head, scaling
 from tune.train import run as skeleton
 from tune.train.arguments import arguments
 from tune.train.guard import UNSEEN_ACCURACY, Guard, answerer
@@ -97,7 +97,7 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     measure = benchmarks.kept_by_tasks(lambda policy, step: evaluate(answerer(policy, tokenizer), step, before, True),
                                        run.tasks, recipe, tokenizer, base_items)
     guard = Guard(measure, recipe.train.eval_steps, recipe.train.min_kept_share, recipe.train.stop_after, run.metrics,
-                  run.echo, UNSEEN_ACCURACY, kept_of=benchmarks.kept_of(base_items))
+                  run.echo, UNSEEN_ACCURACY, kept_of=benchmarks.kept_of(base_items), scales=scaling.SCALES)
     adapter = lora_config(recipe.adapter, model)
     adapter = adapter_variants.calibrate(run, model, adapter, tokenizer, data.train)  # CorDA: before attaching
     trainer = SFTTrainer(
