@@ -102,13 +102,22 @@ def scored_model(base_dir: str, run_dir: Path | None):
     return model.eval(), AutoTokenizer.from_pretrained(base_dir)
 
 
-def score(base_dir: str, run_dir: Path | None, sets: dict) -> dict[str, list[bool]]:
+def score(base_dir: str, run_dir: Path | None, sets: dict, scales: tuple[float, ...] = (1.0,)) -> list[dict[str, list[bool]]]:
+    """Right or wrong per question of each set, for the adapter at each scale (LoRA B times the scale)."""
+    from contextlib import nullcontext
+
+    from peft.helpers import rescale_adapter_scale
+
     from tune.data.probes import contains  # whole words or numbers, case and spacing ignored
 
     model, tokenizer = scored_model(base_dir, run_dir)
     flat = [item for items in sets.values() for item in items]
-    said = iter(answers(model, tokenizer, [q for q, _ in flat]))
-    return {name: [contains(next(said), facts) for _, facts in items] for name, items in sets.items()}
+    results = []
+    for scale in scales:
+        with rescale_adapter_scale(model, scale) if scale != 1.0 else nullcontext():
+            said = iter(answers(model, tokenizer, [q for q, _ in flat]))
+        results.append({name: [contains(next(said), facts) for _, facts in items] for name, items in sets.items()})
+    return results
 
 
 def main() -> None:
@@ -118,6 +127,8 @@ def main() -> None:
     parser.add_argument("--general-check", type=Path, help="a second set of general {question, expected} rows, "
                         "scored for the kept share but not given to the run (the guard selects on the bundled set)")
     parser.add_argument("--set", action="append", default=[], help="more recipe overrides for every run")
+    parser.add_argument("--scales", default="", help="also score each adapter scaled toward the base, e.g. 0.85,0.7 "
+                        "(LoRA B times the factor, as the guard's last resort does)")
     args = parser.parse_args()
     faq = coop_faq() if args.faq == "coop" else read_jsonl(Path(args.faq))
     home = Path(os.environ.get("TUNE_HOME", Path.home() / ".cache" / "tune"))
@@ -125,7 +136,8 @@ def main() -> None:
     sets = score_sets(faq, args.general_check)
     work = Path(tempfile.mkdtemp(prefix="faq-bench-"))
     write_inputs(faq, work)
-    base = score(base_dir, None, sets)
+    base = score(base_dir, None, sets)[0]
+    scales = (1.0, *(float(x) for x in args.scales.split(",") if x))
     print(f"FAQ {args.faq}: {len(faq)} facts; scored {', '.join(f'{k} {len(v)}' for k, v in sets.items())}")
     general = [name for name in ("general", "general check") if name in sets]  # what the kept share is scored on
     header = "| variant | trained | reworded (unseen) | reverse | general kept |"
@@ -148,13 +160,14 @@ def main() -> None:
             print(f"{name}: tune run failed:\n{result.stderr[-2000:]}")
             continue
         (work / f"{name}.log").write_text(result.stdout + result.stderr)
-        tuned = score(base_dir, out, sets)
-        kept = [kept_share(base[k], tuned[k]) for k in general]
         summary = json.loads((out / "run.json").read_text())
         kept_step = (summary.get("kept") or "").split(":")[0].replace("kept ", "")
-        rows.append(f"| {name} | {mean(tuned['trained'])} | {mean(tuned['reworded'])} | {mean(tuned['reverse'])} | "
-                    + " | ".join(kept) + f" | {seconds:.0f} | {kept_step} |")
-        print(rows[-1], flush=True)
+        for scale, tuned in zip(scales, score(base_dir, out, sets, scales)):
+            kept = [kept_share(base[k], tuned[k]) for k in general]
+            label = name if scale == 1.0 else f"{name}, adapter x{scale:g}"
+            rows.append(f"| {label} | {mean(tuned['trained'])} | {mean(tuned['reworded'])} | {mean(tuned['reverse'])} | "
+                        + " | ".join(kept) + (f" | {seconds:.0f} | {kept_step} |" if scale == 1.0 else " | | |"))
+            print(rows[-1], flush=True)
     print("\n".join(rows))
     print(f"(runs and logs in {work})")
 
