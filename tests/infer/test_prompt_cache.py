@@ -111,3 +111,24 @@ def test_batched_answers_come_back_in_order_as_one_prompt_at_a_time(tiny):
                                        skip_special_tokens=True).strip(), finished))
     assert generate_batch(model, tokenizer, conversations, 20, batch_size=2) == alone
     assert len(set(alone)) == len(alone)
+
+
+def test_a_model_with_a_cache_of_its_own_gets_one_plain_generate_call(tiny, monkeypatch):
+    """transformers' own rule (_supports_default_dynamic_cache) says which models keep a cache tune cannot
+    share or cut (xlnet, rwkv, ...): those get one generate call, and the same continuations."""
+    from tune.infer.phases import decode
+
+    model, tokenizer = tiny
+    tokenizer.padding_side = "left"
+    batch = dict(tokenizer(PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False))
+    calls = []
+    generate = model.generate
+    monkeypatch.setattr(model, "generate", lambda *a, **k: calls.append(k.get("max_new_tokens")) or generate(*a, **k))
+    with torch.no_grad():
+        phased = decode(model, tokenizer, batch, 2, 30, {"do_sample": False})
+        assert calls == [16, 8, 6]
+        monkeypatch.setattr(type(model), "_supports_default_dynamic_cache", classmethod(lambda cls: False))
+        calls.clear()
+        plain = decode(model, tokenizer, batch, 2, 30, {"do_sample": False})
+    assert calls == [30]
+    assert tokenizer.batch_decode(plain, skip_special_tokens=True) == tokenizer.batch_decode(phased, skip_special_tokens=True)

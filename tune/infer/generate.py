@@ -162,7 +162,7 @@ def generate_batch(model, tokenizer, conversations: list[list[dict]], max_new_to
     batch, so a call repeats exactly)."""
     import torch
 
-    from tune.infer.phases import continue_in_phases, shared_prompt_cache
+    from tune.infer.phases import decode
 
     sampled = sampling is not None and sampling.temperature > 0
     knobs = (dict(do_sample=True, temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p)
@@ -178,8 +178,7 @@ def generate_batch(model, tokenizer, conversations: list[list[dict]], max_new_to
                               return_tensors="pt").to(model.device)
             if sampled:
                 torch.manual_seed(sampling.seed + start)
-            key, cache = shared_prompt_cache(model, batch)
-            written = continue_in_phases(model, tokenizer, dict(batch), key, cache, max_new_tokens, knobs)
+            written = decode(model, tokenizer, dict(batch), 1, max_new_tokens, knobs)
             for i, row in zip(chosen, written):
                 finished = tokenizer.eos_token_id in row
                 text = tokenizer.decode(row[:row.index(tokenizer.eos_token_id)] if finished else row,

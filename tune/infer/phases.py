@@ -10,6 +10,25 @@ from __future__ import annotations
 PHASES = (16, 8)  # new tokens per generate call: the first call, then each next one (half of all lines end by 16)
 
 
+def decode(model, tokenizer, batch: dict, repeats: int, max_new_tokens: int, knobs: dict,
+           stop_strings: list[str] | None = None) -> list[list[int]]:
+    """The new tokens of `repeats` continuations of each prompt of `batch` (tokenized, left-padded), in order:
+    in phases where the model's cache is transformers' own (attention layers, sliding windows included),
+    else in one plain generate call (models that keep a cache of their own: xlnet, rwkv and the like)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    supported = getattr(type(inner), "_supports_default_dynamic_cache", None)
+    if supported is None or supported():
+        key, cache = shared_prompt_cache(model, batch, repeats)
+        repeated = {name: tensor.repeat_interleave(repeats, 0) for name, tensor in batch.items()}
+        return continue_in_phases(model, tokenizer, repeated, key, cache, max_new_tokens, knobs, stop_strings)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stops = {"stop_strings": stop_strings, "tokenizer": tokenizer} if stop_strings else {}
+    repeated = {name: tensor.repeat_interleave(repeats, 0) for name, tensor in batch.items()}
+    output = model.generate(**repeated, max_new_tokens=max_new_tokens, pad_token_id=pad,
+                            eos_token_id=tokenizer.eos_token_id, **stops, **knobs)
+    return output[:, batch["input_ids"].shape[1]:].tolist()
+
+
 def shared_prompt_cache(model, batch, repeats: int = 1):
     """(the generate keyword, a cache of each prompt but its last token, repeated `repeats` times): every prompt
     runs through the model once, where num_return_sequences would run it once per sample (measured on

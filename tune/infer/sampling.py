@@ -6,7 +6,7 @@ num_return_sequences, 41 s so."""
 from __future__ import annotations
 
 from tune.infer.generate import inference
-from tune.infer.phases import continue_in_phases, shared_prompt_cache
+from tune.infer.phases import decode
 
 
 def sample_batch(model, tokenizer, texts: list[str], samples: int, max_new_tokens: int, temperature: float,
@@ -23,11 +23,9 @@ def sample_batch(model, tokenizer, texts: list[str], samples: int, max_new_token
             batch = tokenizer(texts[start:start + batch_size], add_special_tokens=False, padding=True,
                               return_tensors="pt").to(model.device)
             torch.manual_seed(seed + start)
-            key, cache = shared_prompt_cache(model, batch, samples)
-            repeated = {name: tensor.repeat_interleave(samples, 0) for name, tensor in batch.items()}
-            written = continue_in_phases(model, tokenizer, repeated, key, cache, max_new_tokens,
-                                         {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": None},
-                                         stop_strings=["\n"])
+            written = decode(model, tokenizer, dict(batch), samples, max_new_tokens,
+                             {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": None},
+                             stop_strings=["\n"])
             lines = [text.strip().split("\n")[0] for text in tokenizer.batch_decode(written, skip_special_tokens=True)]
             results += [lines[i:i + samples] for i in range(0, len(lines), samples)]
     return results
