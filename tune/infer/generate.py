@@ -196,9 +196,10 @@ def answer_logprobs(model, tokenizer, examples: list[dict], batch_size: int = 16
 
     import torch
 
+    from tune.infer.phases import unwrapped
+
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    can_skip = "logits_to_keep" in inspect.signature(inner.forward).parameters
+    can_skip = "logits_to_keep" in inspect.signature(unwrapped(model).forward).parameters
     order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
     means: dict[int, float] = {}
     with inference(model):

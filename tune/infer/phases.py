@@ -10,20 +10,23 @@ from __future__ import annotations
 PHASES = (16, 8)  # new tokens per generate call: the first call, then each next one (half of all lines end by 16)
 
 
+def unwrapped(model):
+    """The transformers model inside a PEFT wrapper (its forward's signature and class say what it supports)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def decode(model, tokenizer, batch: dict, repeats: int, max_new_tokens: int, knobs: dict,
            stop_strings: list[str] | None = None) -> list[list[int]]:
     """The new tokens of `repeats` continuations of each prompt of `batch` (tokenized, left-padded), in order:
     in phases where the model's cache is transformers' own (attention layers, sliding windows included),
     else in one plain generate call (models that keep a cache of their own: xlnet, rwkv and the like)."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    supported = getattr(type(inner), "_supports_default_dynamic_cache", None)
+    supported = getattr(type(unwrapped(model)), "_supports_default_dynamic_cache", None)
+    repeated = {name: tensor.repeat_interleave(repeats, 0) for name, tensor in batch.items()}
     if supported is None or supported():
         key, cache = shared_prompt_cache(model, batch, repeats)
-        repeated = {name: tensor.repeat_interleave(repeats, 0) for name, tensor in batch.items()}
         return continue_in_phases(model, tokenizer, repeated, key, cache, max_new_tokens, knobs, stop_strings)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stops = {"stop_strings": stop_strings, "tokenizer": tokenizer} if stop_strings else {}
-    repeated = {name: tensor.repeat_interleave(repeats, 0) for name, tensor in batch.items()}
     output = model.generate(**repeated, max_new_tokens=max_new_tokens, pad_token_id=pad,
                             eos_token_id=tokenizer.eos_token_id, **stops, **knobs)
     return output[:, batch["input_ids"].shape[1]:].tolist()
@@ -38,7 +41,7 @@ def shared_prompt_cache(model, batch, repeats: int = 1):
 
     from transformers import DynamicCache
 
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = unwrapped(model)
     key = "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"  # renamed in 5.x
     ids, mask = batch["input_ids"], batch["attention_mask"]
     cache = DynamicCache(config=inner.config)
