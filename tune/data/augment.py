@@ -52,6 +52,12 @@ RIVALS = 3  # other rows whose answers a candidate is compared with in the round
 STOPWORDS = set("a an the is are was were be been of in on at to for by with from and or as it its this that "
                 "what which who whom whose when where why how do does did can could will would should may "
                 "i you your we our they their there has have had not no".split())
+# Words that open a sentence before a name without being part of it ("Every Thistlewick Co-op lantern ...").
+DETERMINERS = set("each every one all some any both most many several another no our your their its".split())
+# Numbers written out are numbers ("a warranty of seven years"); "one" is as often a pronoun.
+NUMBER_WORDS = set("two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+                   "seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety hundred "
+                   "thousand million billion".split())
 
 
 @dataclass
@@ -68,13 +74,17 @@ class Fact:
 
     @property
     def expected(self) -> str | None:
-        """What a right answer must contain: the first name, number or rare word the answer adds to the question."""
-        asked = {normal(term) for term in key_terms(self.question)} | set(normal(self.question).split())
-        terms = [t for t in key_terms(self.answer) if normal(t) not in asked]
-        if not terms:
-            terms = [w for w in re.findall(r"[\w-]+", self.answer)
-                     if len(w) > 1 and w.lower() not in STOPWORDS and normal(w) not in asked]
-        return terms[0] if terms else None
+        """What a right answer must contain: the first name or number the answer adds to the question, else
+        its longest new word."""
+        asked = {normal(term) for term in key_terms(self.question)}
+        terms = [t for t in key_terms(self.answer) if normal(t) not in asked and not content_words(t) <= content_words(self.question)]
+        if terms:
+            return terms[0]
+        # no name or number: the longest word the question does not have ("mustard" in "... wear mustard
+        # yellow aprons"), compared by stem so "lantern" is not new after "lanterns"
+        words = [w for w in re.findall(r"[\w-]+", self.answer) if len(w) > 1 and w.lower() not in STOPWORDS | DETERMINERS
+                 and content_words(w) and not content_words(w) <= content_words(self.question)]
+        return max(words, key=len) if words else None
 
 
 @dataclass
@@ -87,9 +97,10 @@ class Augmented:
 
 
 def key_terms(text: str) -> list[str]:
-    """Names, numbers, quoted terms, addresses: what a rewording must keep. Capitalized words count unless
-    they open a sentence on their own (a question's "What"); runs of them, unbroken by punctuation, stay one
-    term ("Ottilie Marchetti", "Thistlewick Co-op"); a possessive 's is dropped."""
+    """Names, numbers (in digits or words), quoted terms, addresses: what a rewording must keep. Capitalized
+    words count unless they open a sentence on their own (a question's "What") or are a determiner ("Every
+    Thistlewick Co-op lantern"); runs of them, unbroken by punctuation, stay one term ("Ottilie Marchetti",
+    "Thistlewick Co-op"); a possessive 's is dropped."""
     terms = re.findall(r"[\"“]([^\"”]{2,40})[\"”]", text)
     words = [(m.start(), m.end(), re.sub(r"'s$", "", m.group().strip(".:'-/"))) for m in re.finditer(r"[\w@.+:/'&-]+", text)]
 
@@ -103,6 +114,10 @@ def key_terms(text: str) -> list[str]:
         if any(c.isdigit() for c in word) or "@" in word or "+" in word[1:]:
             return True
         opens_sentence = i == 0 or text[:words[i][0]].rstrip()[-1:] in (".", "?", "!")
+        if opens_sentence and word.lower() in DETERMINERS:
+            return False
+        if word.lower().split("-")[0] in NUMBER_WORDS:
+            return True
         starts_run = i + 1 < len(words) and adjacent(i + 1) and words[i + 1][2][:1].isupper()
         return word[0].isupper() and (not opens_sentence or starts_run)
     run: list[str] = []
