@@ -141,3 +141,47 @@ def test_when_no_evaluation_keeps_the_bar_the_final_adapter_is_scaled_toward_the
             for name, parameter in model.named_parameters():
                 if "lora_B" in name:
                     parameter.fill_(1.0)
+
+
+def test_the_scaled_final_adapter_beats_a_barely_trained_evaluation_within_the_bar(tiny_model):
+    """Scripted: step 2 keeps the bar having learned little (accuracy 0.25), the final step learned more (0.5)
+    but keeps too little. Scaled x0.7 it keeps the bar with 0.35, above step 2: that is kept. When the only
+    passing factor scores below step 2 (x0.4: 0.2), step 2's weights are restored."""
+    import torch
+    from peft import get_peft_model, get_peft_model_state_dict
+    from transformers import AutoModelForCausalLM, TrainerControl, TrainerState
+
+    from tune.models.load import lora_config
+    from tune.recipe import AdapterSection
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), lora_config(AdapterSection(r=4)))
+
+    def set_b(value):
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if "lora_B" in name:
+                    parameter.fill_(value)
+
+    def evaluate(m, step):  # accuracy b / 2, kept share 1.3 - 0.7 b
+        b = next(p for n, p in m.named_parameters() if "lora_B" in n).flatten()[0].item()
+        return Evaluation(step, round(b / 2, 3), {"reworded": round(b / 2, 3)}, round(1.3 - 0.7 * b, 3))
+
+    metrics = type("Metrics", (), {"add": lambda self, record, max_steps: None})()
+    for scales, expected_b in (((0.85, 0.7), 0.7), ((0.4,), 0.5)):
+        guard = Guard(evaluate, every=2, min_kept_share=0.79, stop_after=None, metrics=metrics, echo=lambda line: None,
+                      measure=UNSEEN_ACCURACY, scales=scales)
+        state = TrainerState(max_steps=4)
+        for step, b in ((2, 0.5), (4, 1.0)):
+            set_b(b)
+            state.global_step = step
+            guard.on_step_end(None, state, TrainerControl(), model=model)
+        message, kept = guard.restore_best(model)
+        b_now = {round(v.flatten()[0].item(), 3) for k, v in get_peft_model_state_dict(model).items() if "lora_B" in k}
+        assert b_now == {expected_b}
+        if expected_b == 0.7:
+            assert message == ("kept the final weights (step 4) scaled x0.7 toward the base: above step 2's 0.250, the "
+                               "best evaluation within the bar (final: accuracy 0.500, probes kept 60%); scaled: "
+                               "accuracy 0.350, probes kept 81%")
+            assert kept.scale == 0.7
+        else:
+            assert message.startswith("kept step 2: unseen-wording accuracy 0.250") and kept.step == 2

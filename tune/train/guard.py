@@ -188,16 +188,20 @@ class Guard(TrainerCallback):
     def restore_best(self, model) -> tuple[str, Evaluation | None]:
         """Load the kept adapter into the model (keep: best); say which one it is and why, with its evaluation."""
         final = self.history[-1] if self.history else None
-        if self.best is None and final is not None and self.scales:
+        if final is not None and self.scales and not self.passes(final) and _above(final, self.best):
+            # the final adapter learned more than any evaluation within the bar: scaled toward the base it may
+            # keep the bar with more of that (a run whose only passing evaluation is its first, barely trained)
             from tune.train.scaling import toward_base
 
             rescued = toward_base(model, lambda: self.evaluate(model, final.step), self.passes, self.scales, self.echo,
                                   self.kept_of)
-            if rescued is not None:
+            if rescued is not None and _above(rescued[1], self.best):
                 scale, evaluation = rescued
-                return (f"kept the final weights (step {final.step}) scaled x{scale:g} toward the base: no evaluation "
-                        f"kept {self.min_kept_share:.0%} of the {self.kept_of} (final: {self.measure.name.split()[-1]} "
-                        f"{shown(final.score)}{_kept_text(final, self.kept_of)}); scaled: {self.measure.name.split()[-1]} "
+                measure = self.measure.name.split()[-1]
+                why = (f"no evaluation kept {self.min_kept_share:.0%} of the {self.kept_of}" if self.best is None else
+                       f"above step {self.best.step}'s {shown(self.best.score)}, the best evaluation within the bar")
+                return (f"kept the final weights (step {final.step}) scaled x{scale:g} toward the base: {why} (final: "
+                        f"{measure} {shown(final.score)}{_kept_text(final, self.kept_of)}); scaled: {measure} "
                         f"{shown(evaluation.score)}{_kept_text(evaluation, self.kept_of)}"), evaluation
         if self.best is None:
             return (f"kept the final weights (step {final.step}), although no evaluation kept "
@@ -221,6 +225,13 @@ class Guard(TrainerCallback):
         above = min(higher, key=lambda e: (e.score, e.step))
         kept = f" but kept {above.kept:.0%} of the {self.kept_of}" if above.kept is not None else ""
         return f"; the next higher, step {above.step}, reached {shown(above.score)}{kept}"
+
+
+def _above(evaluation: Evaluation, best: Evaluation | None) -> bool:
+    """The evaluation scores higher than the best one within the bar (any score does, when there is none)."""
+    if best is None or best.score is None:
+        return True
+    return evaluation.score is not None and evaluation.score > best.score
 
 
 def _kept_text(evaluation: Evaluation, kept_of: str = "probes") -> str:
