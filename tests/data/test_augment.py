@@ -69,7 +69,7 @@ def test_expected_is_what_the_answer_adds_to_the_question():
 
 def test_a_scripted_generator_keeps_and_drops_exactly():
     result = augment(scripted, [FOUNDED], {"rewordings": 4, "statements": 2, "reverse": 1}, samples=8,
-                     heldout_share=0.0, seed=0, draws=1)
+                     heldout_share=0.0, seed=0)
     kept = [(row["kind"], row.get("text") or row["messages"][-2]["content"]) for row in result.rows]
     assert kept == [("rewordings", "Who was the founder of Thistlewick Co-op?"),
                     ("rewordings", "Which person started Thistlewick Co-op?"),
@@ -87,28 +87,6 @@ def test_a_scripted_generator_keeps_and_drops_exactly():
     # every generated conversation keeps the row's answer; reverse questions too
     answers = {row["messages"][-1]["content"] for row in result.rows if "messages" in row}
     assert answers == {FOUNDED.answer} and result.heldout is None
-
-
-def test_a_row_left_short_is_drawn_for_again_with_the_shots_turned():
-    """Rewordings: 4 wanted, so a row with under 2 after the first draw gets a second; the founder row kept 3."""
-    other = Fact("faq.jsonl:row 2", [{"role": "user", "content": "How long is the Thistlewick Co-op warranty?"},
-                                     {"role": "assistant", "content": "It lasts 2 years."}],
-                 "How long is the Thistlewick Co-op warranty?", "It lasts 2 years.")
-    prompts = []
-
-    def generate(batch, n):
-        prompts.append(batch)
-        if len(prompts) == 1:
-            return [CANDIDATES["rewordings"][:n], ["For how long is the Thistlewick Co-op warranty?", "What?"]]
-        return [["For how long is the Thistlewick Co-op warranty?",  # a copy of the first draw's
-                 "How many years does the Thistlewick Co-op warranty last?"]]
-
-    result = augment(generate, [FOUNDED, other], {"rewordings": 4}, samples=8, heldout_share=0.0, seed=0)
-    assert [len(batch) for batch in prompts] == [2, 1] and prompts[1][0] == prompt_for("rewordings", other.question, 1)
-    assert prompts[1][0] != prompts[0][1] and prompts[1][0].splitlines()[0] == prompts[0][1].splitlines()[0]
-    assert [row["messages"][-2]["content"] for row in result.rows if row["from"].endswith("row 2")] == [
-        "For how long is the Thistlewick Co-op warranty?", "How many years does the Thistlewick Co-op warranty last?"]
-    assert result.counts["rewordings"]["dropped"]["a copy"] == 3  # two in the founder's first draw, one here
 
 
 def test_held_out_rewordings_never_reach_training_and_become_the_unseen_check():
@@ -175,7 +153,7 @@ def test_the_round_trip_keeps_questions_that_fit_their_own_answer_best():
     score = lambda pairs: [likelihood.get(pair, -3.0) for pair in pairs]  # noqa: E731
     generate = lambda prompts, n: [candidates["rewordings"] if "When was" in p else [] for p in prompts]  # noqa: E731
     result = augment(generate, [FOUNDED, when], {"rewordings": 4}, samples=4, heldout_share=0.0, seed=0,
-                     score=score, margin=0.5, draws=1)
+                     score=score, margin=0.5)
     assert [row["messages"][-2]["content"] for row in result.rows] == ["In what year was Thistlewick Co-op founded?"]
     assert result.counts["rewordings"]["dropped"] == {"asks something else (round trip)": 2,
                                                       "fits another row's answer better (round trip)": 1}

@@ -48,7 +48,6 @@ KINDS = {
                    STATEMENT_SHOTS, "Input", "Statement"),
     "reverse": ("Ask a question about the fact whose answer is the name given.", REVERSE_SHOTS, "Input", "Question"),
 }
-DRAWS = 2  # a row left with under half the candidates wanted is drawn for once more, with the shots turned
 RIVALS = 3  # other rows whose answers a candidate is compared with in the round trip
 STOPWORDS = set("a an the is are was were be been of in on at to for by with from and or as it its this that "
                 "what which who whom whose when where why how do does did can could will would should may "
@@ -143,13 +142,10 @@ def normal(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
-def prompt_for(kind: str, source: str, draw: int = 0) -> str:
-    """The few-shot prompt of a kind; each later draw turns the shots one further (other samples, and the
-    last shot, the one most copied, differs)."""
+def prompt_for(kind: str, source: str) -> str:
     instruction, shots, left, right = KINDS[kind]
     lines = [instruction, ""]
-    turn = draw % len(shots)
-    for given, written in shots[turn:] + shots[:turn]:
+    for given, written in shots:
         lines += [f"{left}: {given}", f"{right}: {written}", ""]
     return "\n".join(lines + [f"{left}: {source}", f"{right}:"])
 
@@ -207,9 +203,8 @@ def reject(kind: str, text: str, fact: Fact, seen: set[str]) -> str | None:
 
 
 def augment(generate, facts: list[Fact], kinds: dict[str, int], samples: int, heldout_share: float,
-            seed: int, score=None, margin: float = 0.5, draws: int = DRAWS) -> Augmented:
-    """kinds: {kind: how many to keep per fact}; `samples` candidates are drawn per fact and kind, and
-    `samples` more for the facts that kept under half of what is wanted.
+            seed: int, score=None, margin: float = 0.5) -> Augmented:
+    """kinds: {kind: how many to keep per fact}; `samples` candidates are drawn per fact and kind.
     score(pairs) -> how likely the generator finds each (question, answer) pair's answer after its question:
     a question it makes the row's answer `margin` nats per token less likely than the row's own question
     does asks something else, and is dropped (the round trip); the likeliest are kept first."""
@@ -221,28 +216,23 @@ def augment(generate, facts: list[Fact], kinds: dict[str, int], samples: int, he
         # a question of several lines (an instruction with its input) cannot be reworded on one line
         usable = [f for f in facts if (kind != "reverse" or f.subject) and (kind == "statements" or "\n" not in f.question)]
         without[kind] += len(facts) - len(usable)
-        needed = wanted - 1 if kind == "statements" else wanted  # the answer is a statement's first form already
-        seen = [{normal(f.question), normal(f.answer)} for f in usable]
-        passed: list[list[str]] = [[] for _ in usable]
-        short = list(range(len(usable)))
-        for draw in range(draws):
-            candidates = generate([prompt_for(kind, source_text(kind, usable[i]), draw) for i in short], samples) if short else []
-            fresh: list[list[str]] = [[] for _ in usable]
-            for i, texts in zip(short, candidates):
-                for text in map(first_line, texts):
-                    reason = reject(kind, text, usable[i], seen[i])
-                    if reason is None:
-                        fresh[i].append(text)
-                        seen[i].add(normal(text))
-                    else:
-                        counts[kind]["dropped"][reason] += 1
-            if score is not None and kind != "statements" and short:
-                fresh = _round_trip(score, margin, usable, fresh, counts[kind]["dropped"])
-            for i in short:
-                passed[i] += fresh[i]
-            short = [i for i in short if len(passed[i]) < (needed + 1) // 2]
+        candidates = generate([prompt_for(kind, source_text(kind, f)) for f in usable], samples) if usable else []
+        passed = []
+        for fact, texts in zip(usable, candidates):
+            seen = {normal(fact.question), normal(fact.answer)}  # the answer is a statement's first form already
+            survivors = []
+            for text in map(first_line, texts):
+                reason = reject(kind, text, fact, seen)
+                if reason is None:
+                    survivors.append(text)
+                    seen.add(normal(text))
+                else:
+                    counts[kind]["dropped"][reason] += 1
+            passed.append(survivors)
+        if score is not None and kind != "statements":
+            passed = _round_trip(score, margin, usable, passed, counts[kind]["dropped"])
         for fact, survivors in zip(usable, passed):
-            kept = survivors[:needed]
+            kept = survivors[:wanted - 1 if kind == "statements" else wanted]
             counts[kind]["dropped"]["more than wanted"] += len(survivors) - len(kept)
             if kind == "statements":
                 kept = [fact.answer] + kept  # the answer itself is the first statement
