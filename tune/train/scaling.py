@@ -1,4 +1,5 @@
-"""The guard's last resort when no evaluation kept the bar: the final adapter scaled toward the base.
+"""The final adapter scaled toward the base: what the guard weighs when the final evaluation misses the bar
+but answers more unseen wordings than every evaluation within it.
 
 Interpolating between the base and the fine-tuned weights keeps more of what the base did well at some cost
 in what was learned (WiSE-FT, Wortsman et al., arXiv 2109.01903). With LoRA the interpolation is exact: the
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-SCALES = (0.85, 0.7, 0.55)
+SCALES = (0.85, 0.75, 0.65, 0.55)  # a step of 0.1: one co-op run lost 0.66 -> 0.53 of unseen wordings from 0.75 to 0.7
 
 
 def scaled(state: dict, scale: float) -> dict | None:
