@@ -76,14 +76,14 @@ class Fact:
     def expected(self) -> str | None:
         """What a right answer must contain: the first name or number the answer adds to the question, else
         its longest new word."""
-        asked = {normal(term) for term in key_terms(self.question)}
-        terms = [t for t in key_terms(self.answer) if normal(t) not in asked and not content_words(t) <= content_words(self.question)]
+        asked = content_words(self.question)  # by stem, so "lantern" is not new after "lanterns"
+        terms = [t for t in key_terms(self.answer) if not content_words(t) <= asked]
         if terms:
             return terms[0]
         # no name or number: the longest word the question does not have ("mustard" in "... wear mustard
-        # yellow aprons"), compared by stem so "lantern" is not new after "lanterns"
-        words = [w for w in re.findall(r"[\w-]+", self.answer) if len(w) > 1 and w.lower() not in STOPWORDS | DETERMINERS
-                 and content_words(w) and not content_words(w) <= content_words(self.question)]
+        # yellow aprons")
+        words = [w for w in re.findall(r"[\w-]+", self.answer)
+                 if len(w) > 1 and w.lower() not in DETERMINERS and not content_words(w) <= asked]
         return max(words, key=len) if words else None
 
 
