@@ -3,7 +3,7 @@ the rows trained on, and the held-out rewordings that never reach training."""
 
 import json
 
-from tune.data.augment import Fact, augment, key_terms, prompt_for, topic_terms
+from tune.data.augment import Fact, augment, key_terms, prompt_for
 
 FOUNDED = Fact("faq.jsonl:row 1", [{"role": "user", "content": "Who founded Thistlewick Co-op?"},
                                    {"role": "assistant", "content": "Thistlewick Co-op was founded by Ottilie Marchetti in 1931."}],
@@ -89,30 +89,6 @@ def test_a_scripted_generator_keeps_and_drops_exactly():
     assert answers == {FOUNDED.answer} and result.heldout is None
 
 
-def test_names_most_questions_share_are_the_topic_and_a_rewording_may_leave_them_out():
-    def fact(n: int, question: str, answer: str) -> Fact:
-        return Fact(f"faq.jsonl:row {n}", [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
-                    question, answer)
-    rows = [fact(1, "How much is an adult ticket on Harbourline Ferries?", "An adult ticket costs £12."),
-            fact(2, "Where can dogs travel on Harbourline Ferries from Vensby Pier?", "On the Kelpie Deck."),
-            fact(3, "Who runs Harbourline Ferries?", "Marisol Achterberg."), fact(4, "What is the Quaywise app?", "A booking app.")]
-    assert topic_terms(rows) == {"Harbourline Ferries"} and topic_terms(rows[:3]) == set()
-    written = {rows[0].question: ["How much does an adult ticket cost?"],  # the topic left out: kept
-               rows[1].question: ["Where may dogs go on Harbourline Ferries boats?"]}  # lost Vensby Pier
-    generate = lambda prompts, n: [next((w for q, w in written.items() if f"Question: {q}\nRewritten:" in p), [])  # noqa: E731
-                                   for p in prompts]
-    judged = []
-
-    def score(pairs):  # a question without the topic would make any answer naming it unlikely
-        judged.extend(q for q, _ in pairs)
-        return [(-1.0 if ("adult" in q) == ("£12" in a) else -3.0) - (0 if "Harbourline Ferries" in q else 5.0)
-                for q, a in pairs]
-    result = augment(generate, rows, {"rewordings": 2}, samples=2, heldout_share=0.0, seed=0, score=score)
-    assert [row["messages"][-2]["content"] for row in result.rows] == ["How much does an adult ticket cost?"]
-    assert result.counts["rewordings"]["dropped"] == {"lost a name or number": 1}
-    assert "Harbourline Ferries: How much does an adult ticket cost?" in judged  # judged with the topic named
-
-
 def test_held_out_rewordings_never_reach_training_and_become_the_unseen_check():
     result = augment(scripted, [FOUNDED], {"rewordings": 4}, samples=8, heldout_share=0.25, seed=0)
     held = [row["messages"][-2]["content"] for row in result.rows if row["heldout"]]
@@ -191,7 +167,7 @@ def test_each_candidate_is_compared_with_every_one_of_its_rivals():
                     question, answer)
     rows = [fact(1, "When does Thistlewick Co-op open?", "At 7:45."), fact(2, "When does Thistlewick Co-op close?", "At 19:00."),
             fact(3, "When does Thistlewick Co-op deliver?", "On Fridays."), fact(4, "When does Thistlewick Co-op restock?", "On Mondays.")]
-    first, second = "At what hour does Thistlewick Co-op open or close?", "At what hour does Thistlewick Co-op open?"
+    first, second = "At what hour does Thistlewick Co-op close?", "At what hour does Thistlewick Co-op open?"
     likelihood = {(first, "At 7:45."): -1.0, (first, "At 19:00."): -0.5, (first, "On Fridays."): -0.2,
                   (first, "On Mondays."): -0.2, (second, "At 7:45."): -1.0}
     score = lambda pairs: [likelihood.get(pair, -3.0 if "hour" in pair[0] else -1.0) for pair in pairs]  # noqa: E731

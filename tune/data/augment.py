@@ -163,19 +163,8 @@ def first_line(text: str) -> str:
     return re.sub(r"^(Rewritten|Statement|Question|Answer|Input)\s*:\s*", "", line).strip()
 
 
-def topic_terms(facts: list[Fact]) -> set[str]:
-    """Names in at least half the questions (of four or more): what the whole FAQ is about ("Harbourline
-    Ferries"), not which fact is asked. A rewording may leave them out ("How much is an adult single
-    ticket?"), as people asking the FAQ's own help desk do; they are what a small generator drops most."""
-    if len(facts) < 4:
-        return set()
-    counts = Counter(term for fact in facts for term in set(fact.subject))
-    return {term for term, n in counts.items() if 2 * n >= len(facts)}
-
-
-def reject(kind: str, text: str, fact: Fact, seen: set[str], topic: set[str] = frozenset()) -> str | None:
-    """Why a candidate is dropped, or None to keep it. `seen`: normalized texts already kept or given;
-    `topic`: names a rewording need not repeat."""
+def reject(kind: str, text: str, fact: Fact, seen: set[str]) -> str | None:
+    """Why a candidate is dropped, or None to keep it. `seen`: normalized texts already kept or given."""
     words = len(text.split())
     if not text:
         return "empty"
@@ -194,7 +183,7 @@ def reject(kind: str, text: str, fact: Fact, seen: set[str], topic: set[str] = f
         if words < max(3, base // 2) or words > 2 * base + 4:
             return "too short or too long"
         if kind == "rewordings":
-            must = [term for term in fact.subject if term not in topic]
+            must = fact.subject
             if not content_words(text) & content_words(fact.question):
                 return "shares no word with the question"
         else:
@@ -223,7 +212,6 @@ def augment(generate, facts: list[Fact], kinds: dict[str, int], samples: int, he
     counts = {kind: {"kept": 0, "dropped": Counter()} for kind in kinds}
     without = {kind: 0 for kind in kinds}
     rng = random.Random(seed)
-    topic = topic_terms(facts)
     for kind, wanted in kinds.items():
         # a question of several lines (an instruction with its input) cannot be reworded on one line
         usable = [f for f in facts if (kind != "reverse" or f.subject) and (kind == "statements" or "\n" not in f.question)]
@@ -234,7 +222,7 @@ def augment(generate, facts: list[Fact], kinds: dict[str, int], samples: int, he
             seen = {normal(fact.question), normal(fact.answer)}  # the answer is a statement's first form already
             survivors = []
             for text in map(first_line, texts):
-                reason = reject(kind, text, fact, seen, topic)
+                reason = reject(kind, text, fact, seen)
                 if reason is None:
                     survivors.append(text)
                     seen.add(normal(text))
@@ -242,7 +230,7 @@ def augment(generate, facts: list[Fact], kinds: dict[str, int], samples: int, he
                     counts[kind]["dropped"][reason] += 1
             passed.append(survivors)
         if score is not None and kind != "statements":
-            passed = _round_trip(score, margin, usable, passed, counts[kind]["dropped"], topic)
+            passed = _round_trip(score, margin, usable, passed, counts[kind]["dropped"])
         for fact, survivors in zip(usable, passed):
             kept = survivors[:wanted - 1 if kind == "statements" else wanted]
             counts[kind]["dropped"]["more than wanted"] += len(survivors) - len(kept)
@@ -271,16 +259,7 @@ def augment(generate, facts: list[Fact], kinds: dict[str, int], samples: int, he
                                               for k, v in counts.items()}, without)
 
 
-def named_topic(text: str, fact: Fact, topic: set[str]) -> str:
-    """The question as the round trip reads it: with the topic its row names and it left out put in front
-    ("Harbourline Ferries: How much is an adult single ticket?"), so the answer naming it is not judged
-    unlikely for that alone."""
-    missing = [term for term in fact.subject if term in topic and not contains_whole(text, term)]
-    return f"{', '.join(missing)}: {text}" if missing else text
-
-
-def _round_trip(score, margin: float, facts: list[Fact], passed: list[list[str]], dropped: Counter,
-                topic: set[str] = frozenset()) -> list[list[str]]:
+def _round_trip(score, margin: float, facts: list[Fact], passed: list[list[str]], dropped: Counter) -> list[list[str]]:
     """Each fact's questions that keep its answer within `margin` of the likelihood its own question gives
     it, and that fit its answer better than the answers of the RIVALS rows whose questions are most alike
     (each answer measured against its own question), likeliest first. A question about another fact of
@@ -290,13 +269,11 @@ def _round_trip(score, margin: float, facts: list[Fact], passed: list[list[str]]
                      key=lambda j: -len(content_words(facts[i].question) & content_words(facts[j].question)))[:RIVALS]
               for i in range(len(facts))]
     candidates = [(i, text) for i, texts in enumerate(passed) for text in texts]
-    judged = {(i, text): named_topic(text, facts[i], topic) for i, text in candidates}
-    scores = score([(fact.question, fact.answer) for fact in facts]
-                   + [(judged[i, text], facts[i].answer) for i, text in candidates])
+    scores = score([(fact.question, fact.answer) for fact in facts] + [(text, facts[i].answer) for i, text in candidates])
     own, gains = scores[:len(facts)], [s - scores[i] for (i, _), s in zip(candidates, scores[len(facts):])]
     close = [(i, text, gain) for (i, text), gain in zip(candidates, gains) if gain >= -margin]
     dropped["asks something else (round trip)"] += len(candidates) - len(close)
-    rival_scores = iter(score([(judged[i, text], facts[k].answer) for i, text, _ in close for k in rivals[i]]))
+    rival_scores = iter(score([(text, facts[k].answer) for i, text, _ in close for k in rivals[i]]))
     ranked: list[list[tuple[float, str]]] = [[] for _ in facts]
     for i, text, gain in close:
         rival_gains = [next(rival_scores) - own[k] for k in rivals[i]]  # all read: the scores are in order
