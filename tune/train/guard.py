@@ -175,11 +175,15 @@ class Guard(TrainerCallback):
         self.best_state = load_file(str(checkpoint / BEST_FILE)) if self.best is not None else None
 
     def _better(self, evaluation: Evaluation) -> bool:
-        """A higher score wins (a tie keeps the earlier, less trained one); without a score (probes only) the
-        latest passing one does."""
+        """A higher score wins; at the same score, the one that kept more of the probes (a 12-question
+        held-out check ties often, and the later evaluation is then as good on one measure and better on the
+        other); a tie on both keeps the earlier, less trained one. Without a score (probes only) the latest
+        passing one wins."""
         if self.best is None or evaluation.score is None or self.best.score is None:
             return self.best is None or evaluation.score is not None or self.best.score is None
-        return evaluation.score > self.best.score
+        if evaluation.score != self.best.score:
+            return evaluation.score > self.best.score
+        return None not in (evaluation.kept, self.best.kept) and evaluation.kept > self.best.kept
 
     def evaluation_at(self, step: int) -> Evaluation | None:
         """The evaluation of the weights at `step`, when one was made (the final answers need not be generated twice)."""
