@@ -4,8 +4,9 @@ hand-written rewordings the run never saw, on reverse questions, and on general 
 answers right (kept share = forgetting). Prints one table, each row with its wall time.
 
 An FAQ file holds one fact per row: {question, answer, expected, rewordings: [...], reverse?: {question,
-expected}}. Two are bundled: bench/faq/quillnote.jsonl (a made-up note app, written for this benchmark)
-and, built from data_templates/smollm2-domain, the co-op of the demo recipe (--faq coop).
+expected}}. Bundled: bench/faq/quillnote.jsonl (a made-up note app, written for this benchmark),
+bench/faq/harbourline.jsonl and bench/faq/kestrel.jsonl (a ferry line and an observatory, written apart from
+the method's settings) and, built from data_templates/smollm2-domain, the co-op of the demo recipe (--faq coop).
 
     python bench/faq_knowledge.py --faq bench/faq/quillnote.jsonl --variants plain,augment,augment+guard
 
