@@ -21,6 +21,20 @@ def scripted(replies: dict):
     return lambda conversations, limit: [(replies.get(c[-1]["content"], "I do not know"), True) for c in conversations]
 
 
+def lora_model(tiny_model):
+    """The tiny model with a rank-4 LoRA adapter: what the scripted guard tests save and restore."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tune.models.load import lora_config
+    from tune.recipe import AdapterSection
+
+    return get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), lora_config(AdapterSection(r=4)))
+
+
+NO_METRICS = type("Metrics", (), {"add": lambda self, record, max_steps: None})()
+
+
 def test_sets_are_sorted_by_the_base_and_the_training_rows_and_scored():
     evaluate = evaluator(SETS, ["Who founded Pipwick?", "When was Pipwick founded?"], None, 16)
     base = evaluate(scripted({"Capital of France?": "Paris.", "2 + 2?": "4", "Largest ocean?": "The Pacific."}), 0)
@@ -63,13 +77,10 @@ def test_the_guards_evaluations_leave_out_the_trained_questions_and_the_kept_one
 
 def test_the_guard_keeps_the_best_unseen_accuracy_within_the_bar_and_says_so(tiny_model):
     import torch
-    from peft import get_peft_model, get_peft_model_state_dict
-    from transformers import AutoModelForCausalLM, TrainerControl, TrainerState
+    from peft import get_peft_model_state_dict
+    from transformers import TrainerControl, TrainerState
 
-    from tune.models.load import lora_config
-    from tune.recipe import AdapterSection
-
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), lora_config(AdapterSection(r=4)))
+    model = lora_model(tiny_model)
     script = {2: (0.25, 1.0), 4: (0.75, 0.9), 6: (1.0, 0.5)}  # step: (unseen accuracy, kept)
     added, lines = [], []
     metrics = type("Metrics", (), {"add": lambda self, record, max_steps: added.append(record)})()
@@ -96,18 +107,13 @@ def test_the_guard_keeps_the_best_unseen_accuracy_within_the_bar_and_says_so(tin
 
 
 def test_at_the_same_unseen_accuracy_the_guard_keeps_the_evaluation_that_kept_more(tiny_model):
-    from peft import get_peft_model
-    from transformers import AutoModelForCausalLM, TrainerControl, TrainerState
+    from transformers import TrainerControl, TrainerState
 
-    from tune.models.load import lora_config
-    from tune.recipe import AdapterSection
-
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), lora_config(AdapterSection(r=4)))
+    model = lora_model(tiny_model)
     # a kestrel FAQ run: step 40 and the final both answered 11 of 12 held-out wordings, the final kept more
     script = {2: (0.5, 0.95), 4: (0.917, 0.86), 6: (0.917, 0.93), 8: (0.917, 0.93), 10: (0.833, 0.97)}
-    metrics = type("Metrics", (), {"add": lambda self, record, max_steps: None})()
     guard = Guard(lambda m, step: Evaluation(step, script[step][0], {"reworded": script[step][0]}, script[step][1]),
-                  every=2, min_kept_share=0.85, stop_after=None, metrics=metrics, echo=lambda line: None,
+                  every=2, min_kept_share=0.85, stop_after=None, metrics=NO_METRICS, echo=lambda line: None,
                   measure=UNSEEN_ACCURACY)
     state = TrainerState(max_steps=10)
     for step in range(1, 11):
@@ -121,13 +127,10 @@ def test_when_no_evaluation_keeps_the_bar_the_final_adapter_is_scaled_toward_the
     0.7 (the first within the bar) with exactly 0.7 times the final B weights and A untouched, and says so.
     With no factor within the bar the final weights stay as trained."""
     import torch
-    from peft import get_peft_model, get_peft_model_state_dict
-    from transformers import AutoModelForCausalLM, TrainerControl, TrainerState
+    from peft import get_peft_model_state_dict
+    from transformers import TrainerControl, TrainerState
 
-    from tune.models.load import lora_config
-    from tune.recipe import AdapterSection
-
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), lora_config(AdapterSection(r=4)))
+    model = lora_model(tiny_model)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if "lora_B" in name:
@@ -139,9 +142,8 @@ def test_when_no_evaluation_keeps_the_bar_the_final_adapter_is_scaled_toward_the
         return Evaluation(step, round(b / 2, 3), {"reworded": round(b / 2, 3)}, round(1.3 - 0.7 * b, 3))
 
     lines = []
-    metrics = type("Metrics", (), {"add": lambda self, record, max_steps: None})()
     for bar, expected_scale in ((0.79, 0.7), (0.95, None)):
-        guard = Guard(evaluate, every=2, min_kept_share=bar, stop_after=None, metrics=metrics, echo=lines.append,
+        guard = Guard(evaluate, every=2, min_kept_share=bar, stop_after=None, metrics=NO_METRICS, echo=lines.append,
                       measure=UNSEEN_ACCURACY, scales=(0.85, 0.7))
         state = TrainerState(max_steps=2)
         state.global_step = 2
@@ -169,13 +171,10 @@ def test_the_scaled_final_adapter_beats_a_barely_trained_evaluation_within_the_b
     but keeps too little. Scaled x0.7 it keeps the bar with 0.35, above step 2: that is kept. When the only
     passing factor scores below step 2 (x0.4: 0.2), step 2's weights are restored."""
     import torch
-    from peft import get_peft_model, get_peft_model_state_dict
-    from transformers import AutoModelForCausalLM, TrainerControl, TrainerState
+    from peft import get_peft_model_state_dict
+    from transformers import TrainerControl, TrainerState
 
-    from tune.models.load import lora_config
-    from tune.recipe import AdapterSection
-
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), lora_config(AdapterSection(r=4)))
+    model = lora_model(tiny_model)
 
     def set_b(value):
         with torch.no_grad():
@@ -187,9 +186,8 @@ def test_the_scaled_final_adapter_beats_a_barely_trained_evaluation_within_the_b
         b = next(p for n, p in m.named_parameters() if "lora_B" in n).flatten()[0].item()
         return Evaluation(step, round(b / 2, 3), {"reworded": round(b / 2, 3)}, round(1.3 - 0.7 * b, 3))
 
-    metrics = type("Metrics", (), {"add": lambda self, record, max_steps: None})()
     for scales, expected_b in (((0.85, 0.7), 0.7), ((0.4,), 0.5)):
-        guard = Guard(evaluate, every=2, min_kept_share=0.79, stop_after=None, metrics=metrics, echo=lambda line: None,
+        guard = Guard(evaluate, every=2, min_kept_share=0.79, stop_after=None, metrics=NO_METRICS, echo=lambda line: None,
                       measure=UNSEEN_ACCURACY, scales=scales)
         state = TrainerState(max_steps=4)
         for step, b in ((2, 0.5), (4, 1.0)):
