@@ -199,6 +199,29 @@ def test_keep_best_needs_evaluations_and_something_to_compare(tmp_path, out):
                                "data.probes, or data.augment with held-out rewordings (augment.heldout > 0)", out)
 
 
+def test_reviewed_augment_rows_that_are_missing_or_wrong(tiny_model, tmp_path, out):
+    path = write_recipe(tmp_path / "r.yaml", data={"augment": {"rows": "rows.jsonl"}})
+    expect_one_line(run(path), "data.augment.rows: no such file: rows.jsonl; write it with `tune data augment "
+                               "RECIPE --out rows.jsonl`", out)
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"kind": "statements", "text": "Thistlewick Co-op opens at 9.", "heldout": true}\n')
+    expect_one_line(run(path), f"{rows}:row 1: only rewordings can be held out; set 'heldout': false", out)
+    rows.write_text('{"kind": "rewording", "messages": []}\n')
+    expect_one_line(run(path), f"{rows}:row 1: 'kind' is 'rewording'; it must be one of rewordings, statements, "
+                               "reverse", out)
+    rows.write_text('{"kind": "rewordings", "messages": [{"role": "user", "content": "When does it open?"}]}\n')
+    expect_one_line(run(path), f"{rows}:row 1: needs 'messages': the question as a user turn, then the answer as "
+                               "the assistant turn", out)
+    rows.write_text('{"kind": "statements", "text": "Thistlewick Co-op opens at 9."}\n')
+    best = write_recipe(tmp_path / "r.yaml", data={"augment": {"rows": "rows.jsonl"}}, train={"keep": "best", "eval_steps": 4})
+    expect_one_line(run(best), f"train.keep: best: {rows} marks no rewording \"heldout\": true and there are no "
+                               "data.probes to compare evaluations by; mark some (about a quarter of each row's) or set "
+                               "train.keep: final", out)
+    both = write_recipe(tmp_path / "r.yaml", data={"augment": {"rows": "rows.jsonl", "model": "tiny-llama"}})
+    expect_one_line(run(both), f"{both}:{line_of(both, 'augment')}: data.augment: rows are trained as they stand "
+                               "and model would write none; remove model (or rows, to generate again)", out)
+
+
 def test_an_augment_model_that_cannot_be_found(tiny_model, tmp_path, out):
     path = write_recipe(tmp_path / "r.yaml", data={"augment": {"model": "./models/nope"}})
     expect_one_line(run(path), "data.augment.model: no such folder: ./models/nope", out)

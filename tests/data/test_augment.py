@@ -200,5 +200,7 @@ def test_tune_data_augment_writes_the_rows_a_run_would_train(tiny_model, tmp_pat
         ("rewordings", "Who was the founder of Thistlewick Co-op?"),
         ("rewordings", "Which person started Thistlewick Co-op?"),
         ("statements", FOUNDED.answer), ("statements", "Ottilie Marchetti founded Thistlewick Co-op in 1931.")]
-    assert result.stdout.startswith("augment: 1 rows -> 4 more training examples; rewordings 2 kept") and \
-        result.stdout.rstrip().endswith(f"wrote {tmp_path / 'rows.jsonl'}")
+    written, hint = result.stdout.rstrip().split("\n")
+    assert written.startswith("augment: 1 rows -> 4 more training examples; rewordings 2 kept") and \
+        written.endswith(f"wrote {tmp_path / 'rows.jsonl'}")
+    assert hint == f"review it (cut, fix or add rows), then `data.augment.rows: {tmp_path / 'rows.jsonl'}` trains it as it stands"

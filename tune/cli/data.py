@@ -82,6 +82,8 @@ def data_augment(recipe: Path = typer.Argument(help="Recipe YAML file with a dat
     except TuneError as exc:
         fail(exc)
     out.print(f"{note}; wrote {out_file}", markup=False)
+    out.print(f"review it (cut, fix or add rows), then `data.augment.rows: {out_file}` trains it as it stands",
+              markup=False)
 
 
 def _tokenizer(recipe):

@@ -317,17 +317,7 @@ def make_augment(generate, score, tokenizer, template: str, data, rows: list[tup
     facts = facts_of(rows, FORMATS[data.format].messages, data)
     result = augment(generate, facts, kinds, settings.samples, settings.heldout, seed,
                      score if settings.round_trip is not None else None, settings.round_trip or 0.0)
-    examples = []
-    for number, row in enumerate(result.trained, start=1):
-        if "text" in row:
-            ids = tokenizer(row["text"], add_special_tokens=False)["input_ids"][:data.max_length - 1]
-            ids = ids + [tokenizer.eos_token_id]
-            examples.append({"input_ids": ids, "labels": list(ids)})
-            continue
-        example = fit_length(tokenize(row["messages"], tokenizer, template, data.train_on, data.max_length),
-                             data.max_length, "drop", f"augment row {number}", report)
-        if example is not None:
-            examples.append({"input_ids": example.input_ids, "labels": example.labels})
+    examples = examples_of(result.trained, tokenizer, template, data, report)
     parts = []
     for kind, count in result.counts.items():
         dropped = ", ".join(f"{n} {reason}" for reason, n in sorted(count["dropped"].items(), key=lambda x: -x[1]))
@@ -340,3 +330,20 @@ def make_augment(generate, score, tokenizer, template: str, data, rows: list[tup
     fingerprint = {"settings": settings.model_dump(mode="json"), "counts": result.counts,
                    "rows_without": result.facts_without, "heldout": held, "examples": len(examples), "sha256": digest}
     return Augment(result.rows, examples, result.heldout, note, fingerprint)
+
+
+def examples_of(trained: list[dict], tokenizer, template: str, data, report) -> list[dict]:
+    """Rows to train on, tokenized: conversations as the user's rows are, statements as plain text with every
+    token trained (documents beside the questions)."""
+    examples = []
+    for number, row in enumerate(trained, start=1):
+        if "text" in row:
+            ids = tokenizer(row["text"], add_special_tokens=False)["input_ids"][:data.max_length - 1]
+            ids = ids + [tokenizer.eos_token_id]
+            examples.append({"input_ids": ids, "labels": list(ids)})
+            continue
+        example = fit_length(tokenize(row["messages"], tokenizer, template, data.train_on, data.max_length),
+                             data.max_length, "drop", f"augment row {number}", report)
+        if example is not None:
+            examples.append({"input_ids": example.input_ids, "labels": example.labels})
+    return examples

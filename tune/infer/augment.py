@@ -24,6 +24,9 @@ def augment_file(recipe, recipe_dir: Path, out: Path, echo) -> str:
     if recipe.data.augment is None:
         raise TuneError("data.augment: the recipe has no augment section; add `augment: {}` under data (defaults: "
                         "4 rewordings and 2 statements per row)")
+    if recipe.data.augment.rows:
+        raise TuneError(f"data.augment.rows: the recipe trains the reviewed rows of {recipe.data.augment.rows} as they "
+                        "stand; to generate new ones add --set data.augment.rows=null")
     source = model_source(recipe.model, echo)
     tokenizer = load_tokenizer(recipe.model, source)
     template, _ = resolve_template(recipe.data.template, tokenizer, recipe_dir)

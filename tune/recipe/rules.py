@@ -49,6 +49,9 @@ def method_problem(recipe) -> str | None:
     if data.augment is not None and data.format not in accepts.augment:
         return (f"data.augment: rewrites question-and-answer rows (train.method: sft on instruction or chat data), "
                 f"not {method} on {data.format} data; remove data.augment")
+    if data.augment is not None and data.augment.rows and data.augment.model:
+        return ("data.augment: rows are trained as they stand and model would write none; remove model (or rows, "
+                "to generate again)")
     if recipe.train.epochs == "auto" and method != "sft":
         return f"train.epochs: auto sizes SFT by the rows each fact has; give train.method: {method} a number"
     if recipe.train.keep == "best":
@@ -111,7 +114,7 @@ def _keep_best_problem(recipe) -> str | None:
     if recipe.train.eval_steps is None:
         return "train.keep: best compares evaluations made every train.eval_steps; set train.eval_steps"
     augment = recipe.data.augment
-    if not recipe.data.probes and not (augment and augment.rewordings and augment.heldout):
+    if not recipe.data.probes and not (augment and (augment.rows or augment.rewordings and augment.heldout)):
         return ("train.keep: best needs something to compare: data.probes, or data.augment with held-out "
                 "rewordings (augment.heldout > 0)")
     return None

@@ -61,6 +61,7 @@ class AugmentSection(Section):
     samples: int = Field(12, ge=1, le=64, description="Candidates sampled per row and kind; the filters keep the usable ones.")
     round_trip: float | None = Field(0.5, ge=0.0, le=10.0, description="Keep a rewording or reverse question only when the generator finds the row's answer after it at most this many nats per token less likely than after the row's own question (it asks the same thing); the likeliest are kept first; null = off.")
     model: str | None = Field(None, description="The generator: any model name tune resolves (folder, hub id, GGUF, packaged); default the base being tuned.")
+    rows: str | None = Field(None, description="A file `tune data augment` wrote, after your review (rows cut, fixed or added; `heldout: true` marks the unseen-wording check): trained as it stands, nothing generated; null = generate.")
     temperature: float = Field(1.0, gt=0, le=2.0, description="Sampling temperature of the generator.")
     top_p: float = Field(0.95, gt=0, le=1.0, description="Nucleus sampling mass of the generator.")
     max_new_tokens: int = Field(48, ge=8, le=512, description="Longest candidate in tokens.")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tune.data import probes
 from tune.data.augment import make_augment
+from tune.data.augment_rows import read_rows, reviewed_augment
 from tune.data.prepare import prepare
 from tune.data.replay import make_replay
 from tune.data.templates import resolve_template
@@ -41,6 +42,10 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     template, template_label = resolve_template(recipe.data.template, tokenizer, run.recipe_dir)
     tokenizer.chat_template = template  # probes, replay and the saved adapter render prompts as training does
     data = prepare(recipe.data, tokenizer, template, run.recipe_dir, recipe.train.seed)
+    augmented, users = None, len(data.train)
+    if recipe.data.augment and recipe.data.augment.rows:  # reviewed rows: read and checked before the model loads
+        augmented = reviewed_augment(*read_rows(recipe.data.augment.rows, run.recipe_dir), tokenizer, template,
+                                     recipe.data, data.train_rows, data.report, recipe.train.keep == "best")
     generator = generator_source(recipe, run.echo)
 
     # ---- the model, and what the base says before training: rewordings and statements, probe answers and
@@ -49,11 +54,11 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     model = load_model(recipe.model, run.source, recipe.train.gradient_checkpointing, sharded=run.sharded,
                        packed=recipe.data.packing)
     base_answer = base_answerer(model, tokenizer, recipe, run.source, template)
-    augmented, users = None, len(data.train)
-    if recipe.data.augment:
+    if recipe.data.augment and not augmented:
         generate, score = augment_generator(model, tokenizer, recipe, run.source, template, run.echo, generator)
         augmented = make_augment(generate, score, tokenizer, template, recipe.data, data.train_rows, recipe.train.seed,
                                  data.report)
+    if augmented:
         data.train += augmented.examples
         data.fingerprint["augment"] = augmented.fingerprint
         data.notes.append(augmented.note)
