@@ -139,7 +139,9 @@ def test_augmented_rows_train_and_the_guard_keeps_the_best_unseen_accuracy(tiny_
     assert [r["question"] for r in record["rows"]] == held and summary["probes"]["augment-heldout"]["questions"] == 8
     evaluations = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "unseen_accuracy" in r]
     assert [r["step"] for r in evaluations] == [4, 8]
-    best = max(evaluations, key=lambda r: r["unseen_accuracy"])  # a tie keeps the earlier step
+    assert all(isinstance(r["unseen_likelihood"], float) for r in evaluations)
+    # at the same accuracy the likelier held-out answers win; a tie on both keeps the earlier step
+    best = max(evaluations, key=lambda r: (r["unseen_accuracy"], r["unseen_likelihood"]))
     assert summary["kept"].startswith(f"kept step {best['step']}: unseen-wording accuracy" if best["step"] == 4
                                       else "kept the final weights (step 8): the highest unseen-wording accuracy")
     assert summary["unseen_accuracy_tuned"] == best["unseen_accuracy"]

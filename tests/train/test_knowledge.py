@@ -204,3 +204,64 @@ def test_the_scaled_final_adapter_beats_a_barely_trained_evaluation_within_the_b
             assert kept.scale == 0.7
         else:
             assert message.startswith("kept step 2: unseen-wording accuracy 0.250") and kept.step == 2
+
+
+def test_the_evaluator_scores_the_likelihood_of_the_unseen_sets_whose_answers_it_knows():
+    """Only the held-out rewordings carry full answers; the trained and known sets are not scored."""
+    held = ProbeSet("augment-heldout", None, ["Who set up Pipwick?", "Pipwick opened in which year?"], [["Ada"], ["1931"]],
+                    ["Pipwick was founded by Ada.", "Pipwick opened in 1931."])
+    sets = [TRAINED, REWORDED, held, GENERAL]
+    evaluate = evaluator(sets, TRAINED.questions, None, 16)
+    base = evaluate(scripted({"Capital of France?": "Paris", "2 + 2?": "4", "Largest ocean?": "Pacific"}), 0)
+    asked = []
+
+    def likelihood(pairs):
+        asked.extend(pairs)
+        return [-0.5, -1.5]
+
+    tuned = evaluate(scripted({"Who set up Pipwick?": "Ada", "Capital of France?": "Paris"}), 4, base, True, likelihood)
+    assert asked == list(zip(held.questions, held.answers)) and tuned.likelihood == -1.0
+    assert tuned.score == 1 / 4 and evaluate(scripted({}), 4, base, True).likelihood is None
+
+
+def test_at_the_same_accuracy_the_likelier_held_out_answers_win_and_the_final_is_scaled_for_them(tiny_model):
+    """Scripted from an observatory run with reviewed rows: its 8 held-out rewordings were all answered right
+    from step 40 on, and the later adapters differed only in how likely they found the answers. At the same
+    accuracy the likelier wins (before the kept share); the final, as accurate as the best within the bar but
+    likelier and under the bar, is scaled toward the base and kept when the scaled one is still likelier."""
+    import torch
+    from transformers import TrainerControl, TrainerState
+
+    model = lora_model(tiny_model)
+    script = {2: (0.5, 0.95, -2.0), 4: (1.0, 0.90, -1.2), 6: (1.0, 0.86, -0.8), 8: (1.0, 0.95, -0.8)}
+    guard = Guard(lambda m, step: Evaluation(step, script[step][0], {}, script[step][1], likelihood=script[step][2]),
+                  every=2, min_kept_share=0.85, stop_after=None, metrics=NO_METRICS, echo=lambda line: None,
+                  measure=UNSEEN_ACCURACY)
+    state = TrainerState(max_steps=8)
+    for step in range(1, 9):
+        state.global_step = step
+        guard.on_step_end(None, state, TrainerControl(), model=model)
+    assert guard.best.step == 8  # 6 beat 4 on likelihood though it kept less; 8 ties 6 there and kept more
+
+    def set_b(value):
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if "lora_B" in name:
+                    parameter.fill_(value)
+
+    def evaluate(m, step):  # every adapter answers all 8; likelihood -1.5 + b, kept share 1.3 - 0.5 b
+        b = next(p for n, p in m.named_parameters() if "lora_B" in n).flatten()[0].item()
+        return Evaluation(step, 1.0, {}, round(1.3 - 0.5 * b, 3), likelihood=round(-1.5 + b, 3))
+
+    guard = Guard(evaluate, every=2, min_kept_share=0.85, stop_after=None, metrics=NO_METRICS, echo=lambda line: None,
+                  measure=UNSEEN_ACCURACY, scales=(0.85,))
+    state = TrainerState(max_steps=4)
+    for step, b in ((2, 0.5), (4, 1.0)):
+        set_b(b)
+        state.global_step = step
+        guard.on_step_end(None, state, TrainerControl(), model=model)
+    message, kept = guard.restore_best(model)
+    assert kept.scale == 0.85 and message == (
+        "kept the final weights (step 4) scaled x0.85 toward the base: above step 2's 1.000, the best evaluation "
+        "within the bar (as accurate, held-out answers likelier: -0.650 against -1.000 nats per token) (final: "
+        "accuracy 1.000, probes kept 80%); scaled: accuracy 1.000, probes kept 88%")

@@ -208,7 +208,7 @@ def augment(generate, facts: list[Fact], kinds: dict[str, int], samples: int, he
     score(pairs) -> how likely the generator finds each (question, answer) pair's answer after its question:
     a question it makes the row's answer `margin` nats per token less likely than the row's own question
     does asks something else, and is dropped (the round trip); the likeliest are kept first."""
-    rows, trained, held_questions, held_expected = [], [], [], []
+    rows, trained, held_questions, held_expected, held_answers = [], [], [], [], []
     counts = {kind: {"kept": 0, "dropped": Counter()} for kind in kinds}
     without = {kind: 0 for kind in kinds}
     rng = random.Random(seed)
@@ -252,9 +252,10 @@ def augment(generate, facts: list[Fact], kinds: dict[str, int], samples: int, he
                 if i in held:
                     held_questions.append(text)
                     held_expected.append([fact.expected])
+                    held_answers.append(fact.answer)
                 else:
                     trained.append(row)
-    heldout = ProbeSet("augment-heldout", None, held_questions, held_expected) if held_questions else None
+    heldout = ProbeSet("augment-heldout", None, held_questions, held_expected, held_answers) if held_questions else None
     return Augmented(rows, trained, heldout, {k: {"kept": v["kept"], "dropped": {r: n for r, n in v["dropped"].items() if n}}
                                               for k, v in counts.items()}, without)
 

@@ -79,7 +79,7 @@ def reviewed_augment(path: Path, rows: list[dict], tokenizer, template: str, dat
     right when it names what its fact's answer adds to the fact's own question (the row's own question
     and answer when its answer is none of the training rows')."""
     by_answer = {normal(fact.answer): fact for fact in facts_of(train_rows, FORMATS[data.format].messages, data)}
-    questions, expected, problems = [], [], []
+    questions, expected, answers, problems = [], [], [], []
     for number, row in enumerate(rows, start=1):
         if not row["heldout"]:
             continue
@@ -89,6 +89,7 @@ def reviewed_augment(path: Path, rows: list[dict], tokenizer, template: str, dat
             problems.append(f"{path}: held-out row {number}: its answer names nothing to check it by; set 'heldout': false")
         questions.append(question)
         expected.append([fact.expected])
+        answers.append(answer)
     if keep_best and not questions and not data.probes:
         problems.append(f"train.keep: best: {path} marks no rewording \"heldout\": true and there are no data.probes "
                         "to compare evaluations by; mark some (about a quarter of each row's) or set train.keep: final")
@@ -104,5 +105,5 @@ def reviewed_augment(path: Path, rows: list[dict], tokenizer, template: str, dat
             + f"; {len(questions)} rewordings held out as the unseen-wording check")
     fingerprint = {"rows_file": str(path), "counts": dict(counts), "heldout": len(questions), "examples": len(examples),
                    "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
-    heldout = ProbeSet("augment-heldout", None, questions, expected) if questions else None
+    heldout = ProbeSet("augment-heldout", None, questions, expected, answers) if questions else None
     return Augment(rows, examples, heldout, note, fingerprint)

@@ -22,6 +22,7 @@ class ProbeSet:
     path: Path
     questions: list[str]
     expected: list[list[str]]  # acceptable strings per question
+    answers: list[str] | None = None  # each question's full answer, when known (held-out rewordings): scored by likelihood
 
 
 def load_probe_sets(specs: list[str], recipe_dir: Path | None) -> list[ProbeSet]:

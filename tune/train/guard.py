@@ -54,6 +54,7 @@ class Evaluation:
     probe_answers: list[list[str]] = field(default_factory=list)
     unanswered: list[str] = field(default_factory=list)  # probe sets left out (their answers blank): shown only
     scale: float | None = None  # the adapter's B matrices times this (tune/train/scaling.py); None: as trained
+    likelihood: float | None = None  # SFT: the held-out answers' mean log-probability per token after their questions
 
 
 class Guard(TrainerCallback):
@@ -108,6 +109,8 @@ class Guard(TrainerCallback):
             record |= {f"{self.measure.parts}/{name}": value for name, value in evaluation.per_function.items()}
             if evaluation.kept is not None:
                 record["probes_kept"] = evaluation.kept
+            if evaluation.likelihood is not None:
+                record["unseen_likelihood"] = evaluation.likelihood
             self.metrics.add(record, state.max_steps)
         if self.passes(evaluation):
             self.below = 0
@@ -175,14 +178,15 @@ class Guard(TrainerCallback):
         self.best_state = load_file(str(checkpoint / BEST_FILE)) if self.best is not None else None
 
     def _better(self, evaluation: Evaluation) -> bool:
-        """A higher score wins; at the same score, the one that kept more of the probes (a 12-question
-        held-out check ties often, and the later evaluation is then as good on one measure and better on the
-        other); a tie on both keeps the earlier, less trained one. Without a score (probes only) the latest
-        passing one wins."""
+        """A higher score wins; at the same score the likelier held-out answers (SFT), then the one that kept
+        more of the probes (a 12-question held-out check ties often: answered all right from an early step on,
+        the later adapters still differ); a tie on all keeps the earlier, less trained one. Without a score
+        (probes only) the latest passing one wins."""
         if self.best is None or evaluation.score is None or self.best.score is None:
             return self.best is None or evaluation.score is not None or self.best.score is None
-        if evaluation.score != self.best.score:
-            return evaluation.score > self.best.score
+        ahead = _ahead(evaluation, self.best)
+        if ahead is not None:
+            return ahead
         return None not in (evaluation.kept, self.best.kept) and evaluation.kept > self.best.kept
 
     def evaluation_at(self, step: int) -> Evaluation | None:
@@ -203,7 +207,8 @@ class Guard(TrainerCallback):
                 scale, evaluation = rescued
                 measure = self.measure.name.split()[-1]
                 why = (f"no evaluation kept {self.min_kept_share:.0%} of the {self.kept_of}" if self.best is None else
-                       f"above step {self.best.step}'s {shown(self.best.score)}, the best evaluation within the bar")
+                       f"above step {self.best.step}'s {shown(self.best.score)}, the best evaluation within the bar"
+                       + _likelier(evaluation, self.best))
                 return (f"kept the final weights (step {final.step}) scaled x{scale:g} toward the base: {why} (final: "
                         f"{measure} {shown(final.score)}{_kept_text(final, self.kept_of)}); scaled: {measure} "
                         f"{shown(evaluation.score)}{_kept_text(evaluation, self.kept_of)}"), evaluation
@@ -231,11 +236,29 @@ class Guard(TrainerCallback):
         return f"; the next higher, step {above.step}, reached {shown(above.score)}{kept}"
 
 
+def _ahead(evaluation: Evaluation, other: Evaluation) -> bool | None:
+    """Whether the evaluation measures above the other: its score, then at the same score its likelihood;
+    None when neither tells them apart."""
+    if evaluation.score != other.score:
+        return evaluation.score > other.score
+    if None in (evaluation.likelihood, other.likelihood) or evaluation.likelihood == other.likelihood:
+        return None
+    return evaluation.likelihood > other.likelihood
+
+
 def _above(evaluation: Evaluation, best: Evaluation | None) -> bool:
-    """The evaluation scores higher than the best one within the bar (any score does, when there is none)."""
+    """The evaluation measures higher than the best one within the bar (any score does, when there is none)."""
     if best is None or best.score is None:
         return True
-    return evaluation.score is not None and evaluation.score > best.score
+    return evaluation.score is not None and bool(_ahead(evaluation, best))
+
+
+def _likelier(evaluation: Evaluation, other: Evaluation) -> str:
+    """At the same score, what told them apart."""
+    if evaluation.score != other.score or None in (evaluation.likelihood, other.likelihood):
+        return ""
+    return (f" (as accurate, held-out answers likelier: {evaluation.likelihood:.3f} against {other.likelihood:.3f} "
+            "nats per token)")
 
 
 def _kept_text(evaluation: Evaluation, kept_of: str = "probes") -> str:

@@ -28,12 +28,16 @@ def trained_sets(sets: list[probes.ProbeSet], trained_questions: list[str]) -> s
 
 def evaluator(sets: list[probes.ProbeSet], trained_questions: list[str], system_prompt: str | None,
               max_new_tokens: int):
-    """evaluate(answer, step, base=None, guarded_only=False) -> Evaluation; the base's own evaluation sorts
-    the sets. guarded_only (the guard's evaluations during training) leaves out the trained sets the base
-    does not know: they decide nothing, and only the kept adapter's answers to them are shown (complete)."""
+    """evaluate(answer, step, base=None, guarded_only=False, likelihood=None) -> Evaluation; the base's own
+    evaluation sorts the sets. guarded_only (the guard's evaluations during training) leaves out the trained
+    sets the base does not know: they decide nothing, and only the kept adapter's answers to them are shown
+    (complete). likelihood(pairs) -> the mean log-probability per token of each (question, answer) pair's
+    answer: given, it scores the unseen sets whose full answers are known (the held-out rewordings), the
+    guard's finer reading where a dozen questions answered right tie."""
     trained = trained_sets(sets, trained_questions)
 
-    def evaluate(answer, step, base: Evaluation | None = None, guarded_only: bool = False) -> Evaluation:
+    def evaluate(answer, step, base: Evaluation | None = None, guarded_only: bool = False,
+                 likelihood=None) -> Evaluation:
         left_out = trained - set(probes.known(_base_shares(sets, base))) if guarded_only and base else set()
         answered = iter(probes.answer_sets(answer, [s for s in sets if s.name not in left_out], system_prompt,
                                            max_new_tokens))
@@ -44,9 +48,11 @@ def evaluator(sets: list[probes.ProbeSet], trained_questions: list[str], system_
         right = sum(shares[name]["tuned_correct"] for name in unseen)
         asked = sum(shares[name]["questions"] for name in unseen)
         kept = probes.kept_share(sets, base.probe_answers, answers) if base else None
+        pairs = [pair for s in sets if s.name in unseen and s.answers for pair in zip(s.questions, s.answers)]
+        likely = likelihood(pairs) if likelihood and pairs else None
         return Evaluation(step, right / asked if asked else None,
                           {name: shares[name]["tuned_share"] for name in unseen}, kept, probe_answers=answers,
-                          unanswered=sorted(left_out))
+                          unanswered=sorted(left_out), likelihood=sum(likely) / len(likely) if likely else None)
     return evaluate
 
 

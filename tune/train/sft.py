@@ -16,7 +16,7 @@ from tune.data.augment_rows import read_rows, reviewed_augment
 from tune.data.prepare import prepare
 from tune.data.replay import make_replay
 from tune.data.templates import resolve_template
-from tune.infer.answer_cache import augment_generator, base_answerer, generator_source
+from tune.infer.answer_cache import augment_generator, base_answerer, generator_source, round_trip_scorer
 from tune.models.load import load_model, load_tokenizer, lora_config
 from tune.output import write_text
 from tune.recipe import Recipe
@@ -99,7 +99,8 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         # Length-grouped batches cut the padding computed when rows are not packed.
         train_sampling_strategy="group_by_length" if recipe.data.group_by_length and not recipe.data.packing else "random",
     )
-    measure = benchmarks.kept_by_tasks(lambda policy, step: evaluate(answerer(policy, tokenizer), step, before, True),
+    measure = benchmarks.kept_by_tasks(lambda policy, step: evaluate(answerer(policy, tokenizer), step, before, True,
+                                                                     round_trip_scorer(policy, tokenizer, template)),
                                        run.tasks, recipe, tokenizer, base_items)
     guard = Guard(measure, recipe.train.eval_steps, recipe.train.min_kept_share, recipe.train.stop_after, run.metrics,
                   run.echo, UNSEEN_ACCURACY, kept_of=benchmarks.kept_of(base_items), scales=scaling.SCALES)
