@@ -220,28 +220,38 @@ def test_the_evaluator_scores_the_likelihood_of_the_unseen_sets_whose_answers_it
         return [-0.5, -1.5]
 
     tuned = evaluate(scripted({"Who set up Pipwick?": "Ada", "Capital of France?": "Paris"}), 4, base, True, likelihood)
-    assert asked == list(zip(held.questions, held.answers)) and tuned.likelihood == -1.0
+    assert asked == list(zip(held.questions, held.answers)) and tuned.likelihoods == [-0.5, -1.5]
+    assert tuned.likelihood == -1.0
     assert tuned.score == 1 / 4 and evaluate(scripted({}), 4, base, True).likelihood is None
 
 
-def test_at_the_same_accuracy_the_likelier_held_out_answers_win_and_the_final_is_scaled_for_them(tiny_model):
+def likelihoods(mean: float, noise: float = 0.0) -> list[float]:
+    """8 held-out answers' log-probabilities around `mean`; `noise` moves them up and down by turns."""
+    return [round(mean + (noise if i % 2 else -noise), 3) for i in range(8)]
+
+
+def test_at_the_same_accuracy_clearly_likelier_held_out_answers_win_and_the_final_is_scaled_for_them(tiny_model):
     """Scripted from an observatory run with reviewed rows: its 8 held-out rewordings were all answered right
-    from step 40 on, and the later adapters differed only in how likely they found the answers. At the same
-    accuracy the likelier wins (before the kept share); the final, as accurate as the best within the bar but
-    likelier and under the bar, is scaled toward the base and kept when the scaled one is still likelier."""
+    from step 40 on, and the later adapters differed in how likely they found the answers. At the same
+    accuracy clearly likelier answers win (before the kept share); a difference within twice its standard
+    error is a tie, and the kept share decides. The final, as accurate as the best within the bar but
+    clearly likelier and under the bar, is scaled toward the base and kept; only a little likelier, it is not."""
     import torch
     from transformers import TrainerControl, TrainerState
 
     model = lora_model(tiny_model)
-    script = {2: (0.5, 0.95, -2.0), 4: (1.0, 0.90, -1.2), 6: (1.0, 0.86, -0.8), 8: (1.0, 0.95, -0.8)}
-    guard = Guard(lambda m, step: Evaluation(step, script[step][0], {}, script[step][1], likelihood=script[step][2]),
+    script = {2: (0.5, 0.95, likelihoods(-2.0)), 4: (1.0, 0.90, likelihoods(-0.8)), 6: (1.0, 0.95, likelihoods(-1.2)),
+              8: (1.0, 0.86, likelihoods(-0.5)), 10: (1.0, 0.99, likelihoods(-0.5, noise=0.3))}
+    guard = Guard(lambda m, step: Evaluation(step, script[step][0], {}, script[step][1], likelihoods=script[step][2]),
                   every=2, min_kept_share=0.85, stop_after=None, metrics=NO_METRICS, echo=lambda line: None,
                   measure=UNSEEN_ACCURACY)
-    state = TrainerState(max_steps=8)
-    for step in range(1, 9):
+    state = TrainerState(max_steps=10)
+    for step in range(1, 11):
         state.global_step = step
         guard.on_step_end(None, state, TrainerControl(), model=model)
-    assert guard.best.step == 8  # 6 beat 4 on likelihood though it kept less; 8 ties 6 there and kept more
+    # 6 kept more than 4 but found the answers less likely; 8 likelier though it kept less; 10 only as likely
+    # as 8 (its answers 0.3 up and down) and kept more
+    assert guard.best.step == 10
 
     def set_b(value):
         with torch.no_grad():
@@ -249,19 +259,24 @@ def test_at_the_same_accuracy_the_likelier_held_out_answers_win_and_the_final_is
                 if "lora_B" in name:
                     parameter.fill_(value)
 
-    def evaluate(m, step):  # every adapter answers all 8; likelihood -1.5 + b, kept share 1.3 - 0.5 b
-        b = next(p for n, p in m.named_parameters() if "lora_B" in n).flatten()[0].item()
-        return Evaluation(step, 1.0, {}, round(1.3 - 0.5 * b, 3), likelihood=round(-1.5 + b, 3))
+    for noise, expected_scale in ((0.0, 0.85), (1.0, None)):
+        def evaluate(m, step):  # every adapter answers all 8; likelihood -1.5 + b, kept share 1.2 - 0.4 b
+            b = next(p for n, p in m.named_parameters() if "lora_B" in n).flatten()[0].item()
+            return Evaluation(step, 1.0, {}, round(1.2 - 0.4 * b, 3),
+                              likelihoods=likelihoods(round(-1.5 + b, 3), noise if step == 4 else 0.0))
 
-    guard = Guard(evaluate, every=2, min_kept_share=0.85, stop_after=None, metrics=NO_METRICS, echo=lambda line: None,
-                  measure=UNSEEN_ACCURACY, scales=(0.85,))
-    state = TrainerState(max_steps=4)
-    for step, b in ((2, 0.5), (4, 1.0)):
-        set_b(b)
-        state.global_step = step
-        guard.on_step_end(None, state, TrainerControl(), model=model)
-    message, kept = guard.restore_best(model)
-    assert kept.scale == 0.85 and message == (
-        "kept the final weights (step 4) scaled x0.85 toward the base: above step 2's 1.000, the best evaluation "
-        "within the bar (as accurate, held-out answers likelier: -0.650 against -1.000 nats per token) (final: "
-        "accuracy 1.000, probes kept 80%); scaled: accuracy 1.000, probes kept 88%")
+        guard = Guard(evaluate, every=2, min_kept_share=0.85, stop_after=None, metrics=NO_METRICS,
+                      echo=lambda line: None, measure=UNSEEN_ACCURACY, scales=(0.85,))
+        state = TrainerState(max_steps=4)
+        for step, b in ((2, 0.5), (4, 1.0)):
+            set_b(b)
+            state.global_step = step
+            guard.on_step_end(None, state, TrainerControl(), model=model)
+        message, kept = guard.restore_best(model)
+        if expected_scale is None:
+            assert kept.step == 2 and kept.scale is None and message.startswith("kept step 2: ")
+            continue
+        assert kept.scale == 0.85 and message == (
+            "kept the final weights (step 4) scaled x0.85 toward the base: above step 2's 1.000, the best evaluation "
+            "within the bar (as accurate, held-out answers likelier: -0.650 against -1.000 nats per token) (final: "
+            "accuracy 1.000, probes kept 80%); scaled: accuracy 1.000, probes kept 86%")

@@ -54,7 +54,12 @@ class Evaluation:
     probe_answers: list[list[str]] = field(default_factory=list)
     unanswered: list[str] = field(default_factory=list)  # probe sets left out (their answers blank): shown only
     scale: float | None = None  # the adapter's B matrices times this (tune/train/scaling.py); None: as trained
-    likelihood: float | None = None  # SFT: the held-out answers' mean log-probability per token after their questions
+    likelihoods: list[float] = field(default_factory=list)  # SFT: each held-out answer's log-probability per token
+
+    @property
+    def likelihood(self) -> float | None:
+        """The held-out answers' mean log-probability per token after their questions (SFT)."""
+        return sum(self.likelihoods) / len(self.likelihoods) if self.likelihoods else None
 
 
 class Guard(TrainerCallback):
@@ -178,16 +183,10 @@ class Guard(TrainerCallback):
         self.best_state = load_file(str(checkpoint / BEST_FILE)) if self.best is not None else None
 
     def _better(self, evaluation: Evaluation) -> bool:
-        """A higher score wins; at the same score the likelier held-out answers (SFT), then the one that kept
-        more of the probes (a 12-question held-out check ties often: answered all right from an early step on,
-        the later adapters still differ); a tie on all keeps the earlier, less trained one. Without a score
-        (probes only) the latest passing one wins."""
+        """_preferred; without a score (probes only) the latest passing one wins."""
         if self.best is None or evaluation.score is None or self.best.score is None:
             return self.best is None or evaluation.score is not None or self.best.score is None
-        ahead = _ahead(evaluation, self.best)
-        if ahead is not None:
-            return ahead
-        return None not in (evaluation.kept, self.best.kept) and evaluation.kept > self.best.kept
+        return _preferred(evaluation, self.best)
 
     def evaluation_at(self, step: int) -> Evaluation | None:
         """The evaluation of the weights at `step`, when one was made (the final answers need not be generated twice)."""
@@ -203,12 +202,12 @@ class Guard(TrainerCallback):
 
             rescued = toward_base(model, lambda: self.evaluate(model, final.step), self.passes, self.scales, self.echo,
                                   self.kept_of)
-            if rescued is not None and _above(rescued[1], self.best):
+            if rescued is not None and (self.best is None or self.best.score is None or _preferred(rescued[1], self.best)):
                 scale, evaluation = rescued
                 measure = self.measure.name.split()[-1]
                 why = (f"no evaluation kept {self.min_kept_share:.0%} of the {self.kept_of}" if self.best is None else
                        f"above step {self.best.step}'s {shown(self.best.score)}, the best evaluation within the bar"
-                       + _likelier(evaluation, self.best))
+                       + _tie_text(evaluation, self.best))
                 return (f"kept the final weights (step {final.step}) scaled x{scale:g} toward the base: {why} (final: "
                         f"{measure} {shown(final.score)}{_kept_text(final, self.kept_of)}); scaled: {measure} "
                         f"{shown(evaluation.score)}{_kept_text(evaluation, self.kept_of)}"), evaluation
@@ -236,29 +235,50 @@ class Guard(TrainerCallback):
         return f"; the next higher, step {above.step}, reached {shown(above.score)}{kept}"
 
 
-def _ahead(evaluation: Evaluation, other: Evaluation) -> bool | None:
-    """Whether the evaluation measures above the other: its score, then at the same score its likelihood;
-    None when neither tells them apart."""
+def _likelier(evaluation: Evaluation, other: Evaluation) -> bool | None:
+    """Whether the evaluation finds the same held-out answers likelier than the other: the mean of the paired
+    per-answer differences, when it is more than twice its standard error (a dozen answers move by a few
+    hundredths of a nat between evaluations by chance); None when that does not tell them apart."""
+    pairs = list(zip(evaluation.likelihoods, other.likelihoods))
+    if len(pairs) < 2 or len(evaluation.likelihoods) != len(other.likelihoods):
+        return None
+    differences = [a - b for a, b in pairs]
+    mean = sum(differences) / len(differences)
+    spread = (sum((d - mean) ** 2 for d in differences) / (len(differences) - 1)) ** 0.5
+    return None if abs(mean) <= 2 * spread / len(differences) ** 0.5 else mean > 0
+
+
+def _preferred(evaluation: Evaluation, other: Evaluation) -> bool:
+    """Of two evaluations within the bar: the higher score; at the same score the clearly likelier held-out
+    answers (SFT: a dozen held-out rewordings are often all answered right from an early step on, while
+    the later adapters still differ), then the one that kept more of the probes; a tie on all keeps the
+    other, earlier one."""
     if evaluation.score != other.score:
         return evaluation.score > other.score
-    if None in (evaluation.likelihood, other.likelihood) or evaluation.likelihood == other.likelihood:
-        return None
-    return evaluation.likelihood > other.likelihood
+    likelier = _likelier(evaluation, other)
+    if likelier is not None:
+        return likelier
+    return None not in (evaluation.kept, other.kept) and evaluation.kept > other.kept
 
 
 def _above(evaluation: Evaluation, best: Evaluation | None) -> bool:
-    """The evaluation measures higher than the best one within the bar (any score does, when there is none)."""
+    """The evaluation measures higher than the best one within the bar: a higher score, or the same score
+    and clearly likelier held-out answers (any score does, when there is none)."""
     if best is None or best.score is None:
         return True
-    return evaluation.score is not None and bool(_ahead(evaluation, best))
+    if evaluation.score is None or evaluation.score != best.score:
+        return evaluation.score is not None and evaluation.score > best.score
+    return bool(_likelier(evaluation, best))
 
 
-def _likelier(evaluation: Evaluation, other: Evaluation) -> str:
+def _tie_text(evaluation: Evaluation, other: Evaluation) -> str:
     """At the same score, what told them apart."""
-    if evaluation.score != other.score or None in (evaluation.likelihood, other.likelihood):
+    if evaluation.score != other.score:
         return ""
-    return (f" (as accurate, held-out answers likelier: {evaluation.likelihood:.3f} against {other.likelihood:.3f} "
-            "nats per token)")
+    if _likelier(evaluation, other) is not None:
+        return (f" (as accurate, held-out answers likelier: {evaluation.likelihood:.3f} against "
+                f"{other.likelihood:.3f} nats per token)")
+    return " (as accurate, keeping more)"
 
 
 def _kept_text(evaluation: Evaluation, kept_of: str = "probes") -> str:

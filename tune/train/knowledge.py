@@ -52,7 +52,7 @@ def evaluator(sets: list[probes.ProbeSet], trained_questions: list[str], system_
         likely = likelihood(pairs) if likelihood and pairs else None
         return Evaluation(step, right / asked if asked else None,
                           {name: shares[name]["tuned_share"] for name in unseen}, kept, probe_answers=answers,
-                          unanswered=sorted(left_out), likelihood=sum(likely) / len(likely) if likely else None)
+                          unanswered=sorted(left_out), likelihoods=likely or [])
     return evaluate
 
 
