@@ -212,6 +212,8 @@ def test_reviewed_augment_rows_that_are_missing_or_wrong(tiny_model, tmp_path, o
     rows.write_text('{"kind": "rewordings", "messages": [{"role": "user", "content": "When does it open?"}]}\n')
     expect_one_line(run(path), f"{rows}:row 1: needs 'messages': the question as a user turn, then the answer as "
                                "the assistant turn", out)
+    validated = CliRunner().invoke(app, ["validate", str(path)])  # the same line before anything loads
+    assert validated.exit_code == 2 and f"{rows}:row 1: needs 'messages'" in validated.stderr
     rows.write_text('{"kind": "statements", "text": "Thistlewick Co-op opens at 9."}\n')
     best = write_recipe(tmp_path / "r.yaml", data={"augment": {"rows": "rows.jsonl"}}, train={"keep": "best", "eval_steps": 4})
     expect_one_line(run(best), f"train.keep: best: {rows} marks no rewording \"heldout\": true and there are no "

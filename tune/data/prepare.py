@@ -62,6 +62,13 @@ def _check_probes_and_replay(data: DataSection, recipe_dir: Path | None) -> list
             read_prompts(prompt_file(data.replay_prompts, recipe_dir))
         except TuneError as exc:
             problems.extend(exc.problems)
+    if data.augment is not None and data.augment.rows:
+        from tune.data.augment_rows import read_rows as read_reviewed
+
+        try:
+            read_reviewed(data.augment.rows, recipe_dir)
+        except TuneError as exc:
+            problems.extend(exc.problems)
     return problems
 
 
