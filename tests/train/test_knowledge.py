@@ -35,6 +35,37 @@ def lora_model(tiny_model):
 NO_METRICS = type("Metrics", (), {"add": lambda self, record, max_steps: None})()
 
 
+def scripted_guard(evaluate, min_kept_share=0.85, metrics=NO_METRICS, echo=lambda line: None, scales=()):
+    """SFT's guard as a run builds it, evaluating every 2 steps with the scripted `evaluate(model, step)`."""
+    return Guard(evaluate, every=2, min_kept_share=min_kept_share, stop_after=None, metrics=metrics, echo=echo,
+                 measure=UNSEEN_ACCURACY, scales=scales)
+
+
+def run_scripted(guard, model, steps, before=lambda step: None):
+    """Training as the guard sees it: `before(step)` sets the weights, then the step ends."""
+    from transformers import TrainerControl, TrainerState
+
+    state = TrainerState(max_steps=max(steps))
+    for step in steps:
+        before(step)
+        state.global_step = step
+        guard.on_step_end(None, state, TrainerControl(), model=model)
+
+
+def set_b(model, value: float):
+    """Every LoRA B matrix filled with `value`: an adapter whose size the scripted evaluations read back."""
+    import torch
+
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.fill_(value)
+
+
+def b_of(model) -> float:
+    return next(p for n, p in model.named_parameters() if "lora_B" in n).flatten()[0].item()
+
+
 def test_sets_are_sorted_by_the_base_and_the_training_rows_and_scored():
     evaluate = evaluator(SETS, ["Who founded Pipwick?", "When was Pipwick founded?"], None, 16)
     base = evaluate(scripted({"Capital of France?": "Paris.", "2 + 2?": "4", "Largest ocean?": "The Pacific."}), 0)
@@ -78,24 +109,19 @@ def test_the_guards_evaluations_leave_out_the_trained_questions_and_the_kept_one
 def test_the_guard_keeps_the_best_unseen_accuracy_within_the_bar_and_says_so(tiny_model):
     import torch
     from peft import get_peft_model_state_dict
-    from transformers import TrainerControl, TrainerState
 
     model = lora_model(tiny_model)
     script = {2: (0.25, 1.0), 4: (0.75, 0.9), 6: (1.0, 0.5)}  # step: (unseen accuracy, kept)
-    added, lines = [], []
+    added, weights = [], {}
     metrics = type("Metrics", (), {"add": lambda self, record, max_steps: added.append(record)})()
-    guard = Guard(lambda m, step: Evaluation(step, script[step][0], {"reworded": script[step][0]}, script[step][1]),
-                  every=2, min_kept_share=0.85, stop_after=None, metrics=metrics, echo=lines.append,
-                  measure=UNSEEN_ACCURACY)
-    state, weights = TrainerState(max_steps=6), {}
-    for step in range(1, 7):
-        with torch.no_grad():
-            for name, parameter in model.named_parameters():
-                if "lora_B" in name:
-                    parameter.fill_(step)
+    guard = scripted_guard(lambda m, step: Evaluation(step, script[step][0], {"reworded": script[step][0]}, script[step][1]),
+                           metrics=metrics)
+
+    def train_to(step):
+        set_b(model, step)
         weights[step] = {k: v.clone() for k, v in get_peft_model_state_dict(model).items()}
-        state.global_step = step
-        guard.on_step_end(None, state, TrainerControl(), model=model)
+
+    run_scripted(guard, model, range(1, 7), train_to)
     assert added == [{"step": 2, "unseen_accuracy": 0.25, "unseen/reworded": 0.25, "probes_kept": 1.0},
                      {"step": 4, "unseen_accuracy": 0.75, "unseen/reworded": 0.75, "probes_kept": 0.9},
                      {"step": 6, "unseen_accuracy": 1.0, "unseen/reworded": 1.0, "probes_kept": 0.5}]
@@ -107,18 +133,11 @@ def test_the_guard_keeps_the_best_unseen_accuracy_within_the_bar_and_says_so(tin
 
 
 def test_at_the_same_unseen_accuracy_the_guard_keeps_the_evaluation_that_kept_more(tiny_model):
-    from transformers import TrainerControl, TrainerState
-
     model = lora_model(tiny_model)
     # a kestrel FAQ run: step 40 and the final both answered 11 of 12 held-out wordings, the final kept more
     script = {2: (0.5, 0.95), 4: (0.917, 0.86), 6: (0.917, 0.93), 8: (0.917, 0.93), 10: (0.833, 0.97)}
-    guard = Guard(lambda m, step: Evaluation(step, script[step][0], {"reworded": script[step][0]}, script[step][1]),
-                  every=2, min_kept_share=0.85, stop_after=None, metrics=NO_METRICS, echo=lambda line: None,
-                  measure=UNSEEN_ACCURACY)
-    state = TrainerState(max_steps=10)
-    for step in range(1, 11):
-        state.global_step = step
-        guard.on_step_end(None, state, TrainerControl(), model=model)
+    guard = scripted_guard(lambda m, step: Evaluation(step, script[step][0], {"reworded": script[step][0]}, script[step][1]))
+    run_scripted(guard, model, range(1, 11))
     assert guard.best.step == 6  # 4 kept less at the same accuracy; 8 ties 6 on both and is trained longer
 
 
@@ -128,26 +147,19 @@ def test_when_no_evaluation_keeps_the_bar_the_final_adapter_is_scaled_toward_the
     With no factor within the bar the final weights stay as trained."""
     import torch
     from peft import get_peft_model_state_dict
-    from transformers import TrainerControl, TrainerState
 
     model = lora_model(tiny_model)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.fill_(1.0)
+    set_b(model, 1.0)
     final = {k: v.clone() for k, v in get_peft_model_state_dict(model).items()}
 
     def evaluate(m, step):  # B at 1.0 keeps 60%, at 0.85 about 70%, at 0.7 about 80%
-        b = next(p for n, p in m.named_parameters() if "lora_B" in n).flatten()[0].item()
+        b = b_of(m)
         return Evaluation(step, round(b / 2, 3), {"reworded": round(b / 2, 3)}, round(1.3 - 0.7 * b, 3))
 
     lines = []
     for bar, expected_scale in ((0.79, 0.7), (0.95, None)):
-        guard = Guard(evaluate, every=2, min_kept_share=bar, stop_after=None, metrics=NO_METRICS, echo=lines.append,
-                      measure=UNSEEN_ACCURACY, scales=(0.85, 0.7))
-        state = TrainerState(max_steps=2)
-        state.global_step = 2
-        guard.on_step_end(None, state, TrainerControl(), model=model)
+        guard = scripted_guard(evaluate, min_kept_share=bar, echo=lines.append, scales=(0.85, 0.7))
+        run_scripted(guard, model, [2])
         message, kept = guard.restore_best(model)
         now = get_peft_model_state_dict(model)
         if expected_scale is None:
@@ -160,40 +172,24 @@ def test_when_no_evaluation_keeps_the_bar_the_final_adapter_is_scaled_toward_the
         assert all(torch.equal(now[k], final[k] * (0.7 if "lora_B" in k else 1.0)) for k in now)
         assert lines[-2:] == ["guard: the final adapter scaled x0.85 toward the base: probes kept 70%, measure 0.425",
                               "guard: the final adapter scaled x0.7 toward the base: probes kept 81%, measure 0.350"]
-        with torch.no_grad():  # back to the final weights for the next case
-            for name, parameter in model.named_parameters():
-                if "lora_B" in name:
-                    parameter.fill_(1.0)
+        set_b(model, 1.0)  # back to the final weights for the next case
 
 
 def test_the_scaled_final_adapter_beats_a_barely_trained_evaluation_within_the_bar(tiny_model):
     """Scripted: step 2 keeps the bar having learned little (accuracy 0.25), the final step learned more (0.5)
     but keeps too little. Scaled x0.7 it keeps the bar with 0.35, above step 2: that is kept. When the only
     passing factor scores below step 2 (x0.4: 0.2), step 2's weights are restored."""
-    import torch
     from peft import get_peft_model_state_dict
-    from transformers import TrainerControl, TrainerState
 
     model = lora_model(tiny_model)
 
-    def set_b(value):
-        with torch.no_grad():
-            for name, parameter in model.named_parameters():
-                if "lora_B" in name:
-                    parameter.fill_(value)
-
     def evaluate(m, step):  # accuracy b / 2, kept share 1.3 - 0.7 b
-        b = next(p for n, p in m.named_parameters() if "lora_B" in n).flatten()[0].item()
+        b = b_of(m)
         return Evaluation(step, round(b / 2, 3), {"reworded": round(b / 2, 3)}, round(1.3 - 0.7 * b, 3))
 
     for scales, expected_b in (((0.85, 0.7), 0.7), ((0.4,), 0.5)):
-        guard = Guard(evaluate, every=2, min_kept_share=0.79, stop_after=None, metrics=NO_METRICS, echo=lambda line: None,
-                      measure=UNSEEN_ACCURACY, scales=scales)
-        state = TrainerState(max_steps=4)
-        for step, b in ((2, 0.5), (4, 1.0)):
-            set_b(b)
-            state.global_step = step
-            guard.on_step_end(None, state, TrainerControl(), model=model)
+        guard = scripted_guard(evaluate, min_kept_share=0.79, scales=scales)
+        run_scripted(guard, model, (2, 4), lambda step: set_b(model, {2: 0.5, 4: 1.0}[step]))
         message, kept = guard.restore_best(model)
         b_now = {round(v.flatten()[0].item(), 3) for k, v in get_peft_model_state_dict(model).items() if "lora_B" in k}
         assert b_now == {expected_b}
@@ -236,42 +232,23 @@ def test_at_the_same_accuracy_clearly_likelier_held_out_answers_win_and_the_fina
     accuracy clearly likelier answers win (before the kept share); a difference within twice its standard
     error is a tie, and the kept share decides. The final, as accurate as the best within the bar but
     clearly likelier and under the bar, is scaled toward the base and kept; only a little likelier, it is not."""
-    import torch
-    from transformers import TrainerControl, TrainerState
-
     model = lora_model(tiny_model)
     script = {2: (0.5, 0.95, likelihoods(-2.0)), 4: (1.0, 0.90, likelihoods(-0.8)), 6: (1.0, 0.95, likelihoods(-1.2)),
               8: (1.0, 0.86, likelihoods(-0.5)), 10: (1.0, 0.99, likelihoods(-0.5, noise=0.3))}
-    guard = Guard(lambda m, step: Evaluation(step, script[step][0], {}, script[step][1], likelihoods=script[step][2]),
-                  every=2, min_kept_share=0.85, stop_after=None, metrics=NO_METRICS, echo=lambda line: None,
-                  measure=UNSEEN_ACCURACY)
-    state = TrainerState(max_steps=10)
-    for step in range(1, 11):
-        state.global_step = step
-        guard.on_step_end(None, state, TrainerControl(), model=model)
+    guard = scripted_guard(lambda m, step: Evaluation(step, script[step][0], {}, script[step][1], likelihoods=script[step][2]))
+    run_scripted(guard, model, range(1, 11))
     # 6 kept more than 4 but found the answers less likely; 8 likelier though it kept less; 10 only as likely
     # as 8 (its answers 0.3 up and down) and kept more
     assert guard.best.step == 10
 
-    def set_b(value):
-        with torch.no_grad():
-            for name, parameter in model.named_parameters():
-                if "lora_B" in name:
-                    parameter.fill_(value)
-
     for noise, expected_scale in ((0.0, 0.85), (1.0, None)):
         def evaluate(m, step):  # every adapter answers all 8; likelihood -1.5 + b, kept share 1.2 - 0.4 b
-            b = next(p for n, p in m.named_parameters() if "lora_B" in n).flatten()[0].item()
+            b = b_of(m)
             return Evaluation(step, 1.0, {}, round(1.2 - 0.4 * b, 3),
                               likelihoods=likelihoods(round(-1.5 + b, 3), noise if step == 4 else 0.0))
 
-        guard = Guard(evaluate, every=2, min_kept_share=0.85, stop_after=None, metrics=NO_METRICS,
-                      echo=lambda line: None, measure=UNSEEN_ACCURACY, scales=(0.85,))
-        state = TrainerState(max_steps=4)
-        for step, b in ((2, 0.5), (4, 1.0)):
-            set_b(b)
-            state.global_step = step
-            guard.on_step_end(None, state, TrainerControl(), model=model)
+        guard = scripted_guard(evaluate, scales=(0.85,))
+        run_scripted(guard, model, (2, 4), lambda step: set_b(model, {2: 0.5, 4: 1.0}[step]))
         message, kept = guard.restore_best(model)
         if expected_scale is None:
             assert kept.step == 2 and kept.scale is None and message.startswith("kept step 2: ")
