@@ -183,6 +183,25 @@ def test_probe_file_row_without_expected(tmp_path, out, tiny_model):
                                "(or a list of such texts)", out)
 
 
+@pytest.mark.parametrize("key, shape", [
+    ("probes", "; probe rows are {question, expected}"),
+    ("replay_prompts", ""),
+    ("augment.rows", "; rows are {kind, messages: [user question, assistant answer], heldout} or "
+                     "{kind: statements, text}"),
+])
+def test_a_side_file_line_that_is_not_json_names_its_row(tmp_path, out, tiny_model, key, shape):
+    side = tmp_path / "side.jsonl"
+    good = ('{"kind": "statements", "text": "Thistlewick Co-op opens at 9."}' if key == "augment.rows"
+            else '{"question": "What is 2 plus 2?", "expected": "4"}')
+    side.write_text(good + '\n\n{"question": "Capital of Peru?\n')
+    data = {"augment": {"rows": str(side)}} if key == "augment.rows" else {key: str(side) if key != "probes" else [str(side)]}
+    if key == "replay_prompts":
+        data["replay"] = 0.5
+    path = write_recipe(tmp_path / "r.yaml", data=data)
+    # row 3: the blank line counts, as in an editor
+    expect_one_line(run(path), f"{side}:row 3: not valid JSON (Unterminated string starting at){shape}", out)
+
+
 def test_augment_on_a_format_it_cannot_serve(tmp_path, out):
     path = write_recipe(tmp_path / "r.yaml", data={"format": "completion", "augment": {}})
     expect_one_line(run(path), f"{path}:{line_of(path, 'augment')}: data.augment: rewrites question-and-answer rows "

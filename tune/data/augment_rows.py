@@ -16,6 +16,7 @@ from pathlib import Path
 from tune.data.augment import Augment, Fact, examples_of, facts_of, normal
 from tune.data.formats import FORMATS
 from tune.data.probes import ProbeSet
+from tune.data.sources import numbered_json_lines
 from tune.errors import DataError
 
 KINDS = ("rewordings", "statements", "reverse")
@@ -30,13 +31,9 @@ def read_rows(spec: str, recipe_dir: Path | None) -> tuple[Path, list[dict]]:
     if path is None or not path.is_file():
         raise DataError(f"data.augment.rows: no such file: {spec}; write it with `tune data augment RECIPE --out {spec}`")
     rows, problems = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(f"{path}:row {number}: not valid JSON ({exc.msg}); rows are {SHAPE}")
+    for number, row in numbered_json_lines(path):
+        if isinstance(row, json.JSONDecodeError):
+            problems.append(f"{path}:row {number}: not valid JSON ({row.msg}); rows are {SHAPE}")
             continue
         problem = _problem(row)
         if problem:

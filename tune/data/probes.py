@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from tune.data.sources import numbered_json_lines
 from tune.errors import DataError
 
 QUESTION_KEYS = ("question", "prompt", "instruction")
@@ -45,14 +46,10 @@ def load_probe_sets(specs: list[str], recipe_dir: Path | None) -> list[ProbeSet]
 
 def _read(path: Path) -> ProbeSet:
     questions, expected = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, row in numbered_json_lines(path):
         where = f"{path}:row {number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: not valid JSON ({exc.msg}); probe rows are {{question, expected}}") from None
+        if isinstance(row, json.JSONDecodeError):
+            raise DataError(f"{where}: not valid JSON ({row.msg}); probe rows are {{question, expected}}")
         question = next((row[k] for k in QUESTION_KEYS if isinstance(row, dict) and row.get(k)), None)
         facts = row.get("expected") if isinstance(row, dict) else None
         facts = [facts] if isinstance(facts, str) else facts

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tune.data.conversation import LengthReport, fit_length, tokenize
+from tune.data.sources import numbered_json_lines
 from tune.errors import DataError
 from tune.paths import bundled_dir, find_file
 from tune.recipe import DataSection
@@ -39,13 +40,9 @@ def prompt_file(spec: str, recipe_dir: Path | None) -> Path:
 
 def read_prompts(path: Path) -> list[str]:
     prompts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:row {number}: not valid JSON ({exc.msg})") from None
+    for number, row in numbered_json_lines(path):
+        if isinstance(row, json.JSONDecodeError):
+            raise DataError(f"{path}:row {number}: not valid JSON ({row.msg})")
         text = next((row.get(k) for k in ("instruction", "prompt", "question") if isinstance(row, dict)
                      and isinstance(row.get(k), str) and row.get(k).strip()), None)
         if text is None:

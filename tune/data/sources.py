@@ -103,6 +103,18 @@ def read_rows(source: Source, split: str = "train", limit: int | None = None, re
     return rows
 
 
+def numbered_json_lines(path: Path):
+    """(line number, the parsed line or its json.JSONDecodeError) for each non-blank line of a small JSONL
+    file tune reads beside the data (probes, replay prompts, reviewed rows); the caller words the error."""
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield number, exc
+
+
 def _read_jsonl(path: Path, limit: int | None) -> list[dict]:
     rows = []
     with open(path, "rb") as handle:  # decoded line by line: a bad byte is reported with its line
