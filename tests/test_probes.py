@@ -124,7 +124,7 @@ def test_augmented_rows_train_and_the_guard_keeps_the_best_unseen_accuracy(tiny_
 
     monkeypatch.setattr(tune.infer.sampling, "sample_batch", sample_batch)
     path = write_recipe(tmp_path / "r.yaml", data={"train": str(data), "augment": {"rewordings": 3, "statements": 1, "heldout": 0.34,
-                                                              "round_trip": None}, "probe_max_new_tokens": 6},
+                                                              "round_trip": None, "from_answer": 0}, "probe_max_new_tokens": 6},
                         train={"eval_steps": 4, "keep": "best", "min_kept_share": 0.0, "max_steps": 8})
     summary = _run(path)
     out = tmp_path / "out"

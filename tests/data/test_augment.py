@@ -33,6 +33,12 @@ CANDIDATES = {
         "What did Thistlewick Co-op do in 1931?",        # names the answer
         "Which co-op was founded in a river town?",      # lost the fact's names or numbers
     ],
+    "from_answer": [  # questions asked from the answer alone, as rewording candidates
+        "By whom was Thistlewick Co-op founded in 1931?",        # adds a number the question never had
+        "Who was Thistlewick Co-op founded by?",                 # kept
+        "Was Thistlewick Co-op founded by Ottilie Marchetti?",   # adds a name: gives the answer away
+        "Who was the founder of Thistlewick Co-op?",             # a copy of a rewording kept before it
+    ],
 }
 
 
@@ -87,6 +93,23 @@ def test_a_scripted_generator_keeps_and_drops_exactly():
     # every generated conversation keeps the row's answer; reverse questions too
     answers = {row["messages"][-1]["content"] for row in result.rows if "messages" in row}
     assert answers == {FOUNDED.answer} and result.heldout is None
+
+
+def test_questions_asked_from_the_answer_join_the_rewordings_through_the_same_filters():
+    asked = []
+
+    def generate(prompts, n):
+        asked.append((prompts[0].split("\n")[0], n, prompts[0].split("\n")[-2]))
+        return scripted(prompts, n)
+
+    result = augment(generate, [FOUNDED], {"rewordings": 8}, samples=8, heldout_share=0.0, seed=0, from_answer=4)
+    assert asked == [(prompt_for("rewordings", "").split("\n")[0], 8, "Question: Who founded Thistlewick Co-op?"),
+                     (prompt_for("from_answer", "").split("\n")[0], 4, f"Fact: {FOUNDED.answer}")]
+    assert [row["messages"][-2]["content"] for row in result.rows] == [
+        "Who was the founder of Thistlewick Co-op?", "Which person started Thistlewick Co-op?",
+        "Who set up Thistlewick Co-op?", "Who was Thistlewick Co-op founded by?"]
+    assert result.counts["rewordings"]["dropped"] == {"a copy": 3, "lost a name or number": 1, "not one question": 1,
+                                                      "too short or too long": 1, "adds a name or number": 2}
 
 
 def test_held_out_rewordings_never_reach_training_and_become_the_unseen_check():

@@ -41,12 +41,18 @@ REVERSE_SHOTS = [("Fact: The Harbor Bridge was designed by Ada Lindqvist.\nAnswe
                   "Which bakery did Tomas Ruiz found in 1988?"),
                  ("Fact: The mascot of the Riverside Owls is a barn owl named Hollis.\nAnswer: the Riverside Owls",
                   "Which team has a barn owl named Hollis as its mascot?")]
+# Questions written from the answer alone use its words, not the question's ("employs 23 staff" -> "How many
+# staff does ... employ?"): wordings a rewording of the question seldom reaches.
+ASK_SHOTS = [("Orders can be returned within 30 days of delivery.", "Within how many days of delivery can orders be returned?"),
+             ("The Harbor Bridge was designed by Ada Lindqvist.", "Who designed the Harbor Bridge?"),
+             ("A month of the Basic plan costs 4 dollars.", "How much does a month of the Basic plan cost?")]
 KINDS = {
     "rewordings": ("Rewrite the question in different words. Keep every name and number.", REWORD_SHOTS,
                    "Question", "Rewritten"),
     "statements": ("State the fact as one full sentence that names what it is about. Keep every name and number.",
                    STATEMENT_SHOTS, "Input", "Statement"),
     "reverse": ("Ask a question about the fact whose answer is the name given.", REVERSE_SHOTS, "Input", "Question"),
+    "from_answer": ("Ask the question that the fact answers. Keep every name.", ASK_SHOTS, "Fact", "Question"),
 }
 RIVALS = 3  # other rows whose answers a candidate is compared with in the round trip
 STOPWORDS = set("a an the is are was were be been of in on at to for by with from and or as it its this that "
@@ -155,6 +161,8 @@ def source_text(kind: str, fact: Fact) -> str:
         return fact.question
     if kind == "statements":
         return f"Question: {fact.question}\nAnswer: {fact.answer}"
+    if kind == "from_answer":
+        return fact.answer
     return f"Fact: {fact.answer}\nAnswer: {' '.join(fact.subject)}"
 
 
@@ -203,8 +211,9 @@ def reject(kind: str, text: str, fact: Fact, seen: set[str]) -> str | None:
 
 
 def augment(generate, facts: list[Fact], kinds: dict[str, int], samples: int, heldout_share: float,
-            seed: int, score=None, margin: float = 0.5) -> Augmented:
-    """kinds: {kind: how many to keep per fact}; `samples` candidates are drawn per fact and kind.
+            seed: int, score=None, margin: float = 0.5, from_answer: int = 0) -> Augmented:
+    """kinds: {kind: how many to keep per fact}; `samples` candidates are drawn per fact and kind, and for
+    rewordings `from_answer` more are asked from the answer alone, all through the same filters.
     score(pairs) -> how likely the generator finds each (question, answer) pair's answer after its question:
     a question it makes the row's answer `margin` nats per token less likely than the row's own question
     does asks something else, and is dropped (the round trip); the likeliest are kept first."""
@@ -217,6 +226,9 @@ def augment(generate, facts: list[Fact], kinds: dict[str, int], samples: int, he
         usable = [f for f in facts if (kind != "reverse" or f.subject) and (kind == "statements" or "\n" not in f.question)]
         without[kind] += len(facts) - len(usable)
         candidates = generate([prompt_for(kind, source_text(kind, f)) for f in usable], samples) if usable else []
+        if kind == "rewordings" and from_answer and usable:
+            asked = generate([prompt_for("from_answer", source_text("from_answer", f)) for f in usable], from_answer)
+            candidates = [own + more for own, more in zip(candidates, asked)]
         passed = []
         for fact, texts in zip(usable, candidates):
             seen = {normal(fact.question), normal(fact.answer)}  # the answer is a statement's first form already
@@ -317,7 +329,8 @@ def make_augment(generate, score, tokenizer, template: str, data, rows: list[tup
                                      ("reverse", settings.reverse)) if n}
     facts = facts_of(rows, FORMATS[data.format].messages, data)
     result = augment(generate, facts, kinds, settings.samples, settings.heldout, seed,
-                     score if settings.round_trip is not None else None, settings.round_trip or 0.0)
+                     score if settings.round_trip is not None else None, settings.round_trip or 0.0,
+                     settings.from_answer)
     examples = examples_of(result.trained, tokenizer, template, data, report)
     parts = []
     for kind, count in result.counts.items():
