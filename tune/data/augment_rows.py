@@ -13,7 +13,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from tune.data.augment import Augment, Fact, examples_of, facts_of, normal
+from tune.data.augment import Augment, examples_of
+from tune.data.facts import Fact, facts_of, normal
 from tune.data.formats import FORMATS
 from tune.data.probes import ProbeSet
 from tune.data.sources import numbered_json_lines

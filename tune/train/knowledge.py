@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from tune.data import probes
-from tune.data.augment import facts_of, normal
+from tune.data.facts import facts_of, normal
 from tune.data.formats import FORMATS
 from tune.output import write_json, write_text
 from tune.train.guard import Evaluation
