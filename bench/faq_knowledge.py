@@ -5,8 +5,8 @@ answers right (kept share = forgetting). Prints one table, each row with its wal
 
 An FAQ file holds one fact per row: {question, answer, expected, rewordings: [...], reverse?: {question,
 expected}}. Bundled: bench/faq/quillnote.jsonl (a made-up note app, written for this benchmark),
-bench/faq/harbourline.jsonl and bench/faq/kestrel.jsonl (a ferry line and an observatory, written apart from
-the method's settings) and, built from data_templates/smollm2-domain, the co-op of the demo recipe (--faq coop).
+bench/faq/harbourline.jsonl, bench/faq/kestrel.jsonl and bench/faq/brackenford.jsonl (a ferry line, an
+observatory and a library, written apart from the method's settings) and, built from data_templates/smollm2-domain, the co-op of the demo recipe (--faq coop).
 
     python bench/faq_knowledge.py --faq bench/faq/quillnote.jsonl --variants plain,augment,augment+guard
 

@@ -3,7 +3,7 @@ the rows trained on, and the held-out rewordings that never reach training."""
 
 import json
 
-from tune.data.augment import augment, prompt_for
+from tune.data.augment import augment, prompt_for, source_text
 from tune.data.facts import Fact
 
 FOUNDED = Fact("faq.jsonl:row 1", [{"role": "user", "content": "Who founded Thistlewick Co-op?"},
@@ -86,6 +86,8 @@ def test_questions_asked_from_the_answer_join_the_rewordings_through_the_same_fi
         "Who set up Thistlewick Co-op?", "Who was Thistlewick Co-op founded by?"]
     assert result.counts["rewordings"]["dropped"] == {"a copy": 3, "lost a name or number": 1, "not one question": 1,
                                                       "too short or too long": 1, "adds a name or number": 2}
+    listed = Fact("row 2", [], "What does the Basic plan include?", "The Basic plan includes:\n- 5 projects\n- email support")
+    assert source_text("from_answer", listed) == "The Basic plan includes: - 5 projects - email support"
 
 
 def test_held_out_rewordings_never_reach_training_and_become_the_unseen_check():

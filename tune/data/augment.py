@@ -81,7 +81,7 @@ def source_text(kind: str, fact: Fact) -> str:
     if kind == "statements":
         return f"Question: {fact.question}\nAnswer: {fact.answer}"
     if kind == "from_answer":
-        return fact.answer
+        return " ".join(fact.answer.split())  # the prompt's pattern is one line per fact
     return f"Fact: {fact.answer}\nAnswer: {' '.join(fact.subject)}"
 
 
