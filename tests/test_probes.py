@@ -105,12 +105,12 @@ def test_augmented_rows_train_and_the_guard_keeps_the_best_unseen_accuracy(tiny_
     usable question): held-out rewordings become the augment-heldout probe set, the rest train, and
     train.keep: best evaluates every eval_steps and says which step it kept, in run.json too."""
     import tune.infer.sampling
-    from tune.data.augment import KINDS
+    from tune.data.augment import PROMPTS
 
     rows = [row for row in map(json.loads, SAMPLE_DATA.read_text().splitlines()) if row.get("instruction", "").endswith("?")][:8]
     data = tmp_path / "faq.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    reword, state = KINDS["rewordings"][0], KINDS["statements"][0]
+    reword, state = PROMPTS["rewordings"][0], PROMPTS["statements"][0]
 
     def sample_batch(model, tokenizer, texts, samples, max_new_tokens, temperature, top_p, seed):
         out = []

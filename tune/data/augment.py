@@ -47,7 +47,8 @@ REVERSE_SHOTS = [("Fact: The Harbor Bridge was designed by Ada Lindqvist.\nAnswe
 ASK_SHOTS = [("Orders can be returned within 30 days of delivery.", "Within how many days of delivery can orders be returned?"),
              ("The Harbor Bridge was designed by Ada Lindqvist.", "Who designed the Harbor Bridge?"),
              ("A month of the Basic plan costs 4 dollars.", "How much does a month of the Basic plan cost?")]
-KINDS = {
+# The few-shot prompt of each kind, and from_answer: the second prompt rewordings are drawn from.
+PROMPTS = {
     "rewordings": ("Rewrite the question in different words. Keep every name and number.", REWORD_SHOTS,
                    "Question", "Rewritten"),
     "statements": ("State the fact as one full sentence that names what it is about. Keep every name and number.",
@@ -68,7 +69,7 @@ class Augmented:
 
 
 def prompt_for(kind: str, source: str) -> str:
-    instruction, shots, left, right = KINDS[kind]
+    instruction, shots, left, right = PROMPTS[kind]
     lines = [instruction, ""]
     for given, written in shots:
         lines += [f"{left}: {given}", f"{right}: {written}", ""]
