@@ -142,9 +142,10 @@ def test_at_the_same_unseen_accuracy_the_guard_keeps_the_evaluation_that_kept_mo
 
 
 def test_when_no_evaluation_keeps_the_bar_the_final_adapter_is_scaled_toward_the_base(tiny_model):
-    """Scripted: the kept share rises as the adapter's B matrices shrink; the guard tries 0.85 then 0.7, keeps
-    0.7 (the first within the bar) with exactly 0.7 times the final B weights and A untouched, and says so.
-    With no factor within the bar the final weights stay as trained."""
+    """Scripted: the kept share rises as the adapter's B matrices shrink; the guard tries 0.85 then 0.7 (the
+    first within the bar), then halves the step toward 0.85 twice (0.775, 0.7375) and keeps the mildest factor
+    within the bar with exactly that times the final B weights and A untouched, and says so. With no factor
+    within the bar the final weights stay as trained."""
     import torch
     from peft import get_peft_model_state_dict
 
@@ -157,7 +158,7 @@ def test_when_no_evaluation_keeps_the_bar_the_final_adapter_is_scaled_toward_the
         return Evaluation(step, round(b / 2, 3), {"reworded": round(b / 2, 3)}, round(1.3 - 0.7 * b, 3))
 
     lines = []
-    for bar, expected_scale in ((0.79, 0.7), (0.95, None)):
+    for bar, expected_scale in ((0.79, 0.7), (0.78, 0.7375), (0.95, None)):
         guard = scripted_guard(evaluate, min_kept_share=bar, echo=lines.append, scales=(0.85, 0.7))
         run_scripted(guard, model, [2])
         message, kept = guard.restore_best(model)
@@ -166,19 +167,26 @@ def test_when_no_evaluation_keeps_the_bar_the_final_adapter_is_scaled_toward_the
             assert message.startswith("kept the final weights (step 2), although no evaluation kept 95%")
             assert kept.scale is None and all(torch.equal(now[k], final[k]) for k in now)
             continue
-        assert message == ("kept the final weights (step 2) scaled x0.7 toward the base: no evaluation kept 79% of the "
-                           "probes (final: accuracy 0.500, probes kept 60%); scaled: accuracy 0.350, probes kept 81%")
-        assert kept.scale == 0.7 and kept.kept == 0.81
-        assert all(torch.equal(now[k], final[k] * (0.7 if "lora_B" in k else 1.0)) for k in now)
-        assert lines[-2:] == ["guard: the final adapter scaled x0.85 toward the base: probes kept 70%, measure 0.425",
-                              "guard: the final adapter scaled x0.7 toward the base: probes kept 81%, measure 0.350"]
+        assert all(torch.equal(now[k], final[k] * (expected_scale if "lora_B" in k else 1.0)) for k in now)
+        assert lines[-4:] == ["guard: the final adapter scaled x0.85 toward the base: probes kept 70%, measure 0.425",
+                              "guard: the final adapter scaled x0.7 toward the base: probes kept 81%, measure 0.350",
+                              "guard: the final adapter scaled x0.775 toward the base: probes kept 76%, measure 0.387",
+                              "guard: the final adapter scaled x0.7375 toward the base: probes kept 78%, measure 0.369"]
+        if expected_scale == 0.7:
+            assert message == ("kept the final weights (step 2) scaled x0.7 toward the base: no evaluation kept 79% of "
+                               "the probes (final: accuracy 0.500, probes kept 60%); scaled: accuracy 0.350, probes kept 81%")
+            assert kept.scale == 0.7 and kept.kept == 0.81
+        else:  # 0.7375 keeps 0.784, within 0.78: milder than 0.7, so more of what was learned
+            assert message.startswith("kept the final weights (step 2) scaled x0.7375 toward the base")
+            assert kept.scale == 0.7375 and kept.kept == 0.784 and kept.score == 0.369
         set_b(model, 1.0)  # back to the final weights for the next case
 
 
 def test_the_scaled_final_adapter_beats_a_barely_trained_evaluation_within_the_bar(tiny_model):
     """Scripted: step 2 keeps the bar having learned little (accuracy 0.25), the final step learned more (0.5)
-    but keeps too little. Scaled x0.7 it keeps the bar with 0.35, above step 2: that is kept. When the only
-    passing factor scores below step 2 (x0.4: 0.2), step 2's weights are restored."""
+    but keeps too little. Scaled x0.7 it keeps the bar with 0.35, above step 2: that is kept. When the mildest
+    passing factor scores below step 2 (x0.3, then x0.475 after halving toward 1.0: 0.2375), step 2's
+    weights are restored."""
     from peft import get_peft_model_state_dict
 
     model = lora_model(tiny_model)
@@ -187,8 +195,8 @@ def test_the_scaled_final_adapter_beats_a_barely_trained_evaluation_within_the_b
         b = b_of(m)
         return Evaluation(step, round(b / 2, 3), {"reworded": round(b / 2, 3)}, round(1.3 - 0.7 * b, 3))
 
-    for scales, expected_b in (((0.85, 0.7), 0.7), ((0.4,), 0.5)):
-        guard = scripted_guard(evaluate, min_kept_share=0.79, scales=scales)
+    for scales, bar, expected_b in (((0.85, 0.7), 0.79, 0.7), ((0.3,), 0.9, 0.5)):
+        guard = scripted_guard(evaluate, min_kept_share=bar, scales=scales)
         run_scripted(guard, model, (2, 4), lambda step: set_b(model, {2: 0.5, 4: 1.0}[step]))
         message, kept = guard.restore_best(model)
         b_now = {round(v.flatten()[0].item(), 3) for k, v in get_peft_model_state_dict(model).items() if "lora_B" in k}
