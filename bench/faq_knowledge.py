@@ -11,7 +11,9 @@ observatory and a library, written apart from the method's settings) and, built 
     python bench/faq_knowledge.py --faq bench/faq/quillnote.jsonl --variants plain,augment,augment+guard
 
 The runs use recipes/smollm2-domain.yaml with only data, probes and the variant's keys changed, so what is
-measured is what a user gets when they swap in their FAQ. Needs `tune models get smollm2-135m-instruct`.
+measured is what a user gets when they swap in their FAQ. `--in-context` adds the base model with every
+answer of the FAQ in its system prompt (no training): how hard the FAQ's wordings are for the model even
+with the facts in view. Needs `tune models get smollm2-135m-instruct`.
 """
 
 from __future__ import annotations
@@ -75,14 +77,16 @@ def score_sets(faq: list[dict], general_check: Path | None = None) -> dict[str, 
     return sets
 
 
-def answers(model, tokenizer, questions: list[str]) -> list[str]:
-    """Greedy answers with plain transformers: the chat template, left padding, 48 new tokens."""
+def answers(model, tokenizer, questions: list[str], system: str | None = None) -> list[str]:
+    """Greedy answers with plain transformers: the chat template (with `system` as its system message when
+    given), left padding, 48 new tokens."""
     import torch
 
     tokenizer.padding_side = "left"
+    before = [{"role": "system", "content": system}] if system else []
     out = []
     for start in range(0, len(questions), 16):
-        texts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
+        texts = [tokenizer.apply_chat_template(before + [{"role": "user", "content": q}], tokenize=False,
                                                add_generation_prompt=True) for q in questions[start:start + 16]]
         batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.no_grad():
@@ -103,7 +107,8 @@ def scored_model(base_dir: str, run_dir: Path | None):
     return model.eval(), AutoTokenizer.from_pretrained(base_dir)
 
 
-def score(base_dir: str, run_dir: Path | None, sets: dict, scales: tuple[float, ...] = (1.0,)) -> list[dict[str, list[bool]]]:
+def score(base_dir: str, run_dir: Path | None, sets: dict, scales: tuple[float, ...] = (1.0,),
+          system: str | None = None) -> list[dict[str, list[bool]]]:
     """Right or wrong per question of each set, for the adapter at each scale (LoRA B times the scale)."""
     from contextlib import nullcontext
 
@@ -116,7 +121,7 @@ def score(base_dir: str, run_dir: Path | None, sets: dict, scales: tuple[float, 
     results = []
     for scale in scales:
         with rescale_adapter_scale(model, scale) if scale != 1.0 else nullcontext():
-            said = iter(answers(model, tokenizer, [q for q, _ in flat]))
+            said = iter(answers(model, tokenizer, [q for q, _ in flat], system))
         results.append({name: [contains(next(said), facts) for _, facts in items] for name, items in sets.items()})
     return results
 
@@ -128,6 +133,8 @@ def main() -> None:
     parser.add_argument("--general-check", type=Path, help="a second set of general {question, expected} rows, "
                         "scored for the kept share but not given to the run (the guard selects on the bundled set)")
     parser.add_argument("--set", action="append", default=[], help="more recipe overrides for every run")
+    parser.add_argument("--in-context", action="store_true", help="also score the base model with every answer of "
+                        "the FAQ in its system prompt: what the model makes of the facts in front of it, no training")
     parser.add_argument("--scales", default="", help="also score each adapter scaled toward the base, e.g. 0.85,0.7 "
                         "(LoRA B times the factor, as the guard's last resort does)")
     args = parser.parse_args()
@@ -147,7 +154,13 @@ def main() -> None:
             f"| base model | {mean(base['trained'])} | {mean(base['reworded'])} | {mean(base['reverse'])} | "
             + " | ".join(f"{sum(base[k])}/{len(base[k])} right" for k in general)
             + " | | |"]
-    for name in args.variants.split(","):
+    if args.in_context:
+        facts = "Answer from these facts.\n" + "\n".join(f["answer"] for f in faq)
+        shown = score(base_dir, None, {k: sets[k] for k in ("trained", "reworded", "reverse")}, system=facts)[0]
+        rows.append(f"| base model, the FAQ's answers in its system prompt | {mean(shown['trained'])} | "
+                    f"{mean(shown['reworded'])} | {mean(shown['reverse'])} |" + " |" * len(general) + " | |")
+        print(rows[-1], flush=True)
+    for name in (args.variants.split(",") if args.variants else []):
         out = work / f"run-{name}"
         command = [sys.executable, "-m", "tune", "run", str(REPO / "recipes" / "smollm2-domain.yaml"),
                    "--set", f"data.train={work / 'faq.jsonl'}", "--set", "data.eval=null",
