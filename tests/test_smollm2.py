@@ -70,15 +70,18 @@ def test_augmentation_beats_the_same_faq_trained_as_written(domain_run, tmp_path
 
 
 def test_lm_eval_tasks_score_the_run_beside_its_base(domain_run):
-    """The bundled local lm-eval tasks on the real model: the base's scores are the ones measured on the plain
-    model folder (docs/evaluation.md), and the FAQ run keeps the general knowledge within 3 of 24 questions."""
+    """The bundled local lm-eval tasks on the real model: the base's scores are within one question of those
+    measured on the plain model folder (docs/evaluation.md: 12/24 and 9/12; bfloat16 sums differ between CPUs,
+    and an AMD EPYC with AVX512-BF16 answered 8 of the 12 short answers), and the FAQ run keeps the general
+    knowledge within 3 of 24 questions of its base."""
     from tune.infer.harness import evaluate_tasks
 
     tasks = [str(REPO / "data_templates" / "eval" / name) for name in ("general-knowledge.yaml", "short-answers.yaml")]
     report = evaluate_tasks(domain_run.summary["output_dir"], tasks, [], echo=print, compare_base=True)
     print(json.dumps(report["tasks"], indent=1))
     knowledge, short = report["tasks"]["tune_general_knowledge"], report["tasks"]["tune_short_answers"]
-    assert knowledge["base"]["acc"] == pytest.approx(12 / 24) and short["base"]["exact_match[trimmed]"] == 0.75
+    assert abs(knowledge["base"]["acc"] - 12 / 24) <= 1 / 24 + 1e-9
+    assert abs(short["base"]["exact_match[trimmed]"] - 9 / 12) <= 1 / 12 + 1e-9
     assert knowledge["tuned"]["acc"] >= knowledge["base"]["acc"] - 3 / 24
 
 
