@@ -19,10 +19,15 @@ SCALES = (0.85, 0.75, 0.65, 0.55)  # a step of 0.1: one co-op run lost 0.66 -> 0
 HALVINGS = 2  # evaluations spent between the first passing factor and the failing one above it
 
 
+def scalable(state: dict) -> bool:
+    """Whether scaling B is an interpolation toward the base: not with DoRA's magnitudes or fully trained
+    modules_to_save copies."""
+    return all(".lora_A" in name or ".lora_B" in name or "lora_embedding_" in name for name in state)
+
+
 def scaled(state: dict, scale: float) -> dict | None:
-    """The adapter's weights with every B times `scale`; None when that is not an interpolation toward the
-    base (DoRA's magnitudes, fully trained modules_to_save copies)."""
-    if not all(".lora_A" in name or ".lora_B" in name or "lora_embedding_" in name for name in state):
+    """The adapter's weights with every B times `scale`; None when that is not an interpolation (scalable)."""
+    if not scalable(state):
         return None
     return {name: tensor * scale if ".lora_B" in name or "lora_embedding_B" in name else tensor
             for name, tensor in state.items()}
@@ -34,7 +39,7 @@ def toward_base(model, evaluate, passes, scales, echo, kept_of: str):
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
     original = {name: tensor.detach().clone() for name, tensor in get_peft_model_state_dict(model).items()}
-    if scaled(original, 1.0) is None:
+    if not scalable(original):
         return None
 
     def tried(scale: float):
