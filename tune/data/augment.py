@@ -24,6 +24,7 @@ from tune.data.conversation import fit_length, tokenize
 from tune.data.facts import Fact, content_words, facts_of, key_terms, normal
 from tune.data.formats import FORMATS
 from tune.data.probes import ProbeSet, contains_whole
+from tune.data.swaps import make_swaps
 
 # Few-shot pairs in the shape every kind shares: (input, output). Generic topics, so the generator copies the
 # form, not the content; each kind's instruction line says what must be kept.
@@ -226,17 +227,20 @@ class Augment:
     fingerprint: dict
 
 
-def make_augment(generate, score, tokenizer, template: str, data, rows: list[tuple[str, dict]], seed: int,
+def make_augment(generator, tokenizer, template: str, data, rows: list[tuple[str, dict]], seed: int,
                  report) -> Augment:
     """data.augment's rows for the (where, row) training rows, tokenized: conversations as the user's rows
-    are, statements as plain text with every token trained (documents beside the questions)."""
+    are, statements as plain text with every token trained (documents beside the questions).
+    generator: .generate(texts, samples), .score(pairs), .near(words), .fluency(texts) (tune/infer)."""
     settings = data.augment
     kinds = {kind: n for kind, n in (("rewordings", settings.rewordings), ("statements", settings.statements),
                                      ("reverse", settings.reverse)) if n}
     facts = facts_of(rows, FORMATS[data.format].messages, data)
-    result = augment(generate, facts, kinds, settings.samples, settings.heldout, seed,
-                     score if settings.round_trip is not None else None, settings.round_trip or 0.0,
+    result = augment(generator.generate, facts, kinds, settings.samples, settings.heldout, seed,
+                     generator.score if settings.round_trip is not None else None, settings.round_trip or 0.0,
                      settings.from_answer)
+    if settings.swaps:
+        add_swaps(result, facts, generator, settings.swaps)
     examples = examples_of(result.trained, tokenizer, template, data, report)
     parts = []
     for kind, count in result.counts.items():
@@ -250,6 +254,29 @@ def make_augment(generate, score, tokenizer, template: str, data, rows: list[tup
     fingerprint = {"settings": settings.model_dump(mode="json"), "counts": result.counts,
                    "rows_without": result.facts_without, "heldout": held, "examples": len(examples), "sha256": digest}
     return Augment(result.rows, examples, result.heldout, note, fingerprint)
+
+
+def add_swaps(result: Augmented, facts: list[Fact], generator, wanted: int) -> None:
+    """Swap rewordings (tune/data/swaps.py) added to `result`: trained like rewordings, never held out."""
+    dropped: Counter = Counter()
+    usable = [fact for fact in facts if "\n" not in fact.question]
+    round_trip = lambda kept_facts, passed, counter, margin: _round_trip(  # noqa: E731
+        generator.score, margin, kept_facts, passed, counter)
+    swapped = make_swaps(usable, generator.near, generator.fluency, round_trip, wanted, dropped)
+    written = {normal(row["messages"][-2]["content"]) for row in result.rows if "messages" in row}
+    kept = 0
+    result.facts_without["swaps"] = len(facts) - len(usable)
+    for fact, texts in zip(usable, swapped):
+        new = [text for text in texts if normal(text) not in written]
+        dropped["a copy"] += len(texts) - len(new)
+        result.facts_without["swaps"] += not new
+        for text in new:
+            row = {"kind": "swaps", "from": fact.where,
+                   "messages": fact.messages[:-2] + [{"role": "user", "content": text}, fact.messages[-1]]}
+            result.rows.append(row | {"heldout": False})
+            result.trained.append(row)
+            kept += 1
+    result.counts["swaps"] = {"kept": kept, "dropped": {reason: n for reason, n in dropped.items() if n}}
 
 
 def examples_of(trained: list[dict], tokenizer, template: str, data, report) -> list[dict]:

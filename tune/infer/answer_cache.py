@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from tune.errors import TuneError
@@ -106,10 +108,20 @@ def generator_source(recipe, echo):
         raise TuneError([f"data.augment.model: {problem.removeprefix('model.name: ')}" for problem in exc.problems]) from None
 
 
-def augment_generator(model, tokenizer, recipe, source: str, template: str, echo, generator=None):
-    """data.augment's (generate(texts, samples), score(pairs)): the base being tuned (already loaded), or
-    the generator_source model loaded here, sampling through the TUNE_HOME cache; the round trip is scored
-    by the same model, with the run's chat template."""
+@dataclass
+class AugmentGenerator:
+    generate: Callable  # (texts, samples) -> samples texts per text, through the TUNE_HOME cache
+    score: Callable  # (pairs) -> how likely each (question, answer) pair's answer is after its question
+    near: Callable  # (words) -> {word: near words}, by the generator's input embeddings
+    fluency: Callable  # (texts) -> mean log-probability per token of each text
+
+
+def augment_generator(model, tokenizer, recipe, source: str, template: str, echo, generator=None) -> AugmentGenerator:
+    """data.augment's generator: the base being tuned (already loaded), or the generator_source model
+    loaded here, sampling through the TUNE_HOME cache; the round trip is scored by the same model, with
+    the run's chat template."""
+    from tune.infer.near_words import text_fluency, word_neighbours
+
     settings = recipe.data.augment
     if generator is not None:
         from tune.models.load import load_model, load_tokenizer
@@ -120,7 +132,9 @@ def augment_generator(model, tokenizer, recipe, source: str, template: str, echo
     setting = {"generator": settings.model or recipe.model.model_dump(mode="json"), "seed": recipe.train.seed,
                **settings.model_dump(mode="json", include={"temperature", "top_p", "max_new_tokens"})}
     own_template = template if settings.model is None else (tokenizer.chat_template or template)
-    return cached_sampler(model, tokenizer, source, setting), round_trip_scorer(model, tokenizer, own_template)
+    return AugmentGenerator(cached_sampler(model, tokenizer, source, setting),
+                            round_trip_scorer(model, tokenizer, own_template),
+                            word_neighbours(model, tokenizer), text_fluency(model, tokenizer))
 
 
 def round_trip_scorer(model, tokenizer, template: str):

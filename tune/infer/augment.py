@@ -35,8 +35,8 @@ def augment_file(recipe, recipe_dir: Path, out: Path, echo) -> str:
     generator = generator_source(recipe, echo)
     transformers.set_seed(recipe.train.seed)
     model = load_model(recipe.model, source)
-    generate, score = augment_generator(model, tokenizer, recipe, source, template, echo, generator)
-    augmented = make_augment(generate, score, tokenizer, template, recipe.data, data.train_rows, recipe.train.seed,
+    generator_calls = augment_generator(model, tokenizer, recipe, source, template, echo, generator)
+    augmented = make_augment(generator_calls, tokenizer, template, recipe.data, data.train_rows, recipe.train.seed,
                              data.report)
     write_text(out, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in augmented.rows))
     return augmented.note

@@ -60,6 +60,7 @@ class AugmentSection(Section):
     heldout: float = Field(0.25, ge=0.0, le=0.5, description="Share of each row's rewordings never trained on: the run's own unseen-wording check (printed, and what train.keep: best selects by).")
     samples: int = Field(12, ge=1, le=64, description="Candidates sampled per row and kind; the filters keep the usable ones.")
     from_answer: int = Field(6, ge=0, le=64, description="More rewording candidates per row, asked from the answer alone (in the answer's words as well as the question's), through the same filters; 0 = none.")
+    swaps: int = Field(0, ge=0, le=8, description="Rewordings per row made by trading one word of the question for a word near it in the generator's embeddings (staff -> personnel), kept when the question reads as well and still asks for its answer; trained, never held out; 0 = none.")
     round_trip: float | None = Field(0.5, ge=0.0, le=10.0, description="Keep a rewording or reverse question only when the generator finds the row's answer after it at most this many nats per token less likely than after the row's own question (it asks the same thing); the likeliest are kept first; null = off.")
     model: str | None = Field(None, description="The generator: any model name tune resolves (folder, hub id, GGUF, packaged); default the base being tuned.")
     rows: str | None = Field(None, description="A file `tune data augment` wrote, after your review (rows cut, fixed or added; `heldout: true` marks the unseen-wording check): trained as it stands, nothing generated; null = generate.")

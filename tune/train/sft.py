@@ -55,8 +55,8 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
                        packed=recipe.data.packing)
     base_answer = base_answerer(model, tokenizer, recipe, run.source, template)
     if recipe.data.augment and not augmented:
-        generate, score = augment_generator(model, tokenizer, recipe, run.source, template, run.echo, generator)
-        augmented = make_augment(generate, score, tokenizer, template, recipe.data, data.train_rows, recipe.train.seed,
+        generator_calls = augment_generator(model, tokenizer, recipe, run.source, template, run.echo, generator)
+        augmented = make_augment(generator_calls, tokenizer, template, recipe.data, data.train_rows, recipe.train.seed,
                                  data.report)
     if augmented:
         data.train += augmented.examples
