@@ -12,22 +12,27 @@ def word_neighbours(model, tokenizer, count: int = NEIGHBOURS):
     tokenizer writes as one token (with a leading space) have neighbours; the rest get none."""
     import torch
 
-    weight = model.get_input_embeddings().weight.detach()
-    pieces = tokenizer.convert_ids_to_tokens(list(range(min(weight.shape[0], len(tokenizer)))))
-    spaced = [(i, piece[1:]) for i, piece in enumerate(pieces)
-              if piece and piece[0] in "Ġ▁" and piece[1:].isalpha() and piece[1:].islower() and len(piece) > 4]
-    ids = torch.tensor([i for i, _ in spaced])
-    words = [w for _, w in spaced]
-    table = torch.nn.functional.normalize(weight[ids].float(), dim=-1)
-    row_of = {w: n for n, w in enumerate(words)}
+    built: dict = {}
+
+    def table():  # built on the first call: a run without swaps never pays for it (262k rows for Gemma 3)
+        if not built:
+            weight = model.get_input_embeddings().weight.detach()
+            pieces = tokenizer.convert_ids_to_tokens(list(range(min(weight.shape[0], len(tokenizer)))))
+            spaced = [(i, piece[1:]) for i, piece in enumerate(pieces) if piece and piece[0] in "Ġ▁"
+                      and piece[1:].isalpha() and piece[1:].islower() and len(piece) > 4]
+            built["words"] = [w for _, w in spaced]
+            built["rows"] = torch.nn.functional.normalize(weight[torch.tensor([i for i, _ in spaced])].float(), dim=-1)
+            built["row_of"] = {w: n for n, w in enumerate(built["words"])}
+        return built["words"], built["rows"], built["row_of"]
 
     def near(asked: list[str]) -> dict[str, list[str]]:
+        words, rows, row_of = table()
         found = {}
         for word in asked:
             row = row_of.get(word)
             if row is None:
                 continue
-            sims = table @ table[row]
+            sims = rows @ rows[row]
             sims[row] = -2.0
             out = []
             for n in sims.topk(min(5 * count, len(words))).indices.tolist():
