@@ -176,11 +176,8 @@ def augment(generate, facts: list[Fact], kinds: dict[str, int], samples: int, he
             if kind == "rewordings" and len(kept) >= 2 and fact.expected and heldout_share > 0:
                 held = set(rng.sample(range(len(kept)), max(1, round(len(kept) * heldout_share))))
             for i, text in enumerate(kept):
-                row = {"kind": kind, "from": fact.where}
-                if kind == "statements":
-                    row["text"] = text
-                else:
-                    row["messages"] = fact.messages[:-2] + [{"role": "user", "content": text}, fact.messages[-1]]
+                row = ({"kind": kind, "from": fact.where, "text": text} if kind == "statements"
+                       else question_row(kind, fact, text))
                 rows.append(row | {"heldout": i in held})
                 if i in held:
                     held_questions.append(text)
@@ -191,6 +188,12 @@ def augment(generate, facts: list[Fact], kinds: dict[str, int], samples: int, he
     heldout = ProbeSet("augment-heldout", None, held_questions, held_expected, held_answers) if held_questions else None
     return Augmented(rows, trained, heldout, {k: {"kept": v["kept"], "dropped": {r: n for r, n in v["dropped"].items() if n}}
                                               for k, v in counts.items()}, without)
+
+
+def question_row(kind: str, fact: Fact, text: str) -> dict:
+    """A training row asking `text` in place of the fact's question, answered by its answer."""
+    return {"kind": kind, "from": fact.where,
+            "messages": fact.messages[:-2] + [{"role": "user", "content": text}, fact.messages[-1]]}
 
 
 def _round_trip(score, margin: float, facts: list[Fact], passed: list[list[str]], dropped: Counter) -> list[list[str]]:
@@ -271,8 +274,7 @@ def add_swaps(result: Augmented, facts: list[Fact], generator, wanted: int) -> N
         dropped["a copy"] += len(texts) - len(new)
         result.facts_without["swaps"] += not new
         for text in new:
-            row = {"kind": "swaps", "from": fact.where,
-                   "messages": fact.messages[:-2] + [{"role": "user", "content": text}, fact.messages[-1]]}
+            row = question_row("swaps", fact, text)
             result.rows.append(row | {"heldout": False})
             result.trained.append(row)
             kept += 1
