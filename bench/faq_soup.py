@@ -41,10 +41,14 @@ def average(runs: list[Path], out: Path, scale: float = 1.0) -> Path:
             merged[key] = torch.cat([state[key] * (scale / k) for state in states], 1)
         else:
             raise SystemExit(f"{key}: only LoRA A and B matrices can be averaged this way")
-    config = json.loads((runs[0] / "adapter_config.json").read_text())
+    configs = [json.loads((run / "adapter_config.json").read_text()) for run in runs]
+    shape = lambda c: (c["r"], c["lora_alpha"], c.get("rank_pattern"), c.get("alpha_pattern"))  # noqa: E731
+    if any(shape(c) != shape(configs[0]) for c in configs) or configs[0].get("rank_pattern") or configs[0].get("alpha_pattern"):
+        raise SystemExit("the runs differ in rank or alpha, or set them per module; average runs of one recipe")
+    if any(c.get("use_rslora") or c.get("use_dora") for c in configs):
+        raise SystemExit("rsLoRA and DoRA adapters do not average by stacking their matrices")
+    config = configs[0]
     config["r"], config["lora_alpha"] = config["r"] * k, config["lora_alpha"] * k
-    if config.get("rank_pattern") or config.get("alpha_pattern"):
-        raise SystemExit("per-module ranks are not supported here")
     out.mkdir(parents=True, exist_ok=True)
     save_file(merged, str(out / "adapter_model.safetensors"))
     (out / "adapter_config.json").write_text(json.dumps(config, indent=1))
