@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,13 @@ VARIANTS = {
     "augment+guard": [],  # the recipe as bundled
     "augment+guard+neftune": ["train.neftune_alpha=5"],  # + noise on the input embeddings while training
 }
+
+
+def base_folder() -> str:
+    """SmolLM2-135M-Instruct as `tune models get smollm2-135m-instruct` converted it into TUNE_HOME."""
+    from tune.paths import models_dir
+
+    return str(models_dir() / "smollm2-135m-instruct")
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -139,8 +145,7 @@ def main() -> None:
                         "(LoRA B times the factor, as the guard's last resort does)")
     args = parser.parse_args()
     faq = coop_faq() if args.faq == "coop" else read_jsonl(Path(args.faq))
-    home = Path(os.environ.get("TUNE_HOME", Path.home() / ".cache" / "tune"))
-    base_dir = str(home / "models" / "smollm2-135m-instruct")
+    base_dir = base_folder()
     sets = score_sets(faq, args.general_check)
     work = Path(tempfile.mkdtemp(prefix="faq-bench-"))
     write_inputs(faq, work)

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.faq_knowledge import coop_faq, kept_share, mean, read_jsonl, score, score_sets  # noqa: E402
+from bench.faq_knowledge import base_folder, coop_faq, kept_share, mean, read_jsonl, score, score_sets  # noqa: E402
 
 
 def average(runs: list[Path], out: Path, scale: float = 1.0) -> Path:
@@ -30,6 +29,11 @@ def average(runs: list[Path], out: Path, scale: float = 1.0) -> Path:
     import torch
     from safetensors.torch import load_file, save_file
 
+    configs = [json.loads((run / "adapter_config.json").read_text()) for run in runs]
+    if any(c.get(key) for c in configs for key in ("rank_pattern", "alpha_pattern", "use_rslora", "use_dora")):
+        raise SystemExit("per-module ranks, rsLoRA and DoRA do not average by stacking the matrices; plain LoRA only")
+    if any((c["r"], c["lora_alpha"]) != (configs[0]["r"], configs[0]["lora_alpha"]) for c in configs):
+        raise SystemExit("the runs differ in rank or alpha; average runs of one recipe")
     states = [load_file(str(run / "adapter_model.safetensors")) for run in runs]
     if any(state.keys() != states[0].keys() for state in states):
         raise SystemExit("the runs' adapters target different modules; average runs of one recipe")
@@ -41,12 +45,6 @@ def average(runs: list[Path], out: Path, scale: float = 1.0) -> Path:
             merged[key] = torch.cat([state[key] * (scale / k) for state in states], 1)
         else:
             raise SystemExit(f"{key}: only LoRA A and B matrices can be averaged this way")
-    configs = [json.loads((run / "adapter_config.json").read_text()) for run in runs]
-    shape = lambda c: (c["r"], c["lora_alpha"], c.get("rank_pattern"), c.get("alpha_pattern"))  # noqa: E731
-    if any(shape(c) != shape(configs[0]) for c in configs) or configs[0].get("rank_pattern") or configs[0].get("alpha_pattern"):
-        raise SystemExit("the runs differ in rank or alpha, or set them per module; average runs of one recipe")
-    if any(c.get("use_rslora") or c.get("use_dora") for c in configs):
-        raise SystemExit("rsLoRA and DoRA adapters do not average by stacking their matrices")
     config = configs[0]
     config["r"], config["lora_alpha"] = config["r"] * k, config["lora_alpha"] * k
     out.mkdir(parents=True, exist_ok=True)
@@ -64,8 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     faq = coop_faq() if args.faq == "coop" else read_jsonl(Path(args.faq))
     sets = score_sets(faq, args.general_check)
-    home = Path(os.environ.get("TUNE_HOME", Path.home() / ".cache" / "tune"))
-    base_dir = str(home / "models" / "smollm2-135m-instruct")
+    base_dir = base_folder()
     base = score(base_dir, None, sets)[0]
     soup = average(args.runs, Path(tempfile.mkdtemp(prefix="faq-soup-")), args.scale)
     print("| adapter | trained | reworded (unseen) | reverse | general kept | check kept |\n|---|---|---|---|---|---|")

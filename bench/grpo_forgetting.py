@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from faq_knowledge import answers, scored_model  # noqa: E402  (the same loading and greedy answers as the FAQ benchmark)
+from faq_knowledge import answers, base_folder, scored_model  # noqa: E402  (the same loading and greedy answers as the FAQ benchmark)
 
 REWARDS = {  # what a user who wants each thing writes; each is easy to win by gaming it
     "length": '''
@@ -97,8 +96,7 @@ def main() -> None:
     parser.add_argument("--reward", choices=sorted(REWARDS), default="length")
     parser.add_argument("--set", action="append", default=[], help="more recipe overrides for every run")
     args = parser.parse_args()
-    home = Path(os.environ.get("TUNE_HOME", Path.home() / ".cache" / "tune"))
-    base_dir = str(home / "models" / "smollm2-135m-instruct")
+    base_dir = base_folder()
     work = Path(tempfile.mkdtemp(prefix="grpo-bench-"))
     sets, reward = inputs(work, args.reward), user_reward(args.reward)
     base_reward, base_right = score(base_dir, None, sets, reward)
