@@ -24,6 +24,7 @@ from tune.data.conversation import fit_length, tokenize
 from tune.data.facts import Fact, content_words, facts_of, key_terms, normal
 from tune.data.formats import FORMATS
 from tune.data.probes import ProbeSet, contains_whole
+from tune.data.subject import make_subject_rewordings
 from tune.data.swaps import make_swaps
 
 # Few-shot pairs in the shape every kind shares: (input, output). Generic topics, so the generator copies the
@@ -244,12 +245,15 @@ def make_augment(generator, tokenizer, template: str, data, rows: list[tuple[str
                      settings.from_answer)
     if settings.swaps:
         add_swaps(result, facts, generator, settings.swaps)
+    if settings.subject:
+        add_subject(result, facts, generator)
     examples = examples_of(result.trained, tokenizer, template, data, report)
     parts = []
     for kind, count in result.counts.items():
         dropped = ", ".join(f"{n} {reason}" for reason, n in sorted(count["dropped"].items(), key=lambda x: -x[1]))
         none = f"; {result.facts_without[kind]} rows got none" if result.facts_without[kind] else ""
-        parts.append(f"{kind} {count['kept']} kept" + (f" (dropped: {dropped})" if dropped else "") + none)
+        named = f" naming {count['name']}" if count.get("name") else ""
+        parts.append(f"{kind} {count['kept']} kept{named}" + (f" (dropped: {dropped})" if dropped else "") + none)
     held = len(result.heldout.questions) if result.heldout else 0
     note = (f"augment: {len(facts)} rows -> {len(examples)} more training examples; " + "; ".join(parts)
             + f"; {held} rewordings held out as the unseen-wording check")
@@ -266,19 +270,37 @@ def add_swaps(result: Augmented, facts: list[Fact], generator, wanted: int) -> N
     round_trip = lambda kept_facts, passed, counter, margin: _round_trip(  # noqa: E731
         generator.score, margin, kept_facts, passed, counter)
     swapped = make_swaps(usable, generator.near, generator.fluency, round_trip, wanted, dropped)
+    add_trained(result, "swaps", usable, swapped, dropped, len(facts) - len(usable))
+
+
+def add_subject(result: Augmented, facts: list[Fact], generator) -> None:
+    """Subject rewordings (tune/data/subject.py) added to `result`, trained, never held out; the subject named."""
+    subject, texts = make_subject_rewordings(facts, generator.fluency)
+    asked = [(fact, found) for fact, found in zip(facts, texts) if found]
+    dropped = Counter({"names it already": len(facts) - len(asked)} if subject else {})
+    add_trained(result, "subject", [fact for fact, _ in asked], [found for _, found in asked], dropped,
+                0 if subject else len(facts))
+    result.counts["subject"]["name"] = subject
+
+
+def add_trained(result: Augmented, kind: str, facts: list[Fact], texts: list[list[str]], dropped: Counter,
+                without: int) -> None:
+    """Rows of `kind` asking each fact's `texts`, trained, never held out; a text already among the rows
+    (a held-out rewording above all) is dropped as a copy."""
     written = {normal(row["messages"][-2]["content"]) for row in result.rows if "messages" in row}
     kept = 0
-    result.facts_without["swaps"] = len(facts) - len(usable)
-    for fact, texts in zip(usable, swapped):
-        new = [text for text in texts if normal(text) not in written]
-        dropped["a copy"] += len(texts) - len(new)
-        result.facts_without["swaps"] += not new
+    result.facts_without[kind] = without
+    for fact, found in zip(facts, texts):
+        new = [text for text in found if normal(text) not in written]
+        dropped["a copy"] += len(found) - len(new)
+        result.facts_without[kind] += not new
         for text in new:
-            row = question_row("swaps", fact, text)
+            row = question_row(kind, fact, text)
             result.rows.append(row | {"heldout": False})
             result.trained.append(row)
+            written.add(normal(text))
             kept += 1
-    result.counts["swaps"] = {"kept": kept, "dropped": {reason: n for reason, n in dropped.items() if n}}
+    result.counts[kind] = {"kept": kept, "dropped": {reason: n for reason, n in dropped.items() if n}}
 
 
 def examples_of(trained: list[dict], tokenizer, template: str, data, report) -> list[dict]:

@@ -1,0 +1,62 @@
+"""Subject rewordings (tune/data/subject.py): the FAQ's subject found in its answers, the exact forms a question
+without it is asked in, the most fluent one kept, and the rows trained, never held out."""
+
+from types import SimpleNamespace
+
+from tune.data.augment import Augmented, add_subject
+from tune.data.facts import Fact
+from tune.data.subject import main_subject, make_subject_rewordings, names, variants
+
+
+def fact(n, question, answer):
+    return Fact(f"faq.jsonl:row {n}", [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+                question, answer)
+
+
+CLINIC = "Veldmark Animal Clinic"
+SATURDAY = fact(1, "Are you open on Saturdays?", "Yes, Veldmark Animal Clinic is open on Saturdays from 9:00 to 13:00.")
+PRICE = fact(2, "How much does a standard consultation cost?", "A consultation at Veldmark Animal Clinic costs £42.50.")
+FOUNDER = fact(3, "Who founded Veldmark Animal Clinic?", "Veldmark Animal Clinic was founded by Dr Oriel Fenwhistle.")
+NURSE = fact(4, "Who is your head nurse?", "Our head nurse is Marisol Thackeridge.")
+FAQ = [SATURDAY, PRICE, FOUNDER, NURSE]
+
+
+def test_the_subject_is_the_name_at_least_half_the_answers_share():
+    assert main_subject(FAQ) == CLINIC  # three answers of four; "Marisol Thackeridge" one
+    assert main_subject([SATURDAY, NURSE, fact(5, "Do you sell food?", "We sell Barkly Bites.")]) is None
+    assert names("Can I park at the Veldmark vets?", CLINIC) and not names("Can I park at the clinic?", CLINIC)
+
+
+def test_a_question_without_the_subject_is_asked_with_it_replacing_you_or_appended():
+    assert variants("Are you open on Saturdays?", CLINIC) == [
+        "Is Veldmark Animal Clinic open on Saturdays?", *(f"Are you open on Saturdays {link} {CLINIC}?"
+                                                          for link in ("at", "from", "for", "in", "with"))]
+    assert variants("Which vaccine do you use, and what is your price?", CLINIC)[0] == (
+        "Which vaccine does Veldmark Animal Clinic use, and what is Veldmark Animal Clinic's price?")
+    assert variants("How much does a standard consultation cost?", CLINIC)[0] == (
+        "How much does a standard consultation cost at Veldmark Animal Clinic?")
+
+
+def test_the_most_fluent_form_is_kept_and_questions_naming_the_subject_get_none():
+    liked = {"Is Veldmark Animal Clinic open on Saturdays?", "How much does a standard consultation cost at "
+             "Veldmark Animal Clinic?", "Who is Veldmark Animal Clinic's head nurse?"}
+    subject, chosen = make_subject_rewordings(FAQ, lambda texts: [-1.0 if t in liked else -2.0 for t in texts])
+    assert subject == CLINIC
+    assert chosen == [["Is Veldmark Animal Clinic open on Saturdays?"],
+                      ["How much does a standard consultation cost at Veldmark Animal Clinic?"], [],
+                      ["Who is Veldmark Animal Clinic's head nurse?"]]
+
+
+def test_subject_rows_train_like_rewordings_and_are_never_held_out():
+    held = {"kind": "rewordings", "from": NURSE.where, "heldout": True,
+            "messages": [{"role": "user", "content": "Who is Veldmark Animal Clinic's head nurse?"},
+                         {"role": "assistant", "content": NURSE.answer}]}
+    result = Augmented([held], [], None)
+    add_subject(result, FAQ, SimpleNamespace(fluency=lambda texts: [-float(len(t)) for t in texts]))
+    trained = [row["messages"][0]["content"] for row in result.trained]
+    assert trained == ["Is Veldmark Animal Clinic open on Saturdays?",
+                       "How much does a standard consultation cost at Veldmark Animal Clinic?"]
+    assert all(row["kind"] == "subject" and not row["heldout"] for row in result.rows[1:])
+    assert result.counts["subject"] == {"kept": 2, "dropped": {"names it already": 1, "a copy": 1},
+                                        "name": CLINIC}
+    assert result.facts_without["subject"] == 1  # the nurse's only form was a held-out rewording

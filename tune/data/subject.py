@@ -1,0 +1,75 @@
+"""Subject rewordings: the FAQ's questions that do not name what the FAQ is about, asked naming it.
+
+A business writes its FAQ to its own customers, in the second person or about nothing named ("Are you open
+on Saturdays?", "How much does a standard consultation cost?"), while people asking its assistant name it
+("Is Veldmark Animal Clinic open on Saturdays?", "What does a consultation cost at Veldmark?"). Trained only
+as written, those facts are tied to questions without the name, and a question with the name is pulled
+toward the rows whose questions have it (the founder, the address). The subject is the name most answers
+share (at least half of them: the business, the product); a question without any word of it gets one
+rewording that names it: "you"/"your" replaced by the name ("do you" -> "does <name>"), or the name
+appended ("... at <name>?", "from", "for", "in", "with"), whichever the generator finds the most fluent.
+Trained like rewordings, never held out; no model samples them, so they cost one scoring pass.
+
+Measured in docs/knowledge.md, note 25."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+from tune.data.facts import Fact, key_terms
+
+# Second-person forms and what they become with the subject named, verbs agreeing ("are you" -> "is X").
+SECOND_PERSON = [(r"\bare you\b", "is {}"), (r"\bwere you\b", "was {}"), (r"\bdo you\b", "does {}"),
+                 (r"\bhave you\b", "has {}"), (r"\byour\b", "{}'s"), (r"\byou\b", "{}")]
+LINKS = ("at", "from", "for", "in", "with")  # how an appended name attaches to the question
+
+
+def main_subject(facts: list[Fact]) -> str | None:
+    """The name (tune.data.facts.key_terms) in the most answers, when at least half of the answers have it."""
+    counts = Counter(term for fact in facts for term in set(key_terms(fact.answer)) if not term[:1].isdigit())
+    if not counts:
+        return None
+    term, count = max(counts.items(), key=lambda item: (item[1], len(item[0])))
+    return term if count * 2 >= len(facts) and count >= 2 else None
+
+
+def names(question: str, subject: str) -> bool:
+    """The question names the subject or a word of it, as a name ("the Veldmark vets" names "Veldmark
+    Animal Clinic"; "the clinic", lowercase, does not)."""
+    return any(re.search(rf"\b{re.escape(word)}\b", question) for word in subject.split() if word[:1].isupper())
+
+
+def variants(question: str, subject: str) -> list[str]:
+    """The question with its second person replaced by the subject (when it has one), and with the subject
+    appended by each of LINKS."""
+    out = []
+    text = question
+    for pattern, form in SECOND_PERSON:
+        text = re.sub(pattern, lambda m: _cased(m.group(), form.format(subject)), text, flags=re.IGNORECASE)
+    if text != question:
+        out.append(text)
+    stem = question.rstrip().rstrip("?").rstrip()
+    out += [f"{stem} {link} {subject}?" for link in LINKS]
+    return out
+
+
+def _cased(found: str, replacement: str) -> str:
+    return replacement[:1].upper() + replacement[1:] if found[:1].isupper() else replacement
+
+
+def make_subject_rewordings(facts: list[Fact], fluency) -> tuple[str | None, list[list[str]]]:
+    """(the subject, per fact the rewording that names it: [] for a fact whose question names it already
+    or is not one line). fluency(texts) -> mean log-probability per token of each text."""
+    subject = main_subject(facts)
+    asked = [i for i, fact in enumerate(facts)
+             if subject and "\n" not in fact.question and fact.question.rstrip().endswith("?")
+             and not names(fact.question, subject)]
+    found = {i: variants(facts[i].question, subject) for i in asked}
+    texts = [text for i in asked for text in found[i]]
+    scores = iter(fluency(texts)) if texts else iter(())
+    chosen: list[list[str]] = [[] for _ in facts]
+    for i in asked:
+        scored = [(next(scores), text) for text in found[i]]
+        chosen[i] = [max(scored, key=lambda pair: pair[0])[1]]
+    return subject, chosen
