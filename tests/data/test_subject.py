@@ -1,6 +1,7 @@
 """Subject rewordings (tune/data/subject.py): the FAQ's subject found in its answers, the exact forms a question
 without it is asked in, the most fluent one kept, and the rows trained, never held out."""
 
+from collections import Counter
 from types import SimpleNamespace
 
 from tune.data.augment import Augmented, add_subject
@@ -40,8 +41,12 @@ def test_a_question_without_the_subject_is_asked_with_it_replacing_you_or_append
 def test_the_most_fluent_form_is_kept_and_questions_naming_the_subject_get_none():
     liked = {"Is Veldmark Animal Clinic open on Saturdays?", "How much does a standard consultation cost at "
              "Veldmark Animal Clinic?", "Who is Veldmark Animal Clinic's head nurse?"}
-    subject, chosen = make_subject_rewordings(FAQ, lambda texts: [-1.0 if t in liked else -2.0 for t in texts])
-    assert subject == CLINIC
+    dropped = Counter()
+    listing = fact(5, "Opening hours", "Veldmark Animal Clinic opens at 8:30.")  # not a question: none
+    subject, chosen = make_subject_rewordings(FAQ + [listing], lambda texts: [-1.0 if t in liked else -2.0
+                                                                                for t in texts], dropped)
+    assert subject == CLINIC and dropped == Counter({"names it already": 1, "not a one-line question": 1})
+    assert chosen.pop() == []
     assert chosen == [["Is Veldmark Animal Clinic open on Saturdays?"],
                       ["How much does a standard consultation cost at Veldmark Animal Clinic?"], [],
                       ["Who is Veldmark Animal Clinic's head nurse?"]]

@@ -275,9 +275,9 @@ def add_swaps(result: Augmented, facts: list[Fact], generator, wanted: int) -> N
 
 def add_subject(result: Augmented, facts: list[Fact], generator) -> None:
     """Subject rewordings (tune/data/subject.py) added to `result`, trained, never held out; the subject named."""
-    subject, texts = make_subject_rewordings(facts, generator.fluency)
+    dropped: Counter = Counter()
+    subject, texts = make_subject_rewordings(facts, generator.fluency, dropped)
     asked = [(fact, found) for fact, found in zip(facts, texts) if found]
-    dropped = Counter({"names it already": len(facts) - len(asked)} if subject else {})
     add_trained(result, "subject", [fact for fact, _ in asked], [found for _, found in asked], dropped,
                 0 if subject else len(facts))
     result.counts["subject"]["name"] = subject

@@ -58,13 +58,20 @@ def _cased(found: str, replacement: str) -> str:
     return replacement[:1].upper() + replacement[1:] if found[:1].isupper() else replacement
 
 
-def make_subject_rewordings(facts: list[Fact], fluency) -> tuple[str | None, list[list[str]]]:
-    """(the subject, per fact the rewording that names it: [] for a fact whose question names it already
-    or is not one line). fluency(texts) -> mean log-probability per token of each text."""
+def make_subject_rewordings(facts: list[Fact], fluency, dropped: Counter) -> tuple[str | None, list[list[str]]]:
+    """(the subject, per fact the rewording that names it: [] for a fact whose question names it already or
+    is not a one-line question, counted in `dropped`). fluency(texts) -> mean log-probability per token."""
     subject = main_subject(facts)
-    asked = [i for i, fact in enumerate(facts)
-             if subject and "\n" not in fact.question and fact.question.rstrip().endswith("?")
-             and not names(fact.question, subject)]
+    if subject is None:
+        return None, [[] for _ in facts]
+    asked = []
+    for i, fact in enumerate(facts):
+        if "\n" in fact.question or not fact.question.rstrip().endswith("?"):
+            dropped["not a one-line question"] += 1
+        elif names(fact.question, subject):
+            dropped["names it already"] += 1
+        else:
+            asked.append(i)
     found = {i: variants(facts[i].question, subject) for i in asked}
     texts = [text for i in asked for text in found[i]]
     scores = iter(fluency(texts)) if texts else iter(())
