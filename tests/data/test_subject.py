@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 from tune.data.augment import Augmented, add_subject
 from tune.data.facts import Fact
-from tune.data.subject import main_subject, make_subject_rewordings, names, variants
+from tune.data.subject import make_subject_rewordings, names, variants
 
 
 def fact(n, question, answer):
@@ -22,9 +22,7 @@ NURSE = fact(4, "Who is your head nurse?", "Our head nurse is Marisol Thackeridg
 FAQ = [SATURDAY, PRICE, FOUNDER, NURSE]
 
 
-def test_the_subject_is_the_name_at_least_half_the_answers_share():
-    assert main_subject(FAQ) == CLINIC  # three answers of four; "Marisol Thackeridge" one
-    assert main_subject([SATURDAY, NURSE, fact(5, "Do you sell food?", "We sell Barkly Bites.")]) is None
+def test_a_question_names_the_subject_by_any_of_its_capitalized_words():
     assert names("Can I park at the Veldmark vets?", CLINIC) and not names("Can I park at the clinic?", CLINIC)
 
 

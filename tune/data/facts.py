@@ -5,7 +5,8 @@ data.augment's filters, reviewed rows (tune/data/augment_rows.py) and the guard'
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 
 STOPWORDS = set("a an the is are was were be been of in on at to for by with from and or as it its this that "
                 "what which who whom whose when where why how do does did can could will would should may "
@@ -24,6 +25,7 @@ class Fact:
     messages: list[dict]  # the row's conversation, ending with the answer
     question: str  # the last user turn
     answer: str  # the last assistant turn
+    common: str | None = None  # the name most of the FAQ's answers share (main_subject): says nothing of this row
 
     @property
     def subject(self) -> list[str]:
@@ -33,16 +35,33 @@ class Fact:
     @property
     def expected(self) -> str | None:
         """What a right answer must contain: the first name or number the answer adds to the question, else
-        its longest new word."""
+        its longest new word. The FAQ's common name is not one ("Veldmark Animal Clinic is open Monday to
+        Friday" is checked by "Monday": every answer names the clinic), unless the answer adds nothing else."""
         asked = content_words(self.question)  # by stem, so "lantern" is not new after "lanterns"
-        terms = [t for t in key_terms(self.answer) if not content_words(t) <= asked]
-        if terms:
-            return terms[0]
-        # no name or number: the longest word the question does not have ("mustard" in "... wear mustard
-        # yellow aprons")
-        words = [w for w in re.findall(r"[\w-]+", self.answer)
-                 if len(w) > 1 and w.lower() not in DETERMINERS and not content_words(w) <= asked]
-        return max(words, key=len) if words else None
+        common = content_words(self.common) if self.common else set()
+        return (common and _new_in(self.answer, asked | common)) or _new_in(self.answer, asked)
+
+
+def _new_in(answer: str, known: set[str]) -> str | None:
+    """The first name or number of `answer` with a word not in `known`, else its longest such word."""
+    terms = [t for t in key_terms(answer) if not content_words(t) <= known]
+    if terms:
+        return terms[0]
+    # no name or number: the longest word the question does not have ("mustard" in "... wear mustard
+    # yellow aprons")
+    words = [w for w in re.findall(r"[\w-]+", answer)
+             if len(w) > 1 and w.lower() not in DETERMINERS and not content_words(w) <= known]
+    return max(words, key=len) if words else None
+
+
+def main_subject(facts: list[Fact]) -> str | None:
+    """The name (key_terms) in the most answers, when at least half of the answers have it: what the FAQ is
+    about (the business, the product)."""
+    counts = Counter(term for fact in facts for term in set(key_terms(fact.answer)) if not term[:1].isdigit())
+    if not counts:
+        return None
+    term, count = max(counts.items(), key=lambda item: (item[1], len(item[0])))
+    return term if count * 2 >= len(facts) and count >= 2 else None
 
 
 def key_terms(text: str) -> list[str]:
@@ -92,7 +111,8 @@ def normal(text: str) -> str:
 
 
 def facts_of(rows: list[tuple[str, dict]], to_messages, data) -> list[Fact]:
-    """One Fact per distinct row (weights repeat rows; each is augmented once)."""
+    """One Fact per distinct row (weights repeat rows; each is augmented once), each knowing the FAQ's common
+    name."""
     facts, seen = [], set()
     for where, row in rows:
         if where in seen:
@@ -102,4 +122,5 @@ def facts_of(rows: list[tuple[str, dict]], to_messages, data) -> list[Fact]:
         users = [m for m in messages if m["role"] == "user"]
         if messages and messages[-1]["role"] == "assistant" and users:
             facts.append(Fact(where, messages, users[-1]["content"], messages[-1]["content"]))
-    return facts
+    common = main_subject(facts)
+    return [replace(fact, common=common) for fact in facts]

@@ -17,21 +17,12 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from tune.data.facts import Fact, key_terms
+from tune.data.facts import Fact, key_terms, main_subject
 
 # Second-person forms and what they become with the subject named, verbs agreeing ("are you" -> "is X").
 SECOND_PERSON = [(r"\bare you\b", "is {}"), (r"\bwere you\b", "was {}"), (r"\bdo you\b", "does {}"),
                  (r"\bhave you\b", "has {}"), (r"\byour\b", "{}'s"), (r"\byou\b", "{}")]
 LINKS = ("at", "from", "for", "in", "with")  # how an appended name attaches to the question
-
-
-def main_subject(facts: list[Fact]) -> str | None:
-    """The name (tune.data.facts.key_terms) in the most answers, when at least half of the answers have it."""
-    counts = Counter(term for fact in facts for term in set(key_terms(fact.answer)) if not term[:1].isdigit())
-    if not counts:
-        return None
-    term, count = max(counts.items(), key=lambda item: (item[1], len(item[0])))
-    return term if count * 2 >= len(facts) and count >= 2 else None
 
 
 def names(question: str, subject: str) -> bool:
