@@ -105,7 +105,7 @@ def test_augmented_rows_train_and_the_guard_keeps_the_best_unseen_accuracy(tiny_
     usable question): held-out rewordings become the augment-heldout probe set, the rest train, and
     train.keep: best evaluates every eval_steps and says which step it kept, in run.json too."""
     import tune.infer.sampling
-    from tune.data.augment import PROMPTS
+    from tune.data.augment_prompts import PROMPTS
 
     rows = [row for row in map(json.loads, SAMPLE_DATA.read_text().splitlines()) if row.get("instruction", "").endswith("?")][:8]
     data = tmp_path / "faq.jsonl"

@@ -3,7 +3,8 @@ the rows trained on, and the held-out rewordings that never reach training."""
 
 import json
 
-from tune.data.augment import augment, prompt_for, source_text
+from tune.data.augment import augment
+from tune.data.augment_prompts import prompt_for, source_text
 from tune.data.facts import Fact
 
 FOUNDED = Fact("faq.jsonl:row 1", [{"role": "user", "content": "Who founded Thistlewick Co-op?"},
