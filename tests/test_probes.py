@@ -27,6 +27,12 @@ QUIET = {"echo": lambda line: None}
     ("Water boils at 100°C.", ["100"], True),
     ("The Parisian metro.", ["Paris"], False),
     ("Founded by Ottilie Marchetti, a lantern maker.", ["ottilie marchetti"], True),
+    # a number with its unit is the number; one that goes on in digits is another number
+    ("Open from 6:30am to 10pm.", ["6:30"], True),
+    ("Open from 6:30am to 10pm.", ["6"], False),
+    ("A run of 10km.", ["10"], True),
+    ("Shoes cost £4.50 to hire.", ["£4"], False),
+    ("It has 1,900 members.", ["1"], False),
 ])
 def test_an_answer_counts_when_it_contains_an_expected_text(answer, expected, hit):
     assert contains(answer, expected) is hit
