@@ -206,3 +206,20 @@ def test_tune_data_augment_writes_the_rows_a_run_would_train(tiny_model, tmp_pat
     assert written.startswith("augment: 1 rows -> 4 more training examples; rewordings 2 kept") and \
         written.endswith(f"wrote {tmp_path / 'rows.jsonl'}")
     assert hint == f"review it (cut, fix or add rows), then `data.augment.rows: {tmp_path / 'rows.jsonl'}` trains it as it stands"
+
+
+def test_a_rewording_may_name_what_the_faq_is_about_but_not_the_answer():
+    # people name the business they ask; the name most answers share gives no answer away, the hours would
+    saturday = Fact("faq.jsonl:row 4", [{"role": "user", "content": "Are you open on Saturdays?"},
+                                        {"role": "assistant", "content": "Yes, Veldmark Animal Clinic is open on Saturdays from 9:00."}],
+                    "Are you open on Saturdays?", "Yes, Veldmark Animal Clinic is open on Saturdays from 9:00.",
+                    common="Veldmark Animal Clinic")
+    candidates = ["Is Veldmark Animal Clinic open on Saturdays?", "Is the Veldmark clinic open on Saturdays?",
+                  "Is Veldmark Animal Clinic open on Saturdays from 9:00?", "Is Corrow Night Vets open on Saturdays?"]
+    result = augment(lambda prompts, n: [candidates for _ in prompts], [saturday], {"rewordings": 4}, samples=4,
+                     heldout_share=0.0, seed=0)
+    assert [row["messages"][-2]["content"] for row in result.rows] == candidates[:2]
+    assert result.counts["rewordings"]["dropped"] == {"adds a name or number": 2}
+    alone = Fact(*[getattr(saturday, k) for k in ("where", "messages", "question", "answer")])  # no FAQ around it
+    assert augment(lambda prompts, n: [candidates for _ in prompts], [alone], {"rewordings": 4}, samples=4,
+                   heldout_share=0.0, seed=0).counts["rewordings"]["dropped"] == {"adds a name or number": 4}

@@ -71,8 +71,10 @@ def reject(kind: str, text: str, fact: Fact, seen: set[str]) -> str | None:
             must = []
     if not all(contains_whole(text, term) for term in must):
         return "lost a name or number"
-    # a name the row never mentions is made up; in a rewording, one from the answer gives the answer away
-    known = fact.question if kind == "rewordings" else f"{fact.question} {fact.answer}"
+    # a name the row never mentions is made up; in a rewording, one from the answer gives the answer away,
+    # unless it is the name most of the FAQ's answers share: people name the business they ask ("Is Veldmark
+    # Animal Clinic open on Saturdays?" for "Are you open on Saturdays?")
+    known = f"{fact.question} {fact.common or ''}" if kind == "rewordings" else f"{fact.question} {fact.answer}"
     if not all(contains_whole(known, term) for term in key_terms(text)):
         return "adds a name or number"
     return None
