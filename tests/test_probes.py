@@ -33,6 +33,9 @@ QUIET = {"echo": lambda line: None}
     ("A run of 10km.", ["10"], True),
     ("Shoes cost £4.50 to hire.", ["£4"], False),
     ("It has 1,900 members.", ["1"], False),
+    ("It has 1,900 members.", ["900"], False),
+    ("Doors open at 6:30.", ["30"], False),
+    ("Post it to SW1A 2AA.", ["SW1"], False),  # a unit may follow a plain number only
 ])
 def test_an_answer_counts_when_it_contains_an_expected_text(answer, expected, hit):
     assert contains(answer, expected) is hit

@@ -223,3 +223,15 @@ def test_a_rewording_may_name_what_the_faq_is_about_but_not_the_answer():
     alone = Fact(*[getattr(saturday, k) for k in ("where", "messages", "question", "answer")])  # no FAQ around it
     assert augment(lambda prompts, n: [candidates for _ in prompts], [alone], {"rewordings": 4}, samples=4,
                    heldout_share=0.0, seed=0).counts["rewordings"]["dropped"] == {"adds a name or number": 4}
+
+
+def test_a_rewording_may_not_name_the_common_name_where_it_is_the_answer():
+    called = Fact("faq.jsonl:row 5", [{"role": "user", "content": "What are you called?"},
+                                      {"role": "assistant", "content": "We are Veldmark Animal Clinic."}],
+                  "What are you called?", "We are Veldmark Animal Clinic.", common="Veldmark Animal Clinic")
+    assert called.expected == "Veldmark Animal Clinic"
+    result = augment(lambda prompts, n: [["Are you called Veldmark Animal Clinic?", "How are you called?"]
+                                         for _ in prompts], [called], {"rewordings": 4}, samples=2, heldout_share=0.0,
+                     seed=0)
+    assert [row["messages"][-2]["content"] for row in result.rows] == ["How are you called?"]
+    assert result.counts["rewordings"]["dropped"] == {"adds a name or number": 1}

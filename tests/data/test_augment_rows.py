@@ -93,3 +93,27 @@ def test_tune_data_augment_refuses_a_recipe_that_trains_reviewed_rows(tiny_model
         "data.augment.rows: the recipe trains the reviewed rows of reviewed.jsonl as they stand; to generate new "
         "ones add --set data.augment.rows=null\n")
     assert not (tmp_path / "new.jsonl").exists()
+
+
+def test_a_held_out_row_with_an_edited_answer_is_not_checked_by_the_faqs_common_name(tiny_model, tmp_path):
+    from tune.data.augment_rows import read_rows, reviewed_augment
+    from tune.data.prepare import prepare
+    from tune.data.templates import resolve_template
+    from tune.models.load import load_tokenizer
+    from tune.recipe import load
+
+    faq = [("Are you open on Saturdays?", "Yes, Veldmark Animal Clinic is open on Saturdays from 9:00."),
+           ("Who is your head nurse?", "The head nurse at Veldmark Animal Clinic is Marisol Thackeridge.")]
+    (tmp_path / "faq.jsonl").write_text("".join(json.dumps({"instruction": q, "output": a}) + "\n" for q, a in faq))
+    edited = "Veldmark Animal Clinic opens on Saturdays at 9:30."  # the reviewer's answer: no training row has it
+    rows = [{"kind": "rewordings", "messages": conversation("Is Veldmark Animal Clinic open on a Saturday?", edited),
+             "heldout": True}]
+    (tmp_path / "reviewed.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    recipe = load(write_recipe(tmp_path / "r.yaml", data={"train": str(tmp_path / "faq.jsonl"),
+                                                           "augment": {"rows": "reviewed.jsonl"}}), [])
+    tokenizer = load_tokenizer(recipe.model, str(tiny_model))
+    template, _ = resolve_template(recipe.data.template, tokenizer, tmp_path)
+    data = prepare(recipe.data, tokenizer, template, tmp_path, 1)
+    augmented = reviewed_augment(*read_rows("reviewed.jsonl", tmp_path), tokenizer, template, recipe.data,
+                                 data.train_rows, data.report)
+    assert augmented.heldout.expected == [["9:30"]]

@@ -44,6 +44,9 @@ def test_the_faqs_common_name_is_the_one_at_least_half_the_answers_share():
     faq = [Fact(f"row {n}", [], q, a) for n, (q, a) in enumerate(BUSINESS_VOICE, start=1)]
     assert main_subject(faq) == CLINIC  # four answers of five; "Marisol Thackeridge" one
     assert main_subject(faq[3:4] + [Fact("row 6", [], "Do you sell food?", "We sell Barkly Bites.")]) is None
+    hours = [Fact("row 1", [], "When are you open?", "We open Monday to Friday."),
+             Fact("row 2", [], "When do the classes run?", "Classes run every Monday at seven.")]
+    assert main_subject(hours) is None  # a day or a number word in half the answers is no subject
 
 
 def test_the_faqs_common_name_is_not_what_a_right_answer_is_checked_by():

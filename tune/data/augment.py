@@ -8,7 +8,7 @@ arXiv 2309.14316; Berglund et al., 2309.12288 for the reversal). The generator i
 the base being tuned), prompted few-shot with raw text so base and chat models alike continue the pattern;
 every candidate is filtered, and a share of the rewordings is held out as the run's unseen-wording check.
 
-This module is the data side: filters and rows (the prompts are tune/data/augment_prompts.py). Generation is a callable passed in
+This module is the data side: filters and rows (the prompts: tune/data/augment_prompts.py). Generation is a callable passed in
 (generate(prompts, n) -> n candidate texts per prompt), so tests script it and the run caches it."""
 
 from __future__ import annotations
@@ -74,7 +74,8 @@ def reject(kind: str, text: str, fact: Fact, seen: set[str]) -> str | None:
     # a name the row never mentions is made up; in a rewording, one from the answer gives the answer away,
     # unless it is the name most of the FAQ's answers share: people name the business they ask ("Is Veldmark
     # Animal Clinic open on Saturdays?" for "Are you open on Saturdays?")
-    known = f"{fact.question} {fact.common or ''}" if kind == "rewordings" else f"{fact.question} {fact.answer}"
+    common = fact.common if fact.common and fact.expected != fact.common else ""  # unless it is the answer
+    known = f"{fact.question} {common}" if kind == "rewordings" else f"{fact.question} {fact.answer}"
     if not all(contains_whole(known, term) for term in key_terms(text)):
         return "adds a name or number"
     return None

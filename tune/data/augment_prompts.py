@@ -40,6 +40,7 @@ PROMPTS = {
     "from_answer": ("Ask the question that the fact answers. Keep every name.", ASK_SHOTS, "Fact", "Question"),
 }
 
+
 def prompt_for(kind: str, source: str) -> str:
     instruction, shots, left, right = PROMPTS[kind]
     lines = [instruction, ""]

@@ -76,13 +76,15 @@ def reviewed_augment(path: Path, rows: list[dict], tokenizer, template: str, dat
     """Augment from reviewed rows: the held-out rewordings become the unseen-wording check, each answered
     right when it names what its fact's answer adds to the fact's own question (the row's own question
     and answer when its answer is none of the training rows')."""
-    by_answer = {normal(fact.answer): fact for fact in facts_of(train_rows, FORMATS[data.format].messages, data)}
+    facts = facts_of(train_rows, FORMATS[data.format].messages, data)
+    by_answer = {normal(fact.answer): fact for fact in facts}
+    common = facts[0].common if facts else None
     questions, expected, answers, problems = [], [], [], []
     for number, row in enumerate(rows, start=1):
         if not row["heldout"]:
             continue
         question, answer = row["messages"][-2]["content"], row["messages"][-1]["content"]
-        fact = by_answer.get(normal(answer)) or Fact(str(path), row["messages"], question, answer)
+        fact = by_answer.get(normal(answer)) or Fact(str(path), row["messages"], question, answer, common)
         if fact.expected is None:
             problems.append(f"{path}: held-out row {number}: its answer names nothing to check it by; set 'heldout': false")
         questions.append(question)

@@ -1,5 +1,6 @@
 """What an FAQ row says, read without a model: the row as a Fact (its question and answer), the names and
-numbers a rewording must keep (key_terms), and what a right answer must contain (Fact.expected). Shared by
+numbers a rewording must keep (key_terms), what a right answer must contain (Fact.expected) and the name
+most of the FAQ's answers share (main_subject), which tells no answer apart. Shared by
 data.augment's filters, reviewed rows (tune/data/augment_rows.py) and the guard's sets (tune/train/knowledge.py)."""
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ STOPWORDS = set("a an the is are was were be been of in on at to for by with fro
 # Words that open a sentence before a name without being part of it ("Every Thistlewick Co-op lantern ...").
 DETERMINERS = set("each every one all some any both most many several another no our your their its".split())
 # Numbers written out are numbers ("a warranty of seven years"); "one" is as often a pronoun.
+# Days and months recur in an FAQ's answers (opening hours) without being what it is about.
+CALENDAR = set("monday tuesday wednesday thursday friday saturday sunday mondays tuesdays wednesdays thursdays "
+               "fridays saturdays sundays january february march april may june july august september october "
+               "november december".split())
 NUMBER_WORDS = set("two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
                    "seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety hundred "
                    "thousand million billion".split())
@@ -57,7 +62,8 @@ def _new_in(answer: str, known: set[str]) -> str | None:
 def main_subject(facts: list[Fact]) -> str | None:
     """The name (key_terms) in the most answers, when at least half of the answers have it: what the FAQ is
     about (the business, the product)."""
-    counts = Counter(term for fact in facts for term in set(key_terms(fact.answer)) if not term[:1].isdigit())
+    counts = Counter(term for fact in facts for term in set(key_terms(fact.answer)) if not term[:1].isdigit()
+                     and not all(w in CALENDAR or w.split("-")[0] in NUMBER_WORDS for w in term.lower().split()))
     if not counts:
         return None
     term, count = max(counts.items(), key=lambda item: (item[1], len(item[0])))

@@ -71,12 +71,13 @@ def contains(answer: str, facts: list[str]) -> bool:
 
 def contains_whole(text: str, answer: str, ignore_case: bool = True) -> bool:
     """`answer` occurs in `text` as a whole word or number: "10" is not in "1000", "9" not in "19" or "9.5",
-    "6" not in "6:30", "Paris" not in "Parisian"; a number may carry a unit ("6:30" is in "6:30am", "10" in
-    "10km"). The one matching rule for probes and the contains_answer reward."""
+    "6" or "30" not in "6:30", "Paris" not in "Parisian"; a plain number may carry a unit ("6:30" is in
+    "6:30am", "10" in "10km"). The one matching rule for probes and the contains_answer reward."""
     flags = re.IGNORECASE if ignore_case else 0
     answer = answer.strip()
-    after = r"(?!\d|[.,:]\d)" if answer[-1:].isdigit() else r"(?!\w|\.\d)"
-    return re.search(rf"(?<![\w.]){re.escape(answer)}{after}", text, flags) is not None
+    number = re.fullmatch(r"[£$€]?\d[\d.,:]*", answer) is not None  # a unit may follow: "SW1" is not in "SW1A"
+    after = r"(?!\d|[.,:]\d)" if number else r"(?!\w|\.\d)"
+    return re.search(rf"(?<![\w.])(?<!\d[,:]){re.escape(answer)}{after}", text, flags) is not None
 
 
 def _normal(text: str) -> str:

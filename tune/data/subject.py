@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from tune.data.facts import Fact, key_terms, main_subject
+from tune.data.facts import Fact, main_subject
 
 # Second-person forms and what they become with the subject named, verbs agreeing ("are you" -> "is X").
 SECOND_PERSON = [(r"\bare you\b", "is {}"), (r"\bwere you\b", "was {}"), (r"\bdo you\b", "does {}"),
