@@ -59,22 +59,28 @@ def test_reviewed_rows_train_as_they_stand_and_their_held_out_rewordings_are_the
                            "examples": 3, "sha256": hashlib.sha256(rows.read_bytes()).hexdigest()}
 
 
-def test_held_out_reviewed_rows_never_reach_training(tiny_model, tmp_path):
+def reviewed_augment_of(tiny_model, tmp_path, faq, reviewed):
+    """reviewed_augment over the FAQ's (question, answer) rows and the reviewed rows, as a run calls it:
+    (the Augment, the tokenizer)."""
     from tune.data.augment_rows import read_rows, reviewed_augment
     from tune.data.prepare import prepare
     from tune.data.templates import resolve_template
     from tune.models.load import load_tokenizer
     from tune.recipe import load
 
-    (tmp_path / "faq.jsonl").write_text(json.dumps({"instruction": QUESTION, "output": ANSWER}) + "\n")
-    (tmp_path / "reviewed.jsonl").write_text("".join(json.dumps(row) + "\n" for row in REVIEWED))
+    (tmp_path / "faq.jsonl").write_text("".join(json.dumps({"instruction": q, "output": a}) + "\n" for q, a in faq))
+    (tmp_path / "reviewed.jsonl").write_text("".join(json.dumps(row) + "\n" for row in reviewed))
     recipe = load(write_recipe(tmp_path / "r.yaml", data={"train": str(tmp_path / "faq.jsonl"),
                                                            "augment": {"rows": "reviewed.jsonl"}}), [])
     tokenizer = load_tokenizer(recipe.model, str(tiny_model))
     template, _ = resolve_template(recipe.data.template, tokenizer, tmp_path)
     data = prepare(recipe.data, tokenizer, template, tmp_path, 1)
-    augmented = reviewed_augment(*read_rows("reviewed.jsonl", tmp_path), tokenizer, template, recipe.data,
-                                 data.train_rows, data.report)
+    return reviewed_augment(*read_rows("reviewed.jsonl", tmp_path), tokenizer, template, recipe.data,
+                            data.train_rows, data.report), tokenizer
+
+
+def test_held_out_reviewed_rows_never_reach_training(tiny_model, tmp_path):
+    augmented, tokenizer = reviewed_augment_of(tiny_model, tmp_path, [(QUESTION, ANSWER)], REVIEWED)
     trained = [tokenizer.decode(example["input_ids"]) for example in augmented.examples]
     assert sum("Who set up" in text for text in trained) == 0 and len(trained) == 3
     assert sum("owes its existence" in text for text in trained) == 1
@@ -96,24 +102,10 @@ def test_tune_data_augment_refuses_a_recipe_that_trains_reviewed_rows(tiny_model
 
 
 def test_a_held_out_row_with_an_edited_answer_is_not_checked_by_the_faqs_common_name(tiny_model, tmp_path):
-    from tune.data.augment_rows import read_rows, reviewed_augment
-    from tune.data.prepare import prepare
-    from tune.data.templates import resolve_template
-    from tune.models.load import load_tokenizer
-    from tune.recipe import load
-
     faq = [("Are you open on Saturdays?", "Yes, Veldmark Animal Clinic is open on Saturdays from 9:00."),
            ("Who is your head nurse?", "The head nurse at Veldmark Animal Clinic is Marisol Thackeridge.")]
-    (tmp_path / "faq.jsonl").write_text("".join(json.dumps({"instruction": q, "output": a}) + "\n" for q, a in faq))
     edited = "Veldmark Animal Clinic opens on Saturdays at 9:30."  # the reviewer's answer: no training row has it
     rows = [{"kind": "rewordings", "messages": conversation("Is Veldmark Animal Clinic open on a Saturday?", edited),
              "heldout": True}]
-    (tmp_path / "reviewed.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    recipe = load(write_recipe(tmp_path / "r.yaml", data={"train": str(tmp_path / "faq.jsonl"),
-                                                           "augment": {"rows": "reviewed.jsonl"}}), [])
-    tokenizer = load_tokenizer(recipe.model, str(tiny_model))
-    template, _ = resolve_template(recipe.data.template, tokenizer, tmp_path)
-    data = prepare(recipe.data, tokenizer, template, tmp_path, 1)
-    augmented = reviewed_augment(*read_rows("reviewed.jsonl", tmp_path), tokenizer, template, recipe.data,
-                                 data.train_rows, data.report)
+    augmented, _ = reviewed_augment_of(tiny_model, tmp_path, faq, rows)
     assert augmented.heldout.expected == [["9:30"]]

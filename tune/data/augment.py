@@ -8,8 +8,9 @@ arXiv 2309.14316; Berglund et al., 2309.12288 for the reversal). The generator i
 the base being tuned), prompted few-shot with raw text so base and chat models alike continue the pattern;
 every candidate is filtered, and a share of the rewordings is held out as the run's unseen-wording check.
 
-This module is the data side: filters and rows (the prompts: tune/data/augment_prompts.py). Generation is a callable passed in
-(generate(prompts, n) -> n candidate texts per prompt), so tests script it and the run caches it."""
+This module is the data side: filters and rows (the prompts: tune/data/augment_prompts.py). Generation is
+a callable passed in (generate(prompts, n) -> n candidate texts per prompt), so tests script it and the run
+caches it."""
 
 from __future__ import annotations
 

@@ -14,11 +14,11 @@ STOPWORDS = set("a an the is are was were be been of in on at to for by with fro
                 "i you your we our they their there has have had not no".split())
 # Words that open a sentence before a name without being part of it ("Every Thistlewick Co-op lantern ...").
 DETERMINERS = set("each every one all some any both most many several another no our your their its".split())
-# Numbers written out are numbers ("a warranty of seven years"); "one" is as often a pronoun.
 # Days and months recur in an FAQ's answers (opening hours) without being what it is about.
 CALENDAR = set("monday tuesday wednesday thursday friday saturday sunday mondays tuesdays wednesdays thursdays "
                "fridays saturdays sundays january february march april may june july august september october "
                "november december".split())
+# Numbers written out are numbers ("a warranty of seven years"); "one" is as often a pronoun.
 NUMBER_WORDS = set("two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
                    "seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety hundred "
                    "thousand million billion".split())
