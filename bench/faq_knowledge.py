@@ -37,6 +37,7 @@ VARIANTS = {
     "augment": ["train.keep=final", "train.eval_steps=null"],  # + statements
     "augment+reverse": ["data.augment.reverse=2", "train.keep=final", "train.eval_steps=null"],
     "augment+guard": [],  # the recipe as bundled
+    "augment+guard-frames": ["data.augment.frames=0"],  # the same without reframed questions
     "augment+guard+neftune": ["train.neftune_alpha=5"],  # + noise on the input embeddings while training
 }
 

@@ -24,6 +24,7 @@ from tune.data.augment_prompts import first_line, prompt_for, source_text
 from tune.data.conversation import fit_length, tokenize
 from tune.data.facts import Fact, content_words, facts_of, key_terms, normal
 from tune.data.formats import FORMATS
+from tune.data.frames import make_frames
 from tune.data.probes import ProbeSet, contains_whole
 from tune.data.subject import make_subject_rewordings
 from tune.data.swaps import make_swaps
@@ -195,6 +196,8 @@ def make_augment(generator, tokenizer, template: str, data, rows: list[tuple[str
                      settings.from_answer)
     if settings.swaps:
         add_swaps(result, facts, generator, settings.swaps)
+    if settings.frames:
+        add_frames(result, facts, generator, settings.frames, settings.round_trip)
     if settings.subject:
         add_subject(result, facts, generator)
     examples = examples_of(result.trained, tokenizer, template, data, report)
@@ -221,6 +224,17 @@ def add_swaps(result: Augmented, facts: list[Fact], generator, wanted: int) -> N
         generator.score, margin, kept_facts, passed, counter)
     swapped = make_swaps(usable, generator.near, generator.fluency, round_trip, wanted, dropped)
     add_trained(result, "swaps", usable, swapped, dropped, len(facts) - len(usable))
+
+
+def add_frames(result: Augmented, facts: list[Fact], generator, wanted: int, margin: float | None) -> None:
+    """Reframed questions (tune/data/frames.py) added to `result`: trained like rewordings, never held out."""
+    dropped: Counter = Counter()
+    round_trip = (lambda kept_facts, passed, counter, margin: _round_trip(  # noqa: E731
+        generator.score, margin, kept_facts, passed, counter)) if margin is not None else (
+        lambda kept_facts, passed, counter, margin: passed)  # noqa: E731
+    taken = {normal(row["messages"][-2]["content"]) for row in result.rows if "messages" in row}
+    texts = make_frames(facts, generator.fluency, round_trip, margin or 0.0, wanted, dropped, taken)
+    add_trained(result, "frames", facts, texts, dropped, 0)
 
 
 def add_subject(result: Augmented, facts: list[Fact], generator) -> None:

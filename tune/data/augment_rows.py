@@ -20,7 +20,7 @@ from tune.data.probes import ProbeSet
 from tune.data.sources import numbered_json_lines
 from tune.errors import DataError
 
-KINDS = ("rewordings", "swaps", "subject", "statements", "reverse")
+KINDS = ("rewordings", "swaps", "frames", "subject", "statements", "reverse")
 SHAPE = "{kind, messages: [user question, assistant answer], heldout} or {kind: statements, text}"
 
 
