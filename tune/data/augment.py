@@ -229,9 +229,10 @@ def add_swaps(result: Augmented, facts: list[Fact], generator, wanted: int) -> N
 def add_frames(result: Augmented, facts: list[Fact], generator, wanted: int, margin: float | None) -> None:
     """Reframed questions (tune/data/frames.py) added to `result`: trained like rewordings, never held out."""
     dropped: Counter = Counter()
-    round_trip = (lambda kept_facts, passed, counter, margin: _round_trip(  # noqa: E731
-        generator.score, margin, kept_facts, passed, counter)) if margin is not None else (
-        lambda kept_facts, passed, counter, margin: passed)  # noqa: E731
+
+    def round_trip(kept_facts, passed, counter, at):  # data.augment.round_trip: null keeps them all, unranked
+        return passed if margin is None else _round_trip(generator.score, at, kept_facts, passed, counter)
+
     taken = {normal(row["messages"][-2]["content"]) for row in result.rows if "messages" in row}
     texts = make_frames(facts, generator.fluency, round_trip, margin or 0.0, wanted, dropped, taken)
     add_trained(result, "frames", facts, texts, dropped, 0)
