@@ -73,8 +73,7 @@ def _pattern(frame: str) -> re.Pattern:
     return re.compile(regex + r"\?", re.IGNORECASE)
 
 
-_COMPILED = [[(frame.lstrip("~"), _pattern(frame.lstrip("~"))) for frame in group if not frame.startswith("~")]
-             for group in FRAMES]
+_COMPILED = [[(frame, _pattern(frame)) for frame in group if not frame.startswith("~")] for group in FRAMES]
 
 
 def _literal(frame: str) -> int:
