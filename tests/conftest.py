@@ -36,6 +36,14 @@ def tiny_tokenizer(tiny_model):
     return tokenizer
 
 
+def faq_fact(n: int, question: str, answer: str):
+    """A Fact of row n of faq.jsonl, as facts_of makes it from an instruction row (for the augmentation tests)."""
+    from tune.data.facts import Fact
+
+    return Fact(f"faq.jsonl:row {n}", [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+                question, answer)
+
+
 def write_recipe(path: Path, **sections) -> Path:
     """A small valid SFT recipe on the tiny model; keyword sections are merged over the defaults."""
     recipe = {

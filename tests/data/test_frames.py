@@ -4,15 +4,10 @@ and, with scripted fluency and round trip, which are kept and why the others wer
 from collections import Counter
 from types import SimpleNamespace
 
+from tests.conftest import faq_fact as fact
 import tune.data.augment as augment_module
 from tune.data.augment import Augmented, add_frames
-from tune.data.facts import Fact
 from tune.data.frames import make_frames, reframed
-
-
-def fact(n, question, answer):
-    return Fact(f"faq.jsonl:row {n}", [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
-                question, answer)
 
 
 PRICE = fact(1, "How much is a puncture repair?", "A puncture repair costs £9.")

@@ -4,14 +4,9 @@ without it is asked in, the most fluent one kept, and the rows trained, never he
 from collections import Counter
 from types import SimpleNamespace
 
+from tests.conftest import faq_fact as fact
 from tune.data.augment import Augmented, add_subject
-from tune.data.facts import Fact
 from tune.data.subject import make_subject_rewordings, names, variants
-
-
-def fact(n, question, answer):
-    return Fact(f"faq.jsonl:row {n}", [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
-                question, answer)
 
 
 CLINIC = "Veldmark Animal Clinic"

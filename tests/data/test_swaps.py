@@ -4,14 +4,9 @@ kept and why the others were dropped; and a tiny model's embeddings and likeliho
 from collections import Counter
 from types import SimpleNamespace
 
+from tests.conftest import faq_fact as fact
 from tune.data.augment import Augmented, add_swaps
-from tune.data.facts import Fact
 from tune.data.swaps import make_swaps, swap_words
-
-
-def fact(n, question, answer):
-    return Fact(f"faq.jsonl:row {n}", [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
-                question, answer)
 
 
 STAFF = fact(1, "How many staff work at Kestrel Hill Observatory?", "Kestrel Hill Observatory employs 23 staff.")

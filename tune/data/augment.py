@@ -233,8 +233,7 @@ def add_frames(result: Augmented, facts: list[Fact], generator, wanted: int, mar
     def round_trip(kept_facts, passed, counter, at):  # data.augment.round_trip: null keeps them all, unranked
         return passed if margin is None else _round_trip(generator.score, at, kept_facts, passed, counter)
 
-    taken = {normal(row["messages"][-2]["content"]) for row in result.rows if "messages" in row}
-    texts = make_frames(facts, generator.fluency, round_trip, margin or 0.0, wanted, dropped, taken)
+    texts = make_frames(facts, generator.fluency, round_trip, margin or 0.0, wanted, dropped, asked_already(result))
     add_trained(result, "frames", facts, texts, dropped, 0)
 
 
@@ -248,11 +247,16 @@ def add_subject(result: Augmented, facts: list[Fact], generator) -> None:
     result.counts["subject"]["name"] = subject
 
 
+def asked_already(result: Augmented) -> set[str]:
+    """The questions of every row made so far (held-out ones too), normalized: a new one equal to any is a copy."""
+    return {normal(row["messages"][-2]["content"]) for row in result.rows if "messages" in row}
+
+
 def add_trained(result: Augmented, kind: str, facts: list[Fact], texts: list[list[str]], dropped: Counter,
                 without: int) -> None:
     """Rows of `kind` asking each fact's `texts`, trained, never held out; a text already among the rows
     (a held-out rewording above all) is dropped as a copy."""
-    written = {normal(row["messages"][-2]["content"]) for row in result.rows if "messages" in row}
+    written = asked_already(result)
     kept = 0
     result.facts_without[kind] = without
     for fact, found in zip(facts, texts):

@@ -25,6 +25,7 @@ import re
 from collections import Counter
 
 from tune.data.facts import Fact, normal
+from tune.data.swaps import reading_as_well
 
 FLUENCY_DROP = 0.5  # nats per token: a frame changes several words, a swap one (swaps.py: 0.3)
 # {x}, {x2}: things, {v}: what someone does, {r}: the rest of the question, possibly nothing (" on Sundays");
@@ -109,14 +110,6 @@ def make_frames(facts: list[Fact], fluency, round_trip, margin: float, wanted: i
     new = [[text for text in found if normal(text) not in taken] for found in per_fact]
     dropped["a copy"] += sum(len(found) - len(kept) for found, kept in zip(per_fact, new))
     per_fact = new
-    texts = [fact.question for fact in facts] + [text for found in per_fact for text in found]
-    scores = iter(fluency(texts)) if texts else iter(())
-    own = [next(scores) for _ in facts]
-    fluent = []
-    for i, found in enumerate(per_fact):
-        kept = [text for text in found if next(scores) >= own[i] - FLUENCY_DROP]
-        dropped["reads worse than the question"] += len(found) - len(kept)
-        fluent.append(kept)
-    ranked = round_trip(facts, fluent, dropped, margin)
+    ranked = round_trip(facts, reading_as_well(facts, per_fact, fluency, FLUENCY_DROP, dropped), dropped, margin)
     dropped["more than wanted"] += sum(max(0, len(texts) - wanted) for texts in ranked)
     return [texts[:wanted] for texts in ranked]

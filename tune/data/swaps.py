@@ -50,6 +50,21 @@ def candidates(fact: Fact, near: dict[str, list[str]], elsewhere: set[str]) -> l
     return out
 
 
+def reading_as_well(facts: list[Fact], per_fact: list[list[str]], fluency, drop: float,
+                    dropped: Counter) -> list[list[str]]:
+    """Each fact's texts whose fluency (mean log-probability per token) is at most `drop` below its own
+    question's, one fluency call for all; the others counted in `dropped`."""
+    texts = [fact.question for fact in facts] + [text for found in per_fact for text in found]
+    scores = iter(fluency(texts)) if texts else iter(())
+    own = [next(scores) for _ in facts]
+    fluent = []
+    for i, found in enumerate(per_fact):
+        kept = [text for text in found if next(scores) >= own[i] - drop]
+        dropped["reads worse than the question"] += len(found) - len(kept)
+        fluent.append(kept)
+    return fluent
+
+
 def make_swaps(facts: list[Fact], near, fluency, round_trip, wanted: int, dropped: Counter) -> list[list[str]]:
     """Up to `wanted` swaps per fact. near(words) -> {word: near words}; fluency(texts) -> mean log-probability
     per token of each text; round_trip(facts, per-fact texts, dropped, margin) -> the texts that ask for each
@@ -61,19 +76,8 @@ def make_swaps(facts: list[Fact], near, fluency, round_trip, wanted: int, droppe
     for i, fact in enumerate(facts):
         elsewhere = set().union(*(s for j, s in enumerate(stems) if j != i)) - stems[i] if len(facts) > 1 else set()
         per_fact.append(candidates(fact, neighbours, elsewhere))
-    texts = [fact.question for fact in facts] + [text for found in per_fact for text, _ in found]
-    scores = iter(fluency(texts)) if texts else iter(())
-    own = [next(scores) for _ in facts]
-    fluent, replaced = [], {}
-    for i, found in enumerate(per_fact):
-        kept = []
-        for text, word in found:
-            if next(scores) < own[i] - FLUENCY_DROP:
-                dropped["reads worse than the question"] += 1
-            else:
-                kept.append(text)
-                replaced[(i, text)] = word
-        fluent.append(kept)
+    fluent = reading_as_well(facts, [[text for text, _ in found] for found in per_fact], fluency, FLUENCY_DROP, dropped)
+    replaced = {(i, text): word for i, found in enumerate(per_fact) for text, word in found}
     ranked = round_trip(facts, fluent, dropped, MARGIN)
     chosen = []
     for i, texts in enumerate(ranked):
