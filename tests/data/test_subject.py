@@ -1,5 +1,6 @@
 """Subject rewordings (tune/data/subject.py): the FAQ's subject found in its answers, the exact forms a question
-without it is asked in, the most fluent one kept, and the rows trained, never held out."""
+without it is asked in, the most fluent one kept, every trained question named (the generated ones too, never a
+reverse question), and the rows trained, never held out."""
 
 from collections import Counter
 from types import SimpleNamespace
@@ -36,8 +37,8 @@ def test_the_most_fluent_form_is_kept_and_questions_naming_the_subject_get_none(
              "Veldmark Animal Clinic?", "Who is Veldmark Animal Clinic's head nurse?"}
     dropped = Counter()
     listing = fact(5, "Opening hours", "Veldmark Animal Clinic opens at 8:30.")  # not a question: none
-    subject, chosen = make_subject_rewordings(FAQ + [listing], lambda texts: [-1.0 if t in liked else -2.0
-                                                                                for t in texts], dropped)
+    subject, chosen = make_subject_rewordings(FAQ + [listing], [[f.question] for f in FAQ + [listing]],
+                                              lambda texts: [-1.0 if t in liked else -2.0 for t in texts], dropped)
     assert subject == CLINIC and dropped == Counter({"names it already": 1, "not a one-line question": 1})
     assert chosen.pop() == []
     assert chosen == [["Is Veldmark Animal Clinic open on Saturdays?"],
@@ -45,16 +46,23 @@ def test_the_most_fluent_form_is_kept_and_questions_naming_the_subject_get_none(
                       ["Who is Veldmark Animal Clinic's head nurse?"]]
 
 
-def test_subject_rows_train_like_rewordings_and_are_never_held_out():
-    held = {"kind": "rewordings", "from": NURSE.where, "heldout": True,
-            "messages": [{"role": "user", "content": "Who is Veldmark Animal Clinic's head nurse?"},
-                         {"role": "assistant", "content": NURSE.answer}]}
-    result = Augmented([held], [], None)
+def row(kind: str, of, question: str, heldout: bool = False) -> dict:
+    return {"kind": kind, "from": of.where, "heldout": heldout,
+            "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": of.answer}]}
+
+
+def test_every_trained_question_is_named_the_held_out_and_reverse_ones_are_not():
+    rows = [row("rewordings", NURSE, "Who is Veldmark Animal Clinic's head nurse?", heldout=True),
+            row("rewordings", PRICE, "What does a standard consultation cost?"),
+            row("rewordings", PRICE, "What's the price of a consultation?", heldout=True),
+            row("reverse", FOUNDER, "Which clinic did Dr Oriel Fenwhistle found?")]
+    result = Augmented(rows, [], None)
     add_subject(result, FAQ, SimpleNamespace(fluency=lambda texts: [-float(len(t)) for t in texts]))
     trained = [row["messages"][0]["content"] for row in result.trained]
     assert trained == ["Is Veldmark Animal Clinic open on Saturdays?",
-                       "How much does a standard consultation cost at Veldmark Animal Clinic?"]
-    assert all(row["kind"] == "subject" and not row["heldout"] for row in result.rows[1:])
-    assert result.counts["subject"] == {"kept": 2, "dropped": {"names it already": 1, "a copy": 1},
+                       "How much does a standard consultation cost at Veldmark Animal Clinic?",
+                       "What does a standard consultation cost at Veldmark Animal Clinic?"]
+    assert all(row["kind"] == "subject" and not row["heldout"] for row in result.rows[len(rows):])
+    assert result.counts["subject"] == {"kept": 3, "dropped": {"names it already": 1, "a copy": 1},
                                         "name": CLINIC}
     assert result.facts_without["subject"] == 1  # the nurse's only form was a held-out rewording

@@ -238,11 +238,17 @@ def add_frames(result: Augmented, facts: list[Fact], generator, wanted: int, mar
 
 
 def add_subject(result: Augmented, facts: list[Fact], generator) -> None:
-    """Subject rewordings (tune/data/subject.py) added to `result`, trained, never held out; the subject named."""
+    """Subject rewordings (tune/data/subject.py) added to `result`, trained, never held out: every question a
+    fact trains on so far (its own, its trained rewordings, swaps and frames) asked naming the subject."""
     dropped: Counter = Counter()
-    subject, texts = make_subject_rewordings(facts, generator.fluency, dropped)
-    asked = [(fact, found) for fact, found in zip(facts, texts) if found]
-    add_trained(result, "subject", [fact for fact, _ in asked], [found for _, found in asked], dropped,
+    trained = {}
+    for row in result.rows:
+        if row["kind"] in ("rewordings", "swaps", "frames") and not row["heldout"]:  # reverse ones ask for the name
+            trained.setdefault(row["from"], []).append(row["messages"][-2]["content"])
+    asked = [[fact.question, *trained.get(fact.where, [])] for fact in facts]
+    subject, texts = make_subject_rewordings(facts, asked, generator.fluency, dropped)
+    named = [(fact, found) for fact, found in zip(facts, texts) if found]
+    add_trained(result, "subject", [fact for fact, _ in named], [found for _, found in named], dropped,
                 0 if subject else len(facts))
     result.counts["subject"]["name"] = subject
 
