@@ -38,6 +38,7 @@ VARIANTS = {
     "augment+reverse": ["data.augment.reverse=2", "train.keep=final", "train.eval_steps=null"],
     "augment+guard": [],  # the recipe as bundled
     "augment+guard-frames": ["data.augment.frames=0"],  # the same without reframed questions
+    "augment+guard-subject": ["data.augment.subject=false"],  # the same without the questions naming the subject
     "augment+guard+neftune": ["train.neftune_alpha=5"],  # + noise on the input embeddings while training
 }
 
