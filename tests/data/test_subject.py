@@ -54,6 +54,8 @@ def row(kind: str, of, question: str, heldout: bool = False) -> dict:
 def test_every_trained_question_is_named_the_held_out_and_reverse_ones_are_not():
     rows = [row("rewordings", NURSE, "Who is Veldmark Animal Clinic's head nurse?", heldout=True),
             row("rewordings", PRICE, "What does a standard consultation cost?"),
+            row("swaps", PRICE, "How much does a standard appointment cost?"),
+            row("frames", PRICE, "what does a standard consultation cost?"),  # named, differs only in case
             row("rewordings", PRICE, "What's the price of a consultation?", heldout=True),
             row("reverse", FOUNDER, "Which clinic did Dr Oriel Fenwhistle found?")]
     result = Augmented(rows, [], None)
@@ -61,8 +63,11 @@ def test_every_trained_question_is_named_the_held_out_and_reverse_ones_are_not()
     trained = [row["messages"][0]["content"] for row in result.trained]
     assert trained == ["Is Veldmark Animal Clinic open on Saturdays?",
                        "How much does a standard consultation cost at Veldmark Animal Clinic?",
-                       "What does a standard consultation cost at Veldmark Animal Clinic?"]
+                       "What does a standard consultation cost at Veldmark Animal Clinic?",
+                       "How much does a standard appointment cost at Veldmark Animal Clinic?"]
     assert all(row["kind"] == "subject" and not row["heldout"] for row in result.rows[len(rows):])
-    assert result.counts["subject"] == {"kept": 3, "dropped": {"names it already": 1, "a copy": 1},
+    assert result.counts["subject"] == {"kept": 4, "dropped": {"names it already": 1, "a copy": 2},
                                         "name": CLINIC}
-    assert result.facts_without["subject"] == 1  # the nurse's only form was a held-out rewording
+    # the nurse's own question, named, is the held-out rewording: a copy, so the nurse got none
+    assert result.facts_without["subject"] == 1
+

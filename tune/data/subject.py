@@ -4,13 +4,13 @@ A business writes its FAQ to its own customers, in the second person or about no
 on Saturdays?", "How much does a standard consultation cost?"), while people asking its assistant name it
 ("Is Veldmark Animal Clinic open on Saturdays?", "What does a consultation cost at Veldmark?"). Trained only
 as written, those facts are tied to questions without the name, and a question with the name is pulled
-toward the rows whose questions have it (the founder, the address). The subject is the name most answers
+toward the rows whose questions have it (the address, the owner). The subject is the name most answers
 share (at least half of them: the business, the product). Every question a fact trains on (its own, and
 its generated rewordings, swaps and frames) that has no word of it is also asked naming it: "you"/"your"
 replaced by the name ("do you" -> "does <name>"), or the name appended ("... at <name>?", "from", "for",
 "in", "with"), whichever the generator finds the most fluent. Named once per fact, the name stayed a cue
 for the few facts whose questions had it; named everywhere, it tells the facts apart no more than "you"
-does. Trained like rewordings, never held out; no model samples them, so they cost one scoring pass.
+does. Trained like rewordings, never held out; no model samples them, and no round trip (note 29).
 
 Measured in docs/knowledge.md, notes 25 and 29."""
 
