@@ -39,6 +39,7 @@ VARIANTS = {
     "augment+guard": [],  # the recipe as bundled
     "augment+guard-frames": ["data.augment.frames=0"],  # the same without reframed questions
     "augment+guard-subject": ["data.augment.subject=false"],  # the same without the questions naming the subject
+    "augment+guard+passages": ["data.augment.passages=4"],  # + each fact's statements in 4 passages of 4 facts
     "augment+guard+neftune": ["train.neftune_alpha=5"],  # + noise on the input embeddings while training
 }
 

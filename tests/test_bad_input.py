@@ -227,7 +227,9 @@ def test_reviewed_augment_rows_that_are_missing_or_wrong(tiny_model, tmp_path, o
     expect_one_line(run(path), f"{rows}:row 1: only rewordings can be held out; set 'heldout': false", out)
     rows.write_text('{"kind": "rewording", "messages": []}\n')
     expect_one_line(run(path), f"{rows}:row 1: 'kind' is 'rewording'; it must be one of rewordings, swaps, frames, subject, "
-                               "statements, reverse", out)
+                               "statements, passages, reverse", out)
+    rows.write_text('{"kind": "passages", "text": " "}\n')
+    expect_one_line(run(path), f"{rows}:row 1: a row of passages needs 'text': what to train on", out)
     rows.write_text('{"kind": "rewordings", "messages": [{"role": "user", "content": "When does it open?"}]}\n')
     expect_one_line(run(path), f"{rows}:row 1: needs 'messages': the question as a user turn, then the answer as "
                                "the assistant turn", out)

@@ -25,6 +25,7 @@ from tune.data.conversation import fit_length, tokenize
 from tune.data.facts import Fact, content_words, facts_of, key_terms, normal
 from tune.data.formats import FORMATS
 from tune.data.frames import make_frames
+from tune.data.passages import make_passages
 from tune.data.probes import ProbeSet, contains_whole
 from tune.data.subject import make_subject_rewordings
 from tune.data.swaps import make_swaps
@@ -200,6 +201,8 @@ def make_augment(generator, tokenizer, template: str, data, rows: list[tuple[str
         add_frames(result, facts, generator, settings.frames, settings.round_trip)
     if settings.subject:
         add_subject(result, facts, generator)
+    if settings.passages:
+        add_passages(result, facts, settings.passages, seed)
     examples = examples_of(result.trained, tokenizer, template, data, report)
     parts = []
     for kind, count in result.counts.items():
@@ -253,6 +256,22 @@ def add_subject(result: Augmented, facts: list[Fact], generator) -> None:
     add_trained(result, "subject", [fact for fact, _ in named], [found for _, found in named], dropped,
                 0 if subject else len(facts))
     result.counts["subject"]["name"] = subject
+
+
+def add_passages(result: Augmented, facts: list[Fact], per_fact: int, seed: int) -> None:
+    """Passages (tune/data/passages.py) added to `result`: each fact's statements (its answer when there are
+    none) beside other facts', trained as plain text."""
+    said = {}
+    for row in result.rows:
+        if row["kind"] == "statements":
+            said.setdefault(row["from"], []).append(row["text"])
+    passages = make_passages([said.get(fact.where, [fact.answer]) for fact in facts], per_fact, seed)
+    for indexes, text in passages:
+        row = {"kind": "passages", "from": [facts[i].where for i in indexes], "text": text}
+        result.rows.append(row | {"heldout": False})
+        result.trained.append(row)
+    result.counts["passages"] = {"kept": len(passages), "dropped": {}}
+    result.facts_without["passages"] = 0 if passages else len(facts)
 
 
 def asked_already(result: Augmented) -> set[str]:

@@ -20,8 +20,9 @@ from tune.data.probes import ProbeSet
 from tune.data.sources import numbered_json_lines
 from tune.errors import DataError
 
-KINDS = ("rewordings", "swaps", "frames", "subject", "statements", "reverse")
-SHAPE = "{kind, messages: [user question, assistant answer], heldout} or {kind: statements, text}"
+KINDS = ("rewordings", "swaps", "frames", "subject", "statements", "passages", "reverse")
+TEXTS = ("statements", "passages")  # kinds trained as plain text
+SHAPE = "{kind, messages: [user question, assistant answer], heldout} or {kind: statements or passages, text}"
 
 
 def read_rows(spec: str, recipe_dir: Path | None) -> tuple[Path, list[dict]]:
@@ -56,9 +57,9 @@ def _problem(row) -> str | None:
         return f"'kind' is {kind!r}; it must be one of {', '.join(KINDS)}"
     if not isinstance(row.get("heldout", False), bool):
         return "'heldout' must be true or false"
-    if kind == "statements":
+    if kind in TEXTS:
         if not isinstance(row.get("text"), str) or not row["text"].strip():
-            return "a statement needs 'text': the sentence to train on"
+            return f"a row of {kind} needs 'text': what to train on"
         return "only rewordings can be held out; set 'heldout': false" if row.get("heldout") else None
     messages = row.get("messages")
     turns = isinstance(messages, list) and len(messages) >= 2 and all(
@@ -98,7 +99,7 @@ def reviewed_augment(path: Path, rows: list[dict], tokenizer, template: str, dat
     trained = [row for row in rows if not row["heldout"]]
     examples = examples_of(trained, tokenizer, template, data, report)
     counts = Counter(row["kind"] for row in rows)
-    unknown = sum(1 for row in rows if row["kind"] != "statements" and normal(row["messages"][-1]["content"]) not in by_answer)
+    unknown = sum(1 for row in rows if row["kind"] not in TEXTS and normal(row["messages"][-1]["content"]) not in by_answer)
     note = (f"augment: {len(rows)} reviewed rows from {path} -> {len(examples)} more training examples; "
             + ", ".join(f"{kind} {counts[kind]}" for kind in KINDS if counts[kind])
             + (f"; {unknown} answer no training row's answer word for word" if unknown else "")
