@@ -1,6 +1,7 @@
 """Passages (tune/data/passages.py): every fact in exactly `per_fact` passages, no fact twice in one, a new order
 each round, a lone last fact joined to its round's previous passage, and the rows trained as plain text."""
 
+import json
 from collections import Counter
 
 from tests.conftest import faq_fact as fact
@@ -45,6 +46,30 @@ def test_passages_are_trained_as_text_from_each_facts_statements_or_its_answer(t
     assert sorted(row["from"] for row in added)[0] in ([first.where, second.where], [second.where, first.where])
     assert result.counts["passages"] == {"kept": 2, "dropped": {}} and result.facts_without["passages"] == 0
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    examples = examples_of(result.trained[1:], tokenizer, "auto", SimpleNamespace(max_length=64), print)
+    examples = examples_of(result.trained[1:], tokenizer, "auto", SimpleNamespace(max_length=64), None)
     ids = tokenizer(added[0]["text"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     assert examples[0] == {"input_ids": ids, "labels": ids}  # every token trained, as statements are
+
+
+def test_reviewed_passages_train_last_and_are_counted_apart_from_the_replies(tiny_model, tmp_path):
+    """Replay is sized by the examples before the passages (Augment.passages): a passage is no reply."""
+    from transformers import AutoTokenizer
+
+    from tune.data.augment_rows import reviewed_augment
+    from tune.data.conversation import LengthReport
+    from tune.recipe.schema import DataSection
+
+    question, answer = "Who founded it?", "Ottilie founded it."
+    rows = [{"kind": "passages", "text": "Ottilie founded it. It opened in 1931.", "heldout": False},
+            {"kind": "rewordings", "messages": [{"role": "user", "content": "Who started it?"},
+                                               {"role": "assistant", "content": answer}], "heldout": False},
+            {"kind": "statements", "text": answer, "heldout": False}]
+    data = DataSection(train="faq.jsonl", format="instruction", max_length=64)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    made = reviewed_augment(path, rows, tokenizer, "auto", data,
+                            [("faq.jsonl:row 1", {"instruction": question, "output": answer})], LengthReport())
+    assert made.passages == 1 and len(made.examples) == 3
+    ids = tokenizer(rows[0]["text"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert made.examples[-1] == {"input_ids": ids, "labels": ids}

@@ -181,6 +181,9 @@ class Augment:
     heldout: ProbeSet | None
     note: str
     fingerprint: dict
+    # the last `passages` examples are passages: replay is sized without them, as a passage is no reply
+    # (about 100 tokens, it let longer and more replay answers in; docs/knowledge.md, note 30)
+    passages: int = 0
 
 
 def make_augment(generator, tokenizer, template: str, data, rows: list[tuple[str, dict]], seed: int,
@@ -216,7 +219,7 @@ def make_augment(generator, tokenizer, template: str, data, rows: list[tuple[str
     digest = hashlib.sha256(json.dumps(result.rows, sort_keys=True).encode()).hexdigest()
     fingerprint = {"settings": settings.model_dump(mode="json"), "counts": result.counts,
                    "rows_without": result.facts_without, "heldout": held, "examples": len(examples), "sha256": digest}
-    return Augment(result.rows, examples, result.heldout, note, fingerprint)
+    return Augment(result.rows, examples, result.heldout, note, fingerprint, result.counts.get("passages", {}).get("kept", 0))
 
 
 def add_swaps(result: Augmented, facts: list[Fact], generator, wanted: int) -> None:

@@ -96,7 +96,8 @@ def reviewed_augment(path: Path, rows: list[dict], tokenizer, template: str, dat
                         "to compare evaluations by; mark some (about a quarter of each row's) or set train.keep: final")
     if problems:
         raise DataError(problems)
-    trained = [row for row in rows if not row["heldout"]]
+    # passages last: replay is sized by the examples before them (Augment.passages)
+    trained = sorted((row for row in rows if not row["heldout"]), key=lambda row: row["kind"] == "passages")
     examples = examples_of(trained, tokenizer, template, data, report)
     counts = Counter(row["kind"] for row in rows)
     unknown = sum(1 for row in rows if row["kind"] not in TEXTS and normal(row["messages"][-1]["content"]) not in by_answer)
@@ -107,4 +108,4 @@ def reviewed_augment(path: Path, rows: list[dict], tokenizer, template: str, dat
     fingerprint = {"rows_file": str(path), "counts": dict(counts), "heldout": len(questions), "examples": len(examples),
                    "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     heldout = ProbeSet("augment-heldout", None, questions, expected, answers) if questions else None
-    return Augment(rows, examples, heldout, note, fingerprint)
+    return Augment(rows, examples, heldout, note, fingerprint, counts["passages"])

@@ -68,7 +68,8 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     before = knowledge.timed(evaluate, base_answer, 0, None, sets, run.echo, "base model") if sets else None
     base_items = benchmarks.base_items(run.tasks, recipe, model, tokenizer, run.echo)  # train.kept_by: tasks
     if recipe.data.replay:
-        replay = make_replay(base_answer, tokenizer, template, recipe.data, data.train, run.recipe_dir,
+        replies = data.train[:len(data.train) - augmented.passages] if augmented else data.train
+        replay = make_replay(base_answer, tokenizer, template, recipe.data, replies, run.recipe_dir,
                              recipe.train.seed, data.report)
         data.train += replay.examples
         data.fingerprint["replay"] = replay.fingerprint
