@@ -9,8 +9,9 @@ passage, so its value has to be recalled from the statement's own words wherever
 (arXiv 2309.14316) found that sentence-permuted biographies, each person's facts in a new order every
 time, are what made a ~124M model's knowledge answerable to questions it was not trained on.
 
-Each fact appears in `per_fact` passages of `size` facts (the last of a round may be shorter), each time
-with one of its statements drawn at random; the facts of a passage differ. Measured in docs/knowledge.md,
+Each fact appears in `per_fact` passages of `size` facts (the last of a round shorter, or one longer where
+a single fact would be left alone), each time with one of its statements drawn at random; the facts of a
+passage differ. A passage longer than data.max_length is cut there, as a statement is. Measured in docs/knowledge.md,
 note 30."""
 
 from __future__ import annotations
