@@ -43,7 +43,7 @@ def test_passages_are_trained_as_text_from_each_facts_statements_or_its_answer(t
     added = result.rows[1:]
     assert [row["kind"] for row in added] == ["passages", "passages"] and not any(row["heldout"] for row in added)
     assert {row["text"] for row in added} <= {"It was founded by Ottilie. In 1931.", "In 1931. It was founded by Ottilie."}
-    assert sorted(row["from"] for row in added)[0] in ([first.where, second.where], [second.where, first.where])
+    assert all(sorted(row["from"]) == [first.where, second.where] for row in added)
     assert result.counts["passages"] == {"kept": 2, "dropped": {}} and result.facts_without["passages"] == 0
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     examples = examples_of(result.trained[1:], tokenizer, "auto", SimpleNamespace(max_length=64), None)
@@ -73,3 +73,26 @@ def test_reviewed_passages_train_last_and_are_counted_apart_from_the_replies(tin
     assert made.passages == 1 and len(made.examples) == 3
     ids = tokenizer(rows[0]["text"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     assert made.examples[-1] == {"input_ids": ids, "labels": ids}
+
+
+def test_tune_data_augment_writes_passages_after_the_statements(tiny_model, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import tune.infer.sampling
+    from tests.conftest import write_recipe
+    from tests.data.test_augment import scripted
+    from tune.cli import app
+
+    faq = [{"instruction": "Who founded Thistlewick Co-op?", "output": "Ottilie Marchetti founded Thistlewick Co-op."},
+           {"instruction": "When does Thistlewick Co-op open?", "output": "Thistlewick Co-op opens at 9am."}]
+    (tmp_path / "faq.jsonl").write_text("".join(json.dumps(row) + "\n" for row in faq))
+    monkeypatch.setattr(tune.infer.sampling, "sample_batch", lambda model, tokenizer, texts, n, *args: scripted(texts, n))
+    path = write_recipe(tmp_path / "r.yaml", data={"train": str(tmp_path / "faq.jsonl"), "augment": {
+        "rewordings": 0, "statements": 1, "passages": 2, "heldout": 0.0, "round_trip": None}})
+    result = CliRunner().invoke(app, ["data", "augment", str(path), "--out", str(tmp_path / "rows.jsonl")])
+    assert result.exit_code == 0, result.stderr
+    rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    answers = [row["output"] for row in faq]
+    assert [row["kind"] for row in rows] == ["statements", "statements", "passages", "passages"]
+    assert all(row["text"] in (" ".join(answers), " ".join(answers[::-1])) for row in rows[2:])
+    assert "passages 2 kept" in result.stdout

@@ -56,7 +56,7 @@ SourceList = str | list[str | WeightedSource]
 class AugmentSection(Section):
     rewordings: int = Field(4, ge=0, le=32, description="Rewordings of each question kept per row (held-out ones included); 0 = none.")
     statements: int = Field(2, ge=0, le=16, description="The answer as plain statements per row, trained as text: the answer itself, then model-written restatements; 0 = none.")
-    passages: int = Field(0, ge=0, le=16, description="Passages each row's statements are also trained in, as plain text: beside three other rows' statements, in an order never the same; 0 = none.")
+    passages: int = Field(0, ge=0, le=16, description="Passages each row's statements are also trained in, as plain text: beside about three other rows' statements, in an order never the same; 0 = none.")
     reverse: int = Field(0, ge=0, le=8, description="Questions asked the other way round per row (the answer's name -> what the question was about); 0 = none.")
     heldout: float = Field(0.25, ge=0.0, le=0.5, description="Share of each row's rewordings never trained on: the run's own unseen-wording check (printed, and what train.keep: best selects by).")
     samples: int = Field(12, ge=1, le=64, description="Candidates sampled per row and kind; the filters keep the usable ones.")
