@@ -187,7 +187,7 @@ def test_probe_file_row_without_expected(tmp_path, out, tiny_model):
     ("probes", "; probe rows are {question, expected}"),
     ("replay_prompts", ""),
     ("augment.rows", "; rows are {kind, messages: [user question, assistant answer], heldout} or "
-                     "{kind: statements, text}"),
+                     "{kind: statements or passages, text}"),
 ])
 def test_a_side_file_line_that_is_not_json_names_its_row(tmp_path, out, tiny_model, key, shape):
     side = tmp_path / "side.jsonl"
