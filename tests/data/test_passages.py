@@ -51,8 +51,8 @@ def test_passages_are_trained_as_text_from_each_facts_statements_or_its_answer(t
     assert examples[0] == {"input_ids": ids, "labels": ids}  # every token trained, as statements are
 
 
-def test_reviewed_passages_train_last_and_are_counted_apart_from_the_replies(tiny_model, tmp_path):
-    """Replay is sized by the examples before the passages (Augment.passages): a passage is no reply."""
+def test_reviewed_passages_are_kept_apart_from_the_replies(tiny_model, tmp_path):
+    """Replay is sized by Augment.examples, so passages (no replies) are kept apart in Augment.passages."""
     from transformers import AutoTokenizer
 
     from tune.data.augment_rows import reviewed_augment
@@ -70,9 +70,10 @@ def test_reviewed_passages_train_last_and_are_counted_apart_from_the_replies(tin
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     made = reviewed_augment(path, rows, tokenizer, "auto", data,
                             [("faq.jsonl:row 1", {"instruction": question, "output": answer})], LengthReport())
-    assert made.passages == 1 and len(made.examples) == 3
+    assert len(made.passages) == 1 and len(made.examples) == 2
     ids = tokenizer(rows[0]["text"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    assert made.examples[-1] == {"input_ids": ids, "labels": ids}
+    assert made.passages[0] == {"input_ids": ids, "labels": ids}
+    assert "-> 3 more training examples" in made.note
 
 
 def test_tune_data_augment_writes_passages_after_the_statements(tiny_model, tmp_path, monkeypatch):

@@ -181,9 +181,9 @@ class Augment:
     heldout: ProbeSet | None
     note: str
     fingerprint: dict
-    # the last `passages` examples are passages: replay is sized without them, as a passage is no reply
-    # (about 100 tokens, it let longer and more replay answers in; docs/knowledge.md, note 30)
-    passages: int = 0
+    # passages, tokenized: they train like `examples` but join the data after replay is sized, as a passage is
+    # no reply (about 100 tokens, it let longer and more replay answers in; docs/knowledge.md, note 30)
+    passages: list[dict] = field(default_factory=list)
 
 
 def make_augment(generator, tokenizer, template: str, data, rows: list[tuple[str, dict]], seed: int,
@@ -206,7 +206,7 @@ def make_augment(generator, tokenizer, template: str, data, rows: list[tuple[str
         add_subject(result, facts, generator)
     if settings.passages:
         add_passages(result, facts, settings.passages, seed)
-    examples = examples_of(result.trained, tokenizer, template, data, report)
+    examples, passages = split_passages(result.trained, tokenizer, template, data, report)
     parts = []
     for kind, count in result.counts.items():
         dropped = ", ".join(f"{n} {reason}" for reason, n in sorted(count["dropped"].items(), key=lambda x: -x[1]))
@@ -214,12 +214,13 @@ def make_augment(generator, tokenizer, template: str, data, rows: list[tuple[str
         named = f" naming {count['name']}" if count.get("name") else ""
         parts.append(f"{kind} {count['kept']} kept{named}" + (f" (dropped: {dropped})" if dropped else "") + none)
     held = len(result.heldout.questions) if result.heldout else 0
-    note = (f"augment: {len(facts)} rows -> {len(examples)} more training examples; " + "; ".join(parts)
+    note = (f"augment: {len(facts)} rows -> {len(examples) + len(passages)} more training examples; " + "; ".join(parts)
             + f"; {held} rewordings held out as the unseen-wording check")
     digest = hashlib.sha256(json.dumps(result.rows, sort_keys=True).encode()).hexdigest()
     fingerprint = {"settings": settings.model_dump(mode="json"), "counts": result.counts,
-                   "rows_without": result.facts_without, "heldout": held, "examples": len(examples), "sha256": digest}
-    return Augment(result.rows, examples, result.heldout, note, fingerprint, result.counts.get("passages", {}).get("kept", 0))
+                   "rows_without": result.facts_without, "heldout": held, "examples": len(examples) + len(passages),
+                   "sha256": digest}
+    return Augment(result.rows, examples, result.heldout, note, fingerprint, passages)
 
 
 def add_swaps(result: Augmented, facts: list[Fact], generator, wanted: int) -> None:
@@ -304,6 +305,12 @@ def add_trained(result: Augmented, kind: str, facts: list[Fact], texts: list[lis
             result.trained.append(row)
             kept += 1
     result.counts[kind] = {"kept": kept, "dropped": {reason: n for reason, n in dropped.items() if n}}
+
+
+def split_passages(trained: list[dict], tokenizer, template: str, data, report) -> tuple[list[dict], list[dict]]:
+    """The trained rows tokenized, passages apart (Augment.passages)."""
+    return (examples_of([row for row in trained if row["kind"] != "passages"], tokenizer, template, data, report),
+            examples_of([row for row in trained if row["kind"] == "passages"], tokenizer, template, data, report))
 
 
 def examples_of(trained: list[dict], tokenizer, template: str, data, report) -> list[dict]:

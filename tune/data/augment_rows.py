@@ -13,7 +13,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from tune.data.augment import Augment, examples_of
+from tune.data.augment import Augment, split_passages
 from tune.data.facts import Fact, facts_of, normal
 from tune.data.formats import FORMATS
 from tune.data.probes import ProbeSet
@@ -96,16 +96,14 @@ def reviewed_augment(path: Path, rows: list[dict], tokenizer, template: str, dat
                         "to compare evaluations by; mark some (about a quarter of each row's) or set train.keep: final")
     if problems:
         raise DataError(problems)
-    # passages last: replay is sized by the examples before them (Augment.passages)
-    trained = sorted((row for row in rows if not row["heldout"]), key=lambda row: row["kind"] == "passages")
-    examples = examples_of(trained, tokenizer, template, data, report)
+    examples, passages = split_passages([row for row in rows if not row["heldout"]], tokenizer, template, data, report)
     counts = Counter(row["kind"] for row in rows)
     unknown = sum(1 for row in rows if row["kind"] not in TEXTS and normal(row["messages"][-1]["content"]) not in by_answer)
-    note = (f"augment: {len(rows)} reviewed rows from {path} -> {len(examples)} more training examples; "
+    note = (f"augment: {len(rows)} reviewed rows from {path} -> {len(examples) + len(passages)} more training examples; "
             + ", ".join(f"{kind} {counts[kind]}" for kind in KINDS if counts[kind])
             + (f"; {unknown} answer no training row's answer word for word" if unknown else "")
             + f"; {len(questions)} rewordings held out as the unseen-wording check")
-    fingerprint = {"rows_file": str(path), "counts": dict(counts), "heldout": len(questions), "examples": len(examples),
+    fingerprint = {"rows_file": str(path), "counts": dict(counts), "heldout": len(questions), "examples": len(examples) + len(passages),
                    "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     heldout = ProbeSet("augment-heldout", None, questions, expected, answers) if questions else None
-    return Augment(rows, examples, heldout, note, fingerprint, counts["passages"])
+    return Augment(rows, examples, heldout, note, fingerprint, passages)

@@ -68,15 +68,16 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
     before = knowledge.timed(evaluate, base_answer, 0, None, sets, run.echo, "base model") if sets else None
     base_items = benchmarks.base_items(run.tasks, recipe, model, tokenizer, run.echo)  # train.kept_by: tasks
     if recipe.data.replay:
-        replies = data.train[:len(data.train) - augmented.passages] if augmented else data.train
-        replay = make_replay(base_answer, tokenizer, template, recipe.data, replies, run.recipe_dir,
+        replay = make_replay(base_answer, tokenizer, template, recipe.data, data.train, run.recipe_dir,
                              recipe.train.seed, data.report)
         data.train += replay.examples
         data.fingerprint["replay"] = replay.fingerprint
         data.notes.append(replay.note)
+    if augmented:
+        data.train += augmented.passages  # after replay is sized: a passage is no reply
     epochs = None
     if recipe.train.epochs == "auto":
-        epochs = knowledge.auto_epochs(users, len(augmented.examples) if augmented else 0)
+        epochs = knowledge.auto_epochs(users, len(augmented.examples) + len(augmented.passages) if augmented else 0)
         data.notes.append(f"train.epochs: auto = {epochs}: each of your {users} rows about {knowledge.EXPOSURES} "
                           "times, its generated rows counted")
     trained_tokens = sum(sum(label != -100 for label in row["labels"]) for row in data.train)
