@@ -91,20 +91,6 @@ def test_questions_asked_from_the_answer_join_the_rewordings_through_the_same_fi
     assert source_text("from_answer", listed) == "The Basic plan includes: - 5 projects - email support"
 
 
-def test_varied_pick_keeps_the_rewordings_sharing_the_fewest_words_with_the_question_and_each_other():
-    """Four rewordings pass; two are wanted. In order: 'founder' and 'founded by' share every word of the
-    question (founder/founded share a stem), 'started' and 'set up' half of them; 'started' comes first, and
-    'set up' shares fewer words with it than the others do."""
-    def kept(pick):
-        result = augment(scripted, [FOUNDED], {"rewordings": 2}, samples=8, heldout_share=0.0, seed=0,
-                         from_answer=4, pick=pick)
-        assert result.counts["rewordings"]["dropped"]["more than wanted"] == 2
-        return [row["messages"][-2]["content"] for row in result.rows]
-
-    assert kept("likeliest") == ["Who was the founder of Thistlewick Co-op?", "Which person started Thistlewick Co-op?"]
-    assert kept("varied") == ["Which person started Thistlewick Co-op?", "Who set up Thistlewick Co-op?"]
-
-
 def test_held_out_rewordings_never_reach_training_and_become_the_unseen_check():
     result = augment(scripted, [FOUNDED], {"rewordings": 4}, samples=8, heldout_share=0.25, seed=0)
     held = [row["messages"][-2]["content"] for row in result.rows if row["heldout"]]

@@ -85,13 +85,12 @@ def reject(kind: str, text: str, fact: Fact, seen: set[str]) -> str | None:
 
 
 def augment(generate, facts: list[Fact], kinds: dict[str, int], samples: int, heldout_share: float,
-            seed: int, score=None, margin: float = 0.5, from_answer: int = 0, pick: str = "likeliest") -> Augmented:
+            seed: int, score=None, margin: float = 0.5, from_answer: int = 0) -> Augmented:
     """kinds: {kind: how many to keep per fact}; `samples` candidates are drawn per fact and kind, and for
     rewordings `from_answer` more are asked from the answer alone, all through the same filters.
     score(pairs) -> how likely the generator finds each (question, answer) pair's answer after its question:
     a question it makes the row's answer `margin` nats per token less likely than the row's own question
-    does asks something else, and is dropped (the round trip); the likeliest are kept first, or with
-    pick="varied" the rewordings that differ most (most_varied)."""
+    does asks something else, and is dropped (the round trip); the likeliest are kept first."""
     rows, trained, held_questions, held_expected, held_answers = [], [], [], [], []
     counts = {kind: {"kept": 0, "dropped": Counter()} for kind in kinds}
     without = {kind: 0 for kind in kinds}
@@ -119,8 +118,6 @@ def augment(generate, facts: list[Fact], kinds: dict[str, int], samples: int, he
         if score is not None and kind != "statements":
             passed = _round_trip(score, margin, usable, passed, counts[kind]["dropped"])
         for fact, survivors in zip(usable, passed):
-            if kind == "rewordings" and pick == "varied":
-                survivors = most_varied(fact.question, survivors)
             kept = survivors[:wanted - 1 if kind == "statements" else wanted]
             counts[kind]["dropped"]["more than wanted"] += len(survivors) - len(kept)
             if kind == "statements":
@@ -144,22 +141,6 @@ def augment(generate, facts: list[Fact], kinds: dict[str, int], samples: int, he
     heldout = ProbeSet("augment-heldout", None, held_questions, held_expected, held_answers) if held_questions else None
     return Augmented(rows, trained, heldout, {k: {"kept": v["kept"], "dropped": {r: n for r, n in v["dropped"].items() if n}}
                                               for k, v in counts.items()}, without)
-
-
-def most_varied(question: str, candidates: list[str]) -> list[str]:
-    """The candidates (given in their order of preference) reordered: each next one the candidate whose content
-    words overlap least (Jaccard) with the question's and with each one before it; ties go to the earlier
-    candidate. Rewordings that share the question's words teach little the question does not."""
-    words = [content_words(text) for text in candidates]
-    against, picked, left = [content_words(question)], [], list(range(len(candidates)))
-    while left:
-        def overlap(i):
-            return max(len(words[i] & other) / max(1, len(words[i] | other)) for other in against)
-        best = min(left, key=lambda i: (overlap(i), i))
-        picked.append(best)
-        against.append(words[best])
-        left.remove(best)
-    return [candidates[i] for i in picked]
 
 
 def question_row(kind: str, fact: Fact, text: str) -> dict:
@@ -216,7 +197,7 @@ def make_augment(generator, tokenizer, template: str, data, rows: list[tuple[str
     facts = facts_of(rows, FORMATS[data.format].messages, data)
     result = augment(generator.generate, facts, kinds, settings.samples, settings.heldout, seed,
                      generator.score if settings.round_trip is not None else None, settings.round_trip or 0.0,
-                     settings.from_answer, settings.pick)
+                     settings.from_answer)
     if settings.swaps:
         add_swaps(result, facts, generator, settings.swaps)
     if settings.frames:
