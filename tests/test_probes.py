@@ -157,20 +157,15 @@ def test_augmented_rows_train_and_the_guard_keeps_the_best_unseen_accuracy(tiny_
 
 
 def test_passages_train_but_do_not_size_replay(probe_recipe, tmp_path, monkeypatch):
-    """Reviewed rows of 40 long passages: replay still asks twice 0.1 x 164 user rows, with the short replies'
-    token limit (a passage is no reply), and the passages reach training."""
+    """Reviewed rows of 40 long passages: replay still takes 0.1 x 164 user rows' answers, with the short
+    replies' token limit (a passage is no reply), and the passages reach training."""
     import yaml
 
     import tune.infer.generate
     import tune.train.sft
 
-    asked = []
-
-    def base_model(model, tokenizer, conversations, max_new_tokens):
-        asked.append((len(conversations), max_new_tokens))
-        return [("base answer", True) for _ in conversations]
-
-    monkeypatch.setattr(tune.infer.generate, "generate_batch", base_model)
+    monkeypatch.setattr(tune.infer.generate, "generate_batch",  # finished answers, as in the test above
+                        lambda model, tokenizer, conversations, max_new_tokens: [("base answer", True)] * len(conversations))
     passage = " ".join(f"Fact {n} is told here at some length." for n in range(12))
     rows = tmp_path / "rows.jsonl"
     rows.write_text("".join(json.dumps({"kind": "passages", "text": f"{n}. {passage}", "heldout": False}) + "\n"
@@ -180,5 +175,6 @@ def test_passages_train_but_do_not_size_replay(probe_recipe, tmp_path, monkeypat
     probe_recipe.write_text(yaml.safe_dump(recipe))
     lines = []
     tune.train.sft.train(recipe_io.load(probe_recipe), probe_recipe, echo=lines.append)
-    assert asked[-1] == (32, 32)
+    fingerprint = json.loads((tmp_path / "out" / "data_fingerprint.json").read_text())["replay"]
+    assert fingerprint["rows"] == 16 and fingerprint["max_new_tokens"] == 32
     assert any(line.startswith("data: 220 train /") for line in lines), lines  # 164 rows + 16 replay + 40 passages
