@@ -3,6 +3,8 @@ score and kept share it computes, and the guard keeping the best SFT evaluation 
 
 from pathlib import Path
 
+import pytest
+
 from tune.data.probes import ProbeSet, kept_share
 from tune.train.guard import UNSEEN_ACCURACY, Evaluation, Guard
 from tune.train.knowledge import evaluator
@@ -180,6 +182,31 @@ def test_when_no_evaluation_keeps_the_bar_the_final_adapter_is_scaled_toward_the
             assert message.startswith("kept the final weights (step 2) scaled x0.7375 toward the base")
             assert kept.scale == 0.7375 and kept.kept == 0.784 and kept.score == 0.369
         set_b(model, 1.0)  # back to the final weights for the next case
+
+
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+def test_an_adapter_that_started_from_the_bases_directions_is_not_scaled(tiny_model, init):
+    """PiSSA and OLoRA train on the base minus the adapter's starting directions: B x 0.85 would walk toward
+    that residual, not the base, so the guard keeps the final weights as trained (with the evaluation of the
+    test above, a plain adapter is scaled x0.7)."""
+    import torch
+    from peft import get_peft_model, get_peft_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    from tune.models.load import lora_config
+    from tune.recipe import AdapterSection
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), lora_config(AdapterSection(r=4, init=init)))
+    set_b(model, 1.0)
+    final = {k: v.clone() for k, v in get_peft_model_state_dict(model).items()}
+    lines = []
+    guard = scripted_guard(lambda m, step: Evaluation(step, round(b_of(m) / 2, 3), {"reworded": 0.5}, round(1.3 - 0.7 * b_of(m), 3)),
+                           min_kept_share=0.79, echo=lines.append, scales=(0.85, 0.7))
+    run_scripted(guard, model, [2])
+    message, kept = guard.restore_best(model)
+    assert message.startswith("kept the final weights (step 2), although no evaluation kept 79%") and lines == []
+    now = get_peft_model_state_dict(model)
+    assert kept.scale is None and all(torch.equal(now[k], final[k]) for k in now)
 
 
 def test_the_scaled_final_adapter_beats_a_barely_trained_evaluation_within_the_bar(tiny_model):

@@ -25,6 +25,13 @@ def scalable(state: dict) -> bool:
     return all(".lora_A" in name or ".lora_B" in name or "lora_embedding_" in name for name in state)
 
 
+def rewrites_base(model) -> bool:
+    """Whether the adapter started from the base's own directions (PiSSA, OLoRA, CorDA): the model then holds
+    the base minus those directions, so scaling B walks toward that residual, not toward the base."""
+    inits = [getattr(config, "init_lora_weights", True) for config in getattr(model, "peft_config", {}).values()]
+    return any(isinstance(init, str) and init.startswith(("pissa", "olora", "corda")) for init in inits)
+
+
 def scaled(state: dict, scale: float) -> dict | None:
     """The adapter's weights with every B times `scale`; None when that is not an interpolation (scalable)."""
     if not scalable(state):
@@ -39,7 +46,7 @@ def toward_base(model, evaluate, passes, scales, echo, kept_of: str):
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
     original = {name: tensor.detach().clone() for name, tensor in get_peft_model_state_dict(model).items()}
-    if not scalable(original):
+    if not scalable(original) or rewrites_base(model):
         return None
 
     def tried(scale: float):
