@@ -146,6 +146,41 @@ def test_non_finite_loss_stops_at_that_step_and_keeps_the_last_checkpoint(tiny_m
     assert all(torch.isfinite(tensor).all() for tensor in kept.values())
 
 
+@pytest.mark.parametrize("init, hint", [("default", ""), ("pissa", " (adapter.init: pissa starts from the base's own "
+                                           "directions, whose scale takes a lower one than a default LoRA)")])
+def test_a_loss_past_uniform_guessing_stops_the_run_with_what_to_change(tiny_model, tmp_path, monkeypatch, init, hint):
+    import math
+    import re
+
+    from trl import SFTTrainer
+
+    calls = {"n": 0}
+    original = SFTTrainer.compute_loss
+
+    def diverging(self, *args, **kwargs):  # from the 5th step on the loss is 3 x ln(V): finite, and broken
+        calls["n"] += 1
+        loss = original(self, *args, **kwargs)
+        vocabulary = self.model.get_output_embeddings().weight.shape[0]
+        return loss * 0 + 3 * math.log(vocabulary) if calls["n"] >= 5 else loss
+
+    monkeypatch.setattr(SFTTrainer, "compute_loss", diverging)
+    recipe = write_recipe(tmp_path / "r.yaml", adapter={"init": init},
+                          train={"max_steps": 8, "save_steps": 2, "logging_steps": 1})
+    with pytest.raises(TrainingError) as caught:
+        train(recipe_io.load(recipe), recipe, echo=lambda line: None)
+    out = tmp_path / "out"
+    problem = caught.value.problems[0]
+    found = re.fullmatch(r"step 5: the loss rose from ([0-9.]+) \(step 1\) to ([0-9.]+), worse than guessing uniformly "
+                         r"among the (\d+) tokens \(ln = ([0-9.]+)\): training diverged and was stopped; the last "
+                         r"checkpoint is (.+)\. Lower train\.learning_rate(.*)", problem)
+    assert found, problem
+    first, loss, vocabulary, uniform, checkpoint, said = found.groups()
+    assert float(loss) == round(3 * math.log(int(vocabulary)), 2) and float(uniform) == round(math.log(int(vocabulary)), 2)
+    assert float(first) < float(uniform) * 1.5  # the tiny model's own first loss: near ln(V), under the threshold
+    assert checkpoint == str(out / "checkpoints" / "checkpoint-4") and said == hint
+    assert caught.value.exit_code == 3 and not (out / "adapter_model.safetensors").exists()
+
+
 def test_out_of_memory_becomes_advice(tiny_model, tmp_path, monkeypatch):
     from trl import SFTTrainer
 

@@ -134,6 +134,38 @@ class NonFiniteGuard(TrainerCallback):
                 "Lower train.learning_rate, keep train.max_grad_norm > 0, or check the data near this step")
 
 
+class DivergenceGuard(TrainerCallback):
+    """Stops a token-level cross-entropy run (SFT) whose logged loss has left the range of any working
+    model: above ln(vocabulary size), worse than guessing every token uniformly, and over twice its first
+    logged value (a random model starts near ln(V) itself). Such a loss is finite, so NonFiniteGuard lets it
+    through, and every later step trains a broken model: one run at a learning rate its adapter init could
+    not take went from 0.73 to 17.6 in 8 steps and ended at 7.9, every general answer lost."""
+
+    def __init__(self, folder: Path, hint: str = ""):
+        self.folder = Path(folder)
+        self.hint = hint  # why this recipe may have diverged, for the message
+        self.first: tuple[int, float] | None = None
+
+    def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+        import math
+
+        loss = (logs or {}).get("loss")
+        if not isinstance(loss, (int, float)) or not math.isfinite(loss) or model is None:
+            return
+        if self.first is None:
+            self.first = state.global_step, float(loss)
+            return
+        vocabulary = model.get_output_embeddings().weight.shape[0]
+        if loss > math.log(vocabulary) and loss > 2 * self.first[1]:
+            last = latest_complete(self.folder, warn=lambda line: None)
+            kept = f"the last checkpoint is {last}" if last else "no checkpoint was written yet"
+            raise TrainingError(
+                f"step {state.global_step}: the loss rose from {self.first[1]:.2f} (step {self.first[0]}) to "
+                f"{loss:.2f}, worse than guessing uniformly among the {vocabulary} tokens (ln = "
+                f"{math.log(vocabulary):.2f}): training diverged and was stopped; {kept}. Lower "
+                f"train.learning_rate{self.hint}")
+
+
 def plan_output_dir(recipe, recipe_path: Path, resume: bool, warn=print) -> Path | None:
     """The output dir checked as every run (and the --nproc launcher) must: none of the run's inputs, writable,
     and either fresh or an unfinished run of this recipe. Returns the checkpoint to resume from, if any."""

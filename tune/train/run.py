@@ -156,12 +156,17 @@ def callbacks(run: Run, guard=None) -> list:
     """The callbacks every method trains with; a method's guard (tune/train/guard.py) comes before the
     checkpoint manifest, as it writes its state into each checkpoint, and takes its state back on --resume."""
     from tune.train.callbacks import ProgressBar, ReturnFreedMemory
-    from tune.train.checkpoints import CheckpointManifest, NonFiniteGuard
+    from tune.train.checkpoints import CheckpointManifest, DivergenceGuard, NonFiniteGuard
 
     if guard is not None and run.resume_from is not None:
         guard.resume(run.resume_from)
     found = [run.metrics, *([guard] if guard is not None else []),
              CheckpointManifest(run.checkpoints, run.recipe.train.keep_checkpoints), NonFiniteGuard(run.checkpoints)]
+    if run.recipe.train.method == "sft":  # its loss is token cross-entropy, on the scale DivergenceGuard reads
+        init = run.recipe.adapter.init
+        found.append(DivergenceGuard(run.checkpoints, f" (adapter.init: {init} starts from the base's own directions, "
+                                     "whose scale takes a lower one than a default LoRA)"
+                                     if init in ("pissa", "olora", "corda") else ""))
     if not run.on_gpu and ReturnFreedMemory.available():  # glibc's heap (Linux); torch's CUDA cache is its own
         found.append(ReturnFreedMemory())
     return found + ([ProgressBar(run.console)] if run.console and run.console.is_terminal else [])
