@@ -166,7 +166,7 @@ def callbacks(run: Run, guard=None) -> list:
         init = run.recipe.adapter.init
         found.append(DivergenceGuard(run.checkpoints, f" (adapter.init: {init} starts from the base's own directions, "
                                      "whose scale takes a lower one than a default LoRA)"
-                                     if init in ("pissa", "olora", "corda") else ""))
+                                     if init in adapter_variants.CONVERTED else ""))
     if not run.on_gpu and ReturnFreedMemory.available():  # glibc's heap (Linux); torch's CUDA cache is its own
         found.append(ReturnFreedMemory())
     return found + ([ProgressBar(run.console)] if run.console and run.console.is_terminal else [])

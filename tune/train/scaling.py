@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from tune.train.adapter_variants import CONVERTED
+
 SCALES = (0.85, 0.75, 0.65, 0.55)  # a step of 0.1: one co-op run lost 0.66 -> 0.53 of unseen wordings from 0.75 to 0.7
 HALVINGS = 2  # evaluations spent between the first passing factor and the failing one above it
 
@@ -29,7 +31,7 @@ def rewrites_base(model) -> bool:
     """Whether the adapter started from the base's own directions (PiSSA, OLoRA, CorDA): the model then holds
     the base minus those directions, so scaling B walks toward that residual, not toward the base."""
     inits = [getattr(config, "init_lora_weights", True) for config in getattr(model, "peft_config", {}).values()]
-    return any(isinstance(init, str) and init.startswith(("pissa", "olora", "corda")) for init in inits)
+    return any(isinstance(init, str) and init.startswith(CONVERTED) for init in inits)  # PEFT's "pissa_niter_16"
 
 
 def scaled(state: dict, scale: float) -> dict | None:
