@@ -47,8 +47,10 @@ def toward_base(model, evaluate, passes, scales, echo, kept_of: str):
     None (the model as it was) when none does or the adapter cannot be scaled."""
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
+    if rewrites_base(model):
+        return None
     original = {name: tensor.detach().clone() for name, tensor in get_peft_model_state_dict(model).items()}
-    if not scalable(original) or rewrites_base(model):
+    if not scalable(original):
         return None
 
     def tried(scale: float):
