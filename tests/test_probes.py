@@ -178,3 +178,30 @@ def test_passages_train_but_do_not_size_replay(probe_recipe, tmp_path, monkeypat
     fingerprint = json.loads((tmp_path / "out" / "data_fingerprint.json").read_text())["replay"]
     assert fingerprint["rows"] == 16 and fingerprint["max_new_tokens"] == 32
     assert any(line.startswith("data: 220 train /") for line in lines), lines  # 164 rows + 16 replay + 40 passages
+
+
+def test_distribution_replay_sends_every_replay_token_through_the_kl(probe_recipe, tmp_path, monkeypatch):
+    import tune.infer.generate
+    import tune.train.sft  # noqa: F401
+    from tune.train import replay_loss
+    from tune.train.sft import train
+
+    monkeypatch.setattr(tune.infer.generate, "generate_batch", lambda model, tokenizer, conversations, limit: [
+        (f"base answer {len(c[-1]['content'])}", True) for c in conversations])
+    real, seen = replay_loss.loss, []
+
+    def counted(model, teacher_off, inputs, num_items_in_batch=None):
+        labelled = inputs["labels"][:, 1:] != -100
+        seen.append((int((labelled & inputs[replay_loss.MASK][:, 1:].bool()).sum()), int(labelled.sum())))
+        return real(model, teacher_off, inputs, num_items_in_batch)
+
+    monkeypatch.setattr(replay_loss, "loss", counted)
+    lines = []
+    summary = train(recipe_io.load(probe_recipe, ["data.replay_loss=distribution", "train.max_steps=24"]),
+                    probe_recipe, echo=lines.append).summary
+    replay_rows = (tmp_path / "out" / "replay.jsonl").read_text().count("\n")
+    # 24 steps of 8 from 180 rows (16 of them replay): about one epoch, so most replay rows were drawn
+    assert len(seen) >= replay_rows // 2 and all(0 < replay <= total for replay, total in seen)
+    assert sum(replay for replay, _ in seen) >= 3 * replay_rows  # "base answer N" is 3+ tokens
+    assert any(line.startswith(f"replay: {replay_rows} rows train toward the base model's") for line in lines)
+    assert summary["last_loss"] < summary["first_loss"]

@@ -152,6 +152,12 @@ def test_neftune_noises_the_embeddings_while_training(tiny_model, tmp_path):
     ("adapter: {lora_plus_ratio: 16}\ndistributed: {strategy: fsdp}",
      "adapter.lora_plus_ratio: builds its own optimizer groups, which fsdp replaces with its own; use ddp or leave it out"),
     ("adapter: {layers: []}", "adapter.layers: name at least one block, by its index from 0 (or leave layers out for all)"),
+    ("adapter: {init: olora}\ndata: {train: data.jsonl, replay: 1.0, replay_loss: distribution}",
+     "adapter.init: olora moves the base's top directions into the adapter, so the model with the adapter switched "
+     "off (data.replay_loss: distribution's teacher) is no longer the base; set data.replay_loss: tokens"),
+    ("data: {train: data.jsonl, replay: 1.0, replay_loss: distribution, packing: true}",
+     "data.replay_loss: distribution marks the replay rows token by token, which TRL's packing drops; set "
+     "data.packing: false or data.replay_loss: tokens"),
 ])
 def test_variants_that_cannot_combine_are_one_line_at_validate(keys, line, tmp_path):
     text = VALID.replace("train:\n  max_steps: 5\n", "") + keys + "\n"

@@ -43,6 +43,9 @@ def method_problem(recipe) -> str | None:
         return f"data.packing: train.method: {method} takes one example per row; set data.packing: false"
     if data.replay and not accepts.replay:
         return f"data.replay: needs train.method: sft on instruction or chat data, not {method}"
+    if data.replay and data.replay_loss == "distribution" and data.packing:
+        return ("data.replay_loss: distribution marks the replay rows token by token, which TRL's packing drops; "
+                "set data.packing: false or data.replay_loss: tokens")
     if data.probes and data.format not in accepts.probes:
         return (f"data.probes: needs train.method: sft on instruction or chat data, or grpo, not {method} on "
                 f"{data.format} data")
@@ -88,6 +91,9 @@ def _adapter_problem(recipe) -> str | None:
     if init in REWRITES_BASE and (method in ("dpo", "kto") or (method == "grpo" and recipe.grpo.beta > 0)):
         return (f"adapter.init: {init} moves the base's top directions into the adapter, so the model with the adapter "
                 f"switched off ({method}'s reference) is no longer the base; use adapter.init: default for {method}")
+    if init in REWRITES_BASE and recipe.data.replay and recipe.data.replay_loss == "distribution":
+        return (f"adapter.init: {init} moves the base's top directions into the adapter, so the model with the adapter "
+                "switched off (data.replay_loss: distribution's teacher) is no longer the base; set data.replay_loss: tokens")
     if init == "eva" and method != "sft":
         return f"adapter.init: eva starts from the training rows' activations (train.method: sft); use pissa or olora for {method}"
     if init == "corda" and method != "sft":

@@ -20,7 +20,7 @@ from tune.infer.answer_cache import augment_generator, base_answerer, generator_
 from tune.models.load import load_model, load_tokenizer, lora_config
 from tune.output import write_text
 from tune.recipe import Recipe
-from tune.train import adapter_variants, benchmarks, distributed, knowledge, lm_head, scaling
+from tune.train import adapter_variants, benchmarks, distributed, knowledge, lm_head, replay_loss, scaling
 from tune.train import run as skeleton
 from tune.train.arguments import arguments
 from tune.train.guard import UNSEEN_ACCURACY, Guard, answerer
@@ -108,12 +108,19 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
                   run.echo, UNSEEN_ACCURACY, kept_of=benchmarks.kept_of(base_items), scales=scaling.SCALES)
     adapter = lora_config(recipe.adapter, model)
     adapter = adapter_variants.calibrate(run, model, adapter, tokenizer, data.train)  # CorDA: before attaching
-    trainer = SFTTrainer(
+    distribution = bool(recipe.data.replay) and recipe.data.replay_loss == "distribution"
+    if distribution:
+        replay_loss.mark(data.train, replay.examples)
+    trainer = (replay_loss.trainer_class(SFTTrainer) if distribution else SFTTrainer)(
         model=model, args=config, processing_class=tokenizer, peft_config=adapter,
         train_dataset=Dataset.from_list(data.train),
         eval_dataset=Dataset.from_list(data.eval) if data.eval else None,
         callbacks=skeleton.callbacks(run, guard if sets and recipe.train.eval_steps else None),
     )
+    if distribution:
+        trainer.data_collator = replay_loss.collator(trainer.data_collator)
+        run.echo(f"replay: {len(replay.examples)} rows train toward the base model's whole next-token distribution "
+                 "(KL, adapter off), not its greedy tokens")
     parameters = skeleton.attach(run, trainer)
     run.echo(lm_head.install(trainer, run.on_gpu, run.sharded))
     skeleton.model_line(run, model.dtype, parameters, f"{recipe.adapter.method} r={recipe.adapter.r}")
