@@ -203,5 +203,5 @@ def test_distribution_replay_sends_every_replay_token_through_the_kl(probe_recip
     # 24 steps of 8 from 180 rows (16 of them replay): about one epoch, so most replay rows were drawn
     assert len(seen) >= replay_rows // 2 and all(0 < replay <= total for replay, total in seen)
     assert sum(replay for replay, _ in seen) >= 3 * replay_rows  # "base answer N" is 3+ tokens
-    assert any(line.startswith(f"replay: {replay_rows} rows train toward the base model's") for line in lines)
+    assert any(line.startswith(f"data: replay: {replay_rows} rows train toward the base model's") for line in lines)
     assert summary["last_loss"] < summary["first_loss"]

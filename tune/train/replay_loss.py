@@ -64,11 +64,26 @@ def loss(model, teacher_off, inputs: dict, num_items_in_batch=None):
     return (cross_entropy + kl) / torch.as_tensor(tokens).clamp(min=1), accuracy
 
 
+def trainer_type(base, section, data, replay):
+    """`base` (TRL's SFTTrainer) as it is, or, for `data.replay_loss: distribution`, the subclass below with
+    every training row marked and a data line saying so. `replay`: the run's replay rows, or None."""
+    if replay is None or section.replay_loss != "distribution":
+        return base
+    mark(data.train, replay.examples)
+    data.notes.append(f"replay: {len(replay.examples)} rows train toward the base model's whole next-token "
+                      "distribution (KL, adapter off), not its greedy tokens")
+    return trainer_class(base)
+
+
 def trainer_class(base):
     """`base` (TRL's SFTTrainer) training replay rows by `loss`; batches without replay tokens (evaluation,
     a batch of the user's rows only) take TRL's own path."""
 
     class ReplayDistributionTrainer(base):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.data_collator = collator(self.data_collator)
+
         def _set_signature_columns_if_needed(self):
             super()._set_signature_columns_if_needed()
             if MASK not in self._signature_columns:

@@ -73,8 +73,8 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
         data.train += replay.examples
         data.fingerprint["replay"] = replay.fingerprint
         data.notes.append(replay.note)
-    if augmented:
-        data.train += augmented.passages  # after replay is sized: a passage is no reply
+    data.train += augmented.passages if augmented else []  # after replay is sized: a passage is no reply
+    trainer_type = replay_loss.trainer_type(SFTTrainer, recipe.data, data, replay if recipe.data.replay else None)
     epochs = None
     if recipe.train.epochs == "auto":
         epochs = knowledge.auto_epochs(users, len(augmented.examples) + len(augmented.passages) if augmented else 0)
@@ -108,19 +108,12 @@ def train(recipe: Recipe, recipe_path: Path, echo=print, resume: bool = False, c
                   run.echo, UNSEEN_ACCURACY, kept_of=benchmarks.kept_of(base_items), scales=scaling.SCALES)
     adapter = lora_config(recipe.adapter, model)
     adapter = adapter_variants.calibrate(run, model, adapter, tokenizer, data.train)  # CorDA: before attaching
-    distribution = bool(recipe.data.replay) and recipe.data.replay_loss == "distribution"
-    if distribution:
-        replay_loss.mark(data.train, replay.examples)
-    trainer = (replay_loss.trainer_class(SFTTrainer) if distribution else SFTTrainer)(
+    trainer = trainer_type(
         model=model, args=config, processing_class=tokenizer, peft_config=adapter,
         train_dataset=Dataset.from_list(data.train),
         eval_dataset=Dataset.from_list(data.eval) if data.eval else None,
         callbacks=skeleton.callbacks(run, guard if sets and recipe.train.eval_steps else None),
     )
-    if distribution:
-        trainer.data_collator = replay_loss.collator(trainer.data_collator)
-        run.echo(f"replay: {len(replay.examples)} rows train toward the base model's whole next-token distribution "
-                 "(KL, adapter off), not its greedy tokens")
     parameters = skeleton.attach(run, trainer)
     run.echo(lm_head.install(trainer, run.on_gpu, run.sharded))
     skeleton.model_line(run, model.dtype, parameters, f"{recipe.adapter.method} r={recipe.adapter.r}")
