@@ -36,6 +36,14 @@ QUIET = {"echo": lambda line: None}
     ("It has 1,900 members.", ["900"], False),
     ("Doors open at 6:30.", ["30"], False),
     ("Post it to SW1A 2AA.", ["SW1"], False),  # a unit may follow a plain number only
+    # a whole number under 100 may be spelled out either way, except 1 ("no one", "one of them")
+    ("Three sides.", ["3"], True),
+    ("The answer is forty two.", ["42"], True),
+    ("It is 42.", ["forty-two"], True),
+    ("There are thirty-three.", ["30"], False),
+    ("Seventeen.", ["7"], False),
+    ("No one knows.", ["1"], False),
+    ("It has 1,900 members.", ["nine"], False),
 ])
 def test_an_answer_counts_when_it_contains_an_expected_text(answer, expected, hit):
     assert contains(answer, expected) is hit

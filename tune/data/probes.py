@@ -72,12 +72,34 @@ def contains(answer: str, facts: list[str]) -> bool:
 def contains_whole(text: str, answer: str, ignore_case: bool = True) -> bool:
     """`answer` occurs in `text` as a whole word or number: "10" is not in "1000", "9" not in "19" or "9.5",
     "6" or "30" not in "6:30", "Paris" not in "Parisian"; a plain number may carry a unit ("6:30" is in
-    "6:30am", "10" in "10km"). The one matching rule for probes and the contains_answer reward."""
+    "6:30am", "10" in "10km"); a whole number under 100 but 1 may be written in words either way ("3" is in
+    "three sides", "forty-two" in "42"). The one matching rule for probes and the contains_answer reward."""
     flags = re.IGNORECASE if ignore_case else 0
     answer = answer.strip()
     number = re.fullmatch(r"[£$€]?\d[\d.,:]*", answer) is not None  # a unit may follow: "SW1" is not in "SW1A"
     after = r"(?!\d|[.,:]\d)" if number else r"(?!\w|\.\d)"
-    return re.search(rf"(?<![\w.])(?<!\d[,:]){re.escape(answer)}{after}", text, flags) is not None
+    if re.search(rf"(?<![\w.])(?<!\d[,:]){re.escape(answer)}{after}", text, flags):
+        return True
+    digits, words = _number_forms(answer)
+    if digits is None:
+        return False
+    spelled = r"[\s-]+".join(map(re.escape, words.split("-")))  # "forty-two" or "forty two"
+    # in any case: "Three sides." starts a sentence
+    return re.search(rf"(?<![\w.])(?<!\d[,:])(?:{digits}(?!\d|[.,:]\d)|{spelled}(?![\w-]))", text, re.IGNORECASE) is not None
+
+
+_ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()
+_TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
+_WORDS = {n: _ONES[n] if n < 20 else _TENS[n // 10 - 2] + ("-" + _ONES[n % 10] if n % 10 else "") for n in range(100)}
+_NUMBERS = {word: n for n, word in _WORDS.items()}
+
+
+def _number_forms(answer: str) -> tuple[str | None, str | None]:
+    """A whole number under 100 as (digits, words): "3" and "three" both -> ("3", "three"), "forty two" ->
+    ("42", "forty-two"); (None, None) for anything else, and for 1 ("no one", "one of them"). Greedy answers
+    of a small model say "A triangle has three sides." as often as "3 sides"."""
+    number = int(answer) if re.fullmatch(r"\d{1,2}", answer) else _NUMBERS.get(re.sub(r"[\s-]+", "-", answer.lower()))
+    return (None, None) if number is None or number == 1 else (str(number), _WORDS[number])
 
 
 def _normal(text: str) -> str:
