@@ -101,7 +101,7 @@ class DataSection(Section):
     replay: float = Field(0.0, ge=0.0, le=4.0, description="sft: base-model answers mixed in per training row to keep general skills (0.5 = one per two rows); generated greedily from data.replay_prompts before training.")
     replay_loss: Literal["tokens", "distribution"] = Field("tokens", description="sft (data.replay): tokens = replay answers train as labels; distribution = toward the base model's whole next-token distribution at each answer token (KL, adapter off), which keeps more of what the model knew.")
     replay_prompts: str = Field("general", description="sft (data.replay) and grpo (grpo.replay): prompts the base model answers for replay: general (bundled everyday prompts) or a file of instruction/prompt rows.")
-    probes: list[str] = Field(default_factory=list, description="sft/grpo: files of {question, expected} answered greedily before and after training; the run prints and saves (probes.md) a before/after table and the share whose answer contains the expected text as whole words or a whole number.")
+    probes: list[str] = Field(default_factory=list, description="sft/grpo: files of {question, expected} answered greedily before and after training; the run prints and saves (probes.md) a before/after table and the share whose answer contains the expected text as whole words or a whole number (under 100 also spelled out).")
     probe_max_new_tokens: int = Field(48, ge=1, le=1024, description="sft/grpo: longest probe answer in tokens.")
     augment: AugmentSection | None = Field(None, description="sft on instruction or chat rows: each question reworded, its answer restated (and optionally asked in reverse) by a model before training; rows in augment.jsonl, `tune data augment` writes them for review.")
 
