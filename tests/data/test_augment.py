@@ -101,6 +101,16 @@ def test_held_out_rewordings_never_reach_training_and_become_the_unseen_check():
     assert json.dumps(again.rows) == json.dumps(result.rows)  # seeded
 
 
+def test_farthest_holds_out_the_rewordings_sharing_fewest_words_with_the_question():
+    # kept: "Who was the founder of ...?" (every content word of the question), "Which person started ...?"
+    # and "Who set up ...?" (half of them each): the two farthest are held out, whatever the seed
+    for seed in (0, 1, 2):
+        result = augment(scripted, [FOUNDED], {"rewordings": 4}, samples=8, heldout_share=0.5, seed=seed,
+                         heldout_pick="farthest")
+        assert result.heldout.questions == ["Which person started Thistlewick Co-op?", "Who set up Thistlewick Co-op?"]
+        assert [row["messages"][-2]["content"] for row in result.trained] == ["Who was the founder of Thistlewick Co-op?"]
+
+
 def test_a_row_with_no_usable_candidate_is_counted_and_the_rest_go_on():
     other = Fact("faq.jsonl:row 2", [{"role": "user", "content": "How long is the warranty?"},
                                      {"role": "assistant", "content": "The warranty lasts 2 years."}],

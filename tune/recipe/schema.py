@@ -59,6 +59,7 @@ class AugmentSection(Section):
     passages: int = Field(0, ge=0, le=16, description="Passages each row's statements are also trained in, as plain text: beside about three other rows' statements, in an order never the same; 0 = none.")
     reverse: int = Field(0, ge=0, le=8, description="Questions asked the other way round per row (the answer's name -> what the question was about); 0 = none.")
     heldout: float = Field(0.25, ge=0.0, le=0.5, description="Share of each row's rewordings never trained on: the run's own unseen-wording check (printed, and what train.keep: best selects by).")
+    heldout_pick: Literal["farthest", "random"] = Field("farthest", description="Which rewordings are held out: farthest = those sharing the fewest words with the question (people reword that far; the check reads closer to them), random = any.")
     samples: int = Field(12, ge=1, le=64, description="Candidates sampled per row and kind; the filters keep the usable ones.")
     from_answer: int = Field(6, ge=0, le=64, description="More rewording candidates per row, asked from the answer alone (in the answer's words as well as the question's), through the same filters; 0 = none.")
     swaps: int = Field(0, ge=0, le=8, description="Rewordings per row made by trading one word of the question for a word near it in the generator's embeddings (staff -> personnel), kept when the question reads as well and still asks for its answer; trained, never held out; 0 = none.")
