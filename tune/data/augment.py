@@ -150,7 +150,7 @@ def pick_heldout(question: str, kept: list[str], count: int, how: str, rng: rand
     if how == "random":
         return set(rng.sample(range(len(kept)), count))
     words = content_words(question)
-    shared = [len(words & content_words(text)) / max(1, len(words | content_words(text))) for text in kept]
+    shared = [len(words & own) / max(1, len(words | own)) for own in map(content_words, kept)]
     ties = [rng.random() for _ in kept]
     return set(sorted(range(len(kept)), key=lambda i: (shared[i], ties[i]))[:count])
 
